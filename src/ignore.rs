@@ -1,0 +1,1 @@
+//! Ignore patterns (placeholder, being written).

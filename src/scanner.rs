@@ -1,0 +1,1 @@
+//! Storage scanner (placeholder, being written).
