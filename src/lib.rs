@@ -4,7 +4,13 @@
 //! [`cli::run`] and an exit code. See `ARCHITECTURE.md` for the code map, the threads and the
 //! invariants.
 
+pub mod cli;
+pub mod config;
 pub mod cron;
+pub mod daemon;
 pub mod ignore;
+pub mod logger;
 pub mod model;
+pub mod net;
 pub mod scanner;
+pub mod sync;

@@ -134,9 +134,7 @@ impl RelPath {
 
     /// Every proper ancestor, nearest to the root first (`a/b/c` gives `a`, `a/b`).
     pub fn ancestors(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .match_indices('/')
-            .map(move |(i, _)| &self.0[..i])
+        self.0.match_indices('/').map(move |(i, _)| &self.0[..i])
     }
 
     /// Number of components.
@@ -189,9 +187,9 @@ impl fmt::Display for NameError {
         match self {
             NameError::Empty => f.write_str("must not be empty"),
             NameError::TooLong => write!(f, "must be at most {MAX_NAME_LEN} bytes"),
-            NameError::NotPrintable => {
-                f.write_str("must contain only printable characters (no spaces or control characters)")
-            }
+            NameError::NotPrintable => f.write_str(
+                "must contain only printable characters (no spaces or control characters)",
+            ),
         }
     }
 }
@@ -221,7 +219,8 @@ pub fn validate_storage_name(s: &str) -> Result<(), NameError> {
     if s.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong);
     }
-    if s.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
+    if s.chars()
+        .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
         || s.starts_with(' ')
         || s.ends_with(' ')
     {
@@ -332,7 +331,9 @@ mod tests {
     fn relpath_accepts_and_rejects_table() {
         let long_comp = "a".repeat(256);
         let ok_comp = "a".repeat(255);
-        let too_long: String = std::iter::repeat_n("abcdefg", 600).collect::<Vec<_>>().join("/");
+        let too_long: String = std::iter::repeat_n("abcdefg", 600)
+            .collect::<Vec<_>>()
+            .join("/");
         let cases: &[(&str, Result<(), PathError>)] = &[
             ("a", Ok(())),
             ("a/b/c.txt", Ok(())),
@@ -386,7 +387,10 @@ mod tests {
         assert_eq!(NodeId::new("").unwrap_err(), NameError::Empty);
         assert_eq!(NodeId::new("a b").unwrap_err(), NameError::NotPrintable);
         assert_eq!(NodeId::new("a\nb").unwrap_err(), NameError::NotPrintable);
-        assert_eq!(NodeId::new(&"x".repeat(65)).unwrap_err(), NameError::TooLong);
+        assert_eq!(
+            NodeId::new(&"x".repeat(65)).unwrap_err(),
+            NameError::TooLong
+        );
         assert!(validate_storage_name("my photos").is_ok());
         assert!(validate_storage_name(" lead").is_err());
         assert!(validate_storage_name("tab\there").is_err());

@@ -1,0 +1,250 @@
+//! The command line: raw arguments (pico-args) → validated [`Args`] → a run → an exit code.
+//!
+//! This is the only place that prints to stdout for the user and that decides exit codes.
+//! It never panics on bad input: every problem becomes a one-line message on stderr and a
+//! documented exit code.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::config::{self, Config};
+use crate::daemon::{self, Mode};
+use crate::logger;
+
+/// Exit codes, documented in `--help`.
+pub mod exit {
+    /// Everything asked for was done.
+    pub const OK: i32 = 0;
+    /// The sync did not complete: no peer reachable, or some storages or files failed.
+    pub const SYNC_FAILED: i32 = 1;
+    /// Bad command line or bad configuration; nothing was done.
+    pub const USAGE: i32 = 2;
+    /// Could not start: the port cannot be bound, a thread cannot be spawned, and the like.
+    pub const STARTUP: i32 = 3;
+}
+
+pub const HELP: &str = "\
+iron-carrier — peer-to-peer file synchronization for small Linux machines
+
+USAGE:
+    iron-carrier [OPTIONS]                 sync every storage once with reachable peers, then exit
+    iron-carrier [OPTIONS] --daemon        keep running: serve peers and sync on changes and schedule
+    iron-carrier [OPTIONS] check-config    validate the config and print the effective settings
+
+OPTIONS:
+    -c, --config PATH   config file (default: $HOME/.config/iron-carrier/config.toml)
+    -d, --daemon        run as a daemon until SIGINT or SIGTERM
+    -v, -vv             more log output (debug, trace)
+    -q                  less log output (warnings and errors only)
+    -h, --help          print this help
+    -V, --version       print the version
+
+EXIT CODES:
+    0   success
+    1   the sync did not complete (no peer reachable, or some storages or files failed)
+    2   bad command line or configuration (the message names the key and line); nothing done
+    3   could not start (e.g. the port is in use)
+";
+
+/// What the user asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run,
+    CheckConfig,
+    Help,
+    Version,
+}
+
+/// Validated command-line arguments.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Args {
+    pub command: Command,
+    pub config: Option<PathBuf>,
+    pub daemon: bool,
+    /// -1 for `-q`, 0 by default, 1 for `-v`, 2 for `-vv`.
+    pub verbosity: i32,
+}
+
+/// Parses `argv` (without the program name).
+pub fn parse_args(argv: Vec<OsString>) -> Result<Args, String> {
+    let mut pargs = pico_args::Arguments::from_vec(split_eq(argv));
+    if pargs.contains(["-h", "--help"]) {
+        return Ok(Args {
+            command: Command::Help,
+            config: None,
+            daemon: false,
+            verbosity: 0,
+        });
+    }
+    if pargs.contains(["-V", "--version"]) {
+        return Ok(Args {
+            command: Command::Version,
+            config: None,
+            daemon: false,
+            verbosity: 0,
+        });
+    }
+    let config: Option<PathBuf> = pargs
+        .opt_value_from_os_str(["-c", "--config"], |s| -> Result<PathBuf, String> {
+            if s.is_empty() {
+                Err("empty path".into())
+            } else {
+                Ok(PathBuf::from(s))
+            }
+        })
+        .map_err(|e| format!("--config: {e}"))?;
+    let daemon = pargs.contains(["-d", "--daemon"]);
+    let mut verbosity = 0;
+    while pargs.contains("-vv") {
+        verbosity += 2;
+    }
+    while pargs.contains(["-v", "--verbose"]) {
+        verbosity += 1;
+    }
+    while pargs.contains(["-q", "--quiet"]) {
+        verbosity -= 1;
+    }
+    let sub = pargs
+        .subcommand()
+        .map_err(|e| format!("bad argument: {e}"))?;
+    let command = match sub.as_deref() {
+        None => Command::Run,
+        Some("check-config") => Command::CheckConfig,
+        Some(other) => {
+            return Err(format!(
+                "unknown command or argument {other:?} (see --help)"
+            ))
+        }
+    };
+    let rest = pargs.finish();
+    if let Some(extra) = rest.first() {
+        return Err(format!(
+            "unexpected argument {:?} (see --help)",
+            extra.to_string_lossy()
+        ));
+    }
+    if command == Command::CheckConfig && daemon {
+        return Err("check-config does not take --daemon".into());
+    }
+    Ok(Args {
+        command,
+        config,
+        daemon,
+        verbosity,
+    })
+}
+
+/// Turns `--config=PATH` into `--config PATH`. pico-args only splits on `=` for UTF-8
+/// values, and a path need not be UTF-8.
+fn split_eq(argv: Vec<OsString>) -> Vec<OsString> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::with_capacity(argv.len() + 1);
+    for arg in argv {
+        let bytes = arg.as_bytes();
+        match bytes.iter().position(|&b| b == b'=') {
+            Some(i) if bytes.starts_with(b"--") => {
+                out.push(OsString::from_vec(bytes[..i].to_vec()));
+                out.push(OsString::from_vec(bytes[i + 1..].to_vec()));
+            }
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
+/// Runs the program for `argv` (without the program name) and returns the exit code.
+pub fn run(argv: Vec<OsString>) -> i32 {
+    let args = match parse_args(argv) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("iron-carrier: {msg}");
+            return exit::USAGE;
+        }
+    };
+    match args.command {
+        Command::Help => {
+            print!("{HELP}");
+            return exit::OK;
+        }
+        Command::Version => {
+            println!("iron-carrier {}", env!("CARGO_PKG_VERSION"));
+            return exit::OK;
+        }
+        Command::Run | Command::CheckConfig => {}
+    }
+    logger::init(logger::level_from_verbosity(args.verbosity));
+    let config = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("iron-carrier: {msg}");
+            return exit::USAGE;
+        }
+    };
+    if args.command == Command::CheckConfig {
+        print!("{}", config.render());
+        return exit::OK;
+    }
+    let mode = if args.daemon {
+        Mode::Daemon
+    } else {
+        Mode::OneShot
+    };
+    match daemon::run(config, mode) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            eprintln!("iron-carrier: {e}");
+            exit::STARTUP
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
+    let path = match path {
+        Some(p) => p.to_owned(),
+        None => config::default_config_path().ok_or_else(|| {
+            "no --config given and $HOME is not set, so the default config path is unknown"
+                .to_owned()
+        })?,
+    };
+    if !path.exists() {
+        return Err(format!(
+            "config file {} does not exist (create it, or pass --config PATH; see README)",
+            path.display()
+        ));
+    }
+    config::load(&path).map_err(|e| format!("config error: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, String> {
+        parse_args(v.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn parses_flags_and_commands() {
+        let a = args(&["--config", "/x.toml", "--daemon", "-vv"]).unwrap();
+        assert_eq!(a.command, Command::Run);
+        assert_eq!(a.config, Some(PathBuf::from("/x.toml")));
+        assert!(a.daemon);
+        assert_eq!(a.verbosity, 2);
+        let a = args(&["-q", "check-config", "--config=/y.toml"]).unwrap();
+        assert_eq!(a.command, Command::CheckConfig);
+        assert_eq!(a.verbosity, -1);
+        assert_eq!(a.config, Some(PathBuf::from("/y.toml")));
+        assert_eq!(args(&["-v", "-v"]).unwrap().verbosity, 2);
+        assert_eq!(args(&["--version"]).unwrap().command, Command::Version);
+        assert_eq!(args(&["-h"]).unwrap().command, Command::Help);
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        assert!(args(&["frobnicate"]).is_err());
+        assert!(args(&["--config"]).is_err());
+        assert!(args(&["--no-such-flag"]).is_err());
+        assert!(args(&["check-config", "extra"]).is_err());
+        assert!(args(&["check-config", "--daemon"]).is_err());
+    }
+}

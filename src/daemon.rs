@@ -1,0 +1,141 @@
+//! Start-up and ordered shutdown: the one place that creates the channels, spawns the named
+//! threads and joins them.
+//!
+//! Thread modules never import each other; they only know the message types. This module
+//! wires them together, waits for a signal (daemon) or for the sync thread to finish
+//! (one-shot), then stops them in order: `sync` first, so it can finish or abandon what it
+//! is doing, then `net`, then the signal thread.
+
+use std::fmt;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, select, unbounded, Receiver};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::cli::exit;
+use crate::config::Config;
+use crate::net;
+use crate::sync::{self, SyncCtl};
+
+/// How the process was invoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Sync every storage once with the reachable peers, then exit.
+    OneShot,
+    /// Keep running until SIGINT or SIGTERM.
+    Daemon,
+}
+
+/// What a run achieved, turned into the exit code by the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Everything asked for was done.
+    pub ok: bool,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        if self.ok {
+            exit::OK
+        } else {
+            exit::SYNC_FAILED
+        }
+    }
+}
+
+/// A failure to start (as opposed to a sync that did not complete).
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, StartError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|e| StartError(format!("cannot spawn thread {name}: {e}")))
+}
+
+/// Runs the node until it is done (one-shot) or signalled (daemon).
+pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
+    // Signals first: a SIGTERM that arrives while we start must still stop us cleanly.
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+    let signal_handle = signals.handle();
+    let (signal_tx, signal_rx) = bounded::<i32>(4);
+    let signal_thread = spawn("signals", move || {
+        for sig in signals.forever() {
+            if signal_tx.send(sig).is_err() {
+                break;
+            }
+        }
+    })?;
+
+    let (net_event_tx, net_event_rx) = unbounded();
+    let (net_thread, net_handle) = net::spawn(&config, net_event_tx)?;
+
+    let (ctl_tx, ctl_rx) = unbounded();
+    let (done_tx, done_rx) = bounded::<Outcome>(1);
+    let sync_net = net_handle.clone();
+    let sync_config = config.clone();
+    let sync_thread = spawn("sync", move || {
+        sync::run(sync_config, mode, sync_net, net_event_rx, ctl_rx, done_tx)
+    })?;
+
+    log::info!(
+        "node {} started ({}), {} storage(s)",
+        config.node_id,
+        match mode {
+            Mode::OneShot => "one-shot",
+            Mode::Daemon => "daemon",
+        },
+        config.storages.len()
+    );
+
+    let outcome = wait(&signal_rx, &done_rx);
+
+    // Ordered shutdown: sync first (it may still be talking through net), then net.
+    let _ = ctl_tx.send(SyncCtl::Shutdown);
+    let sync_outcome = sync_thread.join();
+    net_handle.shutdown();
+    let net_result = net_thread.join();
+    signal_handle.close();
+    let _ = signal_thread.join();
+
+    if sync_outcome.is_err() || net_result.is_err() {
+        return Err(StartError("a worker thread panicked".into()));
+    }
+    let outcome = match outcome {
+        Some(o) => o,
+        // Stopped by a signal: a daemon stopping on request has done its job; a one-shot
+        // run interrupted before the end has not.
+        None => Outcome {
+            ok: mode == Mode::Daemon,
+        },
+    };
+    log::info!("stopped");
+    Ok(outcome)
+}
+
+/// Blocks until a signal (returns `None`) or the sync thread's outcome.
+fn wait(signal_rx: &Receiver<i32>, done_rx: &Receiver<Outcome>) -> Option<Outcome> {
+    select! {
+        recv(signal_rx) -> sig => {
+            if let Ok(sig) = sig {
+                log::info!("signal {sig} received, shutting down");
+            }
+            None
+        }
+        recv(done_rx) -> outcome => outcome.ok(),
+    }
+}

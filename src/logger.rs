@@ -1,0 +1,134 @@
+//! A small `log` backend: one line per record on stderr with UTC time, level, thread and
+//! target.
+//!
+//! Each record is formatted into one buffer and written with a single `write_all` on a locked
+//! stderr, so lines from different threads never interleave. It never panics: a failed write
+//! to stderr is dropped.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+struct StderrLogger {
+    level: LevelFilter,
+}
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format_line(record, SystemTime::now());
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn format_line(record: &Record<'_>, now: SystemTime) -> String {
+    let thread = std::thread::current();
+    let thread_name = thread.name().unwrap_or("?");
+    let target = record.target();
+    let target = target.strip_prefix("iron_carrier::").unwrap_or(target);
+    format!(
+        "{} {:<5} [{}] {}: {}\n",
+        utc_timestamp(now),
+        record.level(),
+        thread_name,
+        target,
+        record.args()
+    )
+}
+
+/// Installs the logger. Calling it twice keeps the first one (tests may race to install).
+pub fn init(level: LevelFilter) {
+    let logger = Box::new(StderrLogger { level });
+    if log::set_boxed_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Maps the command line's `-q` / `-v` / `-vv` count to a level: 0 is `Info`.
+pub fn level_from_verbosity(verbosity: i32) -> LevelFilter {
+    match verbosity {
+        i32::MIN..=-2 => LevelFilter::Error,
+        -1 => LevelFilter::Warn,
+        0 => LevelFilter::Info,
+        1 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t`, without a date library.
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let (secs, millis) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_millis()),
+        Err(e) => {
+            // Before 1970: only possible with a badly set clock; still print something exact.
+            let d = e.duration();
+            let ms = d.as_millis() as i64;
+            (-((ms + 999) / 1000), ((1000 - ms % 1000) % 1000) as u32)
+        }
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's
+/// `civil_from_days`.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_iso8601() {
+        let cases = [
+            (0u64, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_123, "2000-02-29T00:00:00.123Z"),
+            (1_795_651_199_999, "2026-11-25T23:59:59.999Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
+        ];
+        for (ms, want) in cases {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(utc_timestamp(t), want);
+        }
+        let before = UNIX_EPOCH - Duration::from_millis(1);
+        assert_eq!(utc_timestamp(before), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn verbosity_levels() {
+        assert_eq!(level_from_verbosity(-1), LevelFilter::Warn);
+        assert_eq!(level_from_verbosity(0), LevelFilter::Info);
+        assert_eq!(level_from_verbosity(1), LevelFilter::Debug);
+        assert_eq!(level_from_verbosity(2), LevelFilter::Trace);
+    }
+}
