@@ -190,7 +190,12 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Mode::OneShot
     };
     match daemon::run(config, mode) {
-        Ok(outcome) => outcome.exit_code(),
+        Ok(outcome) => {
+            for line in &outcome.summary {
+                println!("{line}");
+            }
+            outcome.exit_code()
+        }
         Err(e) => {
             eprintln!("iron-carrier: {e}");
             exit::STARTUP

@@ -79,6 +79,8 @@ pub struct Config {
     pub node_id: NodeId,
     pub group: Option<String>,
     pub port: u16,
+    /// Address the listener binds (`listen_address`, an extension of the spec's keys).
+    pub listen_address: std::net::IpAddr,
     pub peers: Vec<String>,
     pub enable_file_watcher: bool,
     pub delay_watcher_events: Duration,
@@ -178,6 +180,7 @@ const TOP_KEYS: &[&str] = &[
     "node_id",
     "group",
     "port",
+    "listen_address",
     "peers",
     "enable_file_watcher",
     "delay_watcher_events",
@@ -335,6 +338,20 @@ impl<'a> Parser<'a> {
             None => DEFAULT_PORT,
         };
 
+        let listen_address = match Self::get(doc, "listen_address") {
+            Some(item) => {
+                let s = self.string(item, "listen_address")?;
+                s.parse().map_err(|_| {
+                    self.err(
+                        item,
+                        "listen_address",
+                        format!("{s:?} is not an IP address"),
+                    )
+                })?
+            }
+            None => std::net::IpAddr::from([0, 0, 0, 0]),
+        };
+
         let peers = match Self::get(doc, "peers") {
             Some(item) => self.peers(item)?,
             None => Vec::new(),
@@ -444,6 +461,7 @@ impl<'a> Parser<'a> {
             node_id,
             group,
             port,
+            listen_address,
             peers,
             enable_file_watcher,
             delay_watcher_events,
@@ -678,6 +696,11 @@ impl Config {
             }
         }
         let _ = writeln!(s, "port = {}", self.port);
+        let _ = writeln!(
+            s,
+            "listen_address = {}",
+            q(&self.listen_address.to_string())
+        );
         let peers: Vec<String> = self.peers.iter().map(|p| q(p)).collect();
         let _ = writeln!(s, "peers = [{}]", peers.join(", "));
         let _ = writeln!(s, "enable_file_watcher = {}", self.enable_file_watcher);

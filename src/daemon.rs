@@ -32,6 +32,8 @@ pub enum Mode {
 pub struct Outcome {
     /// Everything asked for was done.
     pub ok: bool,
+    /// One line per storage for the user (one-shot runs).
+    pub summary: Vec<String>,
 }
 
 impl Outcome {
@@ -82,7 +84,10 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
     })?;
 
     let (net_event_tx, net_event_rx) = unbounded();
-    let (net_thread, net_handle) = net::spawn(&config, net_event_tx)?;
+    let (net_thread, net_handle) = net::spawn(
+        net::NetOptions::from_config(&config, mode == Mode::Daemon),
+        net_event_tx,
+    )?;
 
     let (ctl_tx, ctl_rx) = unbounded();
     let (done_tx, done_rx) = bounded::<Outcome>(1);
@@ -121,6 +126,7 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
         // run interrupted before the end has not.
         None => Outcome {
             ok: mode == Mode::Daemon,
+            summary: Vec::new(),
         },
     };
     log::info!("stopped");

@@ -114,6 +114,7 @@ fn full_config_has_every_value_and_minimal_config_every_default() {
     assert_eq!(full.node_id.as_str(), "pi-zero");
     assert_eq!(full.group.as_deref(), Some("family"));
     assert_eq!(full.port, 25999);
+    assert_eq!(full.listen_address.to_string(), "127.0.0.1");
     assert_eq!(full.peers.len(), 3);
     assert!(!full.enable_file_watcher);
     assert_eq!(full.delay_watcher_events, Duration::from_secs(10));

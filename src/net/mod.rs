@@ -1,35 +1,148 @@
-//! The `net` thread: one `mio::Poll` owning every socket.
+//! The `net` thread: one `mio::Poll` owning the listener and every peer connection.
 //!
-//! The only way in is a [`NetHandle`] (a command channel plus a `mio::Waker`); the only way
-//! out is the [`NetEvent`] channel to `sync`. This thread never touches the disk and never
-//! blocks on anything but `Poll::poll`.
+//! It frames and unframes messages, runs the handshake (version, group, node id, one
+//! connection per peer), answers pings, enforces timeouts and redials configured peers with
+//! back-off. Everything else is `sync`'s business: decoded messages go out as [`NetEvent`]s,
+//! messages to send come in as [`NetCmd`]s through a [`NetHandle`] (channel + waker).
+//!
+//! This thread never touches the disk and never blocks anywhere but in `Poll::poll`.
+//! Back-pressure in both directions is by byte gauges shared with `sync`:
+//! - outbound: `sync` adds a frame's size to the connection's gauge before handing it over;
+//!   `net` subtracts what reaches the socket and sends [`NetEvent::Drained`] when the gauge
+//!   falls below [`OUT_LOW`], so `sync` can stop at [`OUT_HIGH`] and wait;
+//! - inbound: `net` adds each delivered frame to one [`InboundGauge`]; `sync` subtracts after
+//!   handling it. Above [`IN_HIGH`] `net` stops reading sockets (TCP then slows the peer) and
+//!   `sync` wakes it once below [`IN_LOW`].
 
+mod conn;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
-use mio::{Events, Poll, Token, Waker};
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
 use crate::daemon::StartError;
+use crate::model::NodeId;
+use crate::proto::{Hello, Message, PROTOCOL_VERSION};
+
+use conn::{Conn, ConnState, ReadOutcome};
+
+/// Identifies one connection for its whole life; never reused.
+pub type ConnId = u64;
+
+/// `sync` stops queueing file data to a connection above this many unsent bytes...
+pub const OUT_HIGH: usize = 1024 * 1024;
+/// ...and resumes when `net` reports the gauge fell below this.
+pub const OUT_LOW: usize = 256 * 1024;
+/// `net` stops reading sockets when `sync` has this many bytes of messages unhandled...
+pub const IN_HIGH: usize = 2 * 1024 * 1024;
+/// ...and resumes below this.
+pub const IN_LOW: usize = 512 * 1024;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Send a ping after this long without sending anything.
+const PING_AFTER: Duration = Duration::from_secs(20);
+/// Drop a connection that has been silent this long (a live peer answers pings).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a refused connection may take to flush its `Refuse` before it is closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const REDIAL_MIN: Duration = Duration::from_millis(500);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const FIRST_CONN: u64 = 2;
 
 /// Commands from `sync` to `net`.
 #[derive(Debug)]
 pub enum NetCmd {
+    /// Queue a message. The caller has already added its frame size to the connection's
+    /// outbound gauge.
+    Send {
+        conn: ConnId,
+        msg: Message,
+    },
+    /// Close a connection (after flushing what is queued), logging `reason`.
+    Close {
+        conn: ConnId,
+        reason: String,
+    },
     Shutdown,
 }
 
 /// Events from `net` to `sync`.
 #[derive(Debug)]
-pub enum NetEvent {}
+pub enum NetEvent {
+    /// A handshake completed: this is now the one connection to `hello.node_id`.
+    Connected {
+        conn: ConnId,
+        hello: Hello,
+        addr: SocketAddr,
+        /// Unsent bytes queued for this connection (see the module doc).
+        outbound: Arc<AtomicUsize>,
+    },
+    /// A decoded message. `size` must be released from the inbound gauge once handled.
+    Message {
+        conn: ConnId,
+        msg: Message,
+        size: usize,
+    },
+    /// A connection that had sent `Connected` is gone.
+    Disconnected { conn: ConnId, reason: String },
+    /// The outbound gauge of `conn` fell below [`OUT_LOW`].
+    Drained { conn: ConnId },
+    /// Outcome of one attempt to reach a configured peer address.
+    DialResult {
+        addr: String,
+        ok: bool,
+        reason: String,
+    },
+    /// The listener is up (or `port` is `None`: this node does not listen).
+    Listening { port: Option<u16> },
+}
+
+/// Bytes of delivered-but-unhandled messages, shared by `net` (adds) and `sync` (releases).
+pub struct InboundGauge {
+    bytes: AtomicUsize,
+    paused: AtomicBool,
+    waker: Arc<Waker>,
+}
+
+impl InboundGauge {
+    /// Called by `sync` after handling a message of `size` bytes.
+    pub fn release(&self, size: usize) {
+        let before = self.bytes.fetch_sub(size, Ordering::AcqRel);
+        let after = before.saturating_sub(size);
+        if after < IN_LOW && self.paused.load(Ordering::Acquire) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn add(&self, size: usize) {
+        self.bytes.fetch_add(size, Ordering::AcqRel);
+    }
+
+    fn load(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
 
 /// The way into the `net` thread: send a command, then wake the poll loop.
 #[derive(Clone)]
 pub struct NetHandle {
     tx: Sender<NetCmd>,
     waker: Arc<Waker>,
+    pub inbound: Arc<InboundGauge>,
 }
 
 impl NetHandle {
@@ -39,45 +152,770 @@ impl NetHandle {
         }
     }
 
+    /// Queues `msg` for `conn`, accounting its size in the connection's outbound gauge.
+    pub fn send_msg(&self, conn: ConnId, outbound: &AtomicUsize, msg: Message) {
+        outbound.fetch_add(crate::proto::frame_len(&msg), Ordering::AcqRel);
+        self.send(NetCmd::Send { conn, msg });
+    }
+
     pub fn shutdown(&self) {
         self.send(NetCmd::Shutdown);
     }
 }
 
-/// Creates the poll, spawns the `net` thread and returns its handle.
+/// What this node says about itself in every handshake.
+#[derive(Clone, Debug)]
+pub struct LocalInfo {
+    pub node_id: NodeId,
+    pub group: Option<String>,
+    pub listen_port: u16,
+    pub storages: Vec<String>,
+}
+
+/// Options for the `net` thread, derived from the config by the caller.
+pub struct NetOptions {
+    pub local: LocalInfo,
+    /// Address to listen on; `None` for a node that only dials.
+    pub listen: Option<SocketAddr>,
+    /// Configured peer addresses (`host:port`), dialled and redialled.
+    pub peers: Vec<String>,
+    /// Keep redialling forever (daemon) or give up after the first failure of each attempt
+    /// cycle (one-shot: `sync` decides when to stop waiting).
+    pub redial_forever: bool,
+}
+
+impl NetOptions {
+    pub fn from_config(config: &Config, daemon: bool) -> NetOptions {
+        NetOptions {
+            local: LocalInfo {
+                node_id: config.node_id.clone(),
+                group: config.group.clone(),
+                listen_port: config.port,
+                storages: config.storages.iter().map(|s| s.name.clone()).collect(),
+            },
+            listen: Some(SocketAddr::new(config.listen_address, config.port)),
+            peers: config.peers.clone(),
+            redial_forever: daemon,
+        }
+    }
+}
+
+/// Creates the poll and the listener (so a bind failure is reported before anything
+/// starts), spawns the `net` thread and returns its handle.
 pub fn spawn(
-    _config: &Config,
-    _events: Sender<NetEvent>,
+    opts: NetOptions,
+    events: Sender<NetEvent>,
 ) -> Result<(JoinHandle<()>, NetHandle), StartError> {
     let poll = Poll::new().map_err(|e| StartError(format!("cannot create poll: {e}")))?;
     let waker = Arc::new(
         Waker::new(poll.registry(), WAKER)
             .map_err(|e| StartError(format!("cannot create waker: {e}")))?,
     );
+    let listener = match opts.listen {
+        Some(addr) => {
+            let mut l = TcpListener::bind(addr)
+                .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+            poll.registry()
+                .register(&mut l, LISTENER, Interest::READABLE)
+                .map_err(|e| StartError(format!("cannot register listener: {e}")))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let inbound = Arc::new(InboundGauge {
+        bytes: AtomicUsize::new(0),
+        paused: AtomicBool::new(false),
+        waker: waker.clone(),
+    });
     let (tx, rx) = unbounded();
+    let handle = NetHandle {
+        tx,
+        waker,
+        inbound: inbound.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name("net".into())
-        .spawn(move || event_loop(poll, rx))
+        .spawn(move || {
+            let mut net = Net::new(poll, listener, opts, events, rx, inbound);
+            net.run();
+        })
         .map_err(|e| StartError(format!("cannot spawn thread net: {e}")))?;
-    Ok((thread, NetHandle { tx, waker }))
+    Ok((thread, handle))
 }
 
-fn event_loop(mut poll: Poll, rx: Receiver<NetCmd>) {
-    let mut events = Events::with_capacity(64);
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Check connect / handshake / idle deadlines of a connection.
+    Conn(ConnId),
+    /// Try configured peer `i` again.
+    Redial(usize),
+}
+
+struct PeerAddr {
+    text: String,
+    /// The node last seen at this address; while it is connected we do not dial.
+    node: Option<NodeId>,
+    /// A dial to this address is in flight (connecting or handshaking).
+    in_flight: Option<ConnId>,
+    failures: u32,
+}
+
+struct Net {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    opts: NetOptions,
+    events_tx: Sender<NetEvent>,
+    cmd_rx: Receiver<NetCmd>,
+    inbound: Arc<InboundGauge>,
+    conns: HashMap<ConnId, Conn>,
+    /// Which connection is *the* connection to a node.
+    by_node: HashMap<NodeId, ConnId>,
+    next_id: ConnId,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    peers: Vec<PeerAddr>,
+    /// Reading is paused because `sync` is behind.
+    read_paused: bool,
+}
+
+impl Net {
+    fn new(
+        poll: Poll,
+        listener: Option<TcpListener>,
+        opts: NetOptions,
+        events_tx: Sender<NetEvent>,
+        cmd_rx: Receiver<NetCmd>,
+        inbound: Arc<InboundGauge>,
+    ) -> Net {
+        let peers = opts
+            .peers
+            .iter()
+            .map(|p| PeerAddr {
+                text: p.clone(),
+                node: None,
+                in_flight: None,
+                failures: 0,
+            })
+            .collect();
+        Net {
+            poll,
+            listener,
+            opts,
+            events_tx,
+            cmd_rx,
+            inbound,
+            conns: HashMap::new(),
+            by_node: HashMap::new(),
+            next_id: FIRST_CONN,
+            timers: BinaryHeap::new(),
+            peers,
+            read_paused: false,
+        }
+    }
+
+    fn emit(&self, ev: NetEvent) {
+        // `sync` gone means we are shutting down; nothing to do with the event.
+        let _ = self.events_tx.send(ev);
+    }
+
+    fn run(&mut self) {
+        let port = self
+            .listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+        if let Some(p) = port {
+            log::info!("listening on port {p}");
+        }
+        self.emit(NetEvent::Listening { port });
+        for i in 0..self.peers.len() {
+            self.dial(i);
+        }
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("poll failed, network stopped: {e}");
+                return;
             }
-            log::error!("poll failed: {e}");
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    LISTENER => self.accept(),
+                    Token(t) => {
+                        let id = t as ConnId;
+                        if event.is_writable() || event.is_write_closed() {
+                            self.on_writable(id);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(id);
+                        }
+                    }
+                }
+            }
+            if !self.handle_commands() {
+                self.close_all();
+                return;
+            }
+            self.maybe_resume_reading();
+            self.fire_timers();
+        }
+    }
+
+    /// Drains the command channel. Returns false on shutdown.
+    fn handle_commands(&mut self) -> bool {
+        loop {
+            match self.cmd_rx.try_recv() {
+                Ok(NetCmd::Send { conn, msg }) => self.queue_from_sync(conn, &msg),
+                Ok(NetCmd::Close { conn, reason }) => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        log::info!("closing connection to {}: {reason}", c.describe());
+                        c.state = ConnState::Closing;
+                        self.set_timer(Instant::now() + CLOSE_GRACE, Timer::Conn(conn));
+                        self.flush(conn);
+                    }
+                }
+                Ok(NetCmd::Shutdown) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn queue_from_sync(&mut self, id: ConnId, msg: &Message) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            // The connection died after sync queued this; sync learns from Disconnected.
+            return;
+        };
+        if c.state != ConnState::Ready {
             return;
         }
-        // The only command so far is Shutdown; a closed channel means the same.
-        if matches!(
-            rx.try_recv(),
-            Ok(NetCmd::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected)
-        ) {
+        c.queue(msg, false);
+        self.flush(id);
+    }
+
+    fn set_timer(&mut self, at: Instant, t: Timer) {
+        self.timers.push(Reverse((at, t)));
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, t))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match t {
+                Timer::Conn(id) => self.check_conn(id, now),
+                Timer::Redial(i) => self.dial(i),
+            }
+        }
+    }
+
+    /// Enforces the deadlines of one connection; timers are lazily invalidated, so this
+    /// re-derives everything from the connection's own timestamps.
+    fn check_conn(&mut self, id: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let reason = match c.state {
+            ConnState::Connecting if now >= c.since + CONNECT_TIMEOUT => Some("connect timed out"),
+            ConnState::Handshaking if now >= c.since + HANDSHAKE_TIMEOUT => {
+                Some("handshake timed out")
+            }
+            ConnState::Closing => Some("closed"),
+            ConnState::Ready if now >= c.last_recv + IDLE_TIMEOUT => {
+                Some("peer silent for too long")
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.close(id, reason);
             return;
         }
+        if c.state == ConnState::Ready && now >= c.last_send + PING_AFTER {
+            c.queue(&Message::Ping, true);
+            self.flush(id);
+        }
+        let next = match self.conns.get(&id) {
+            Some(c) => match c.state {
+                ConnState::Connecting => c.since + CONNECT_TIMEOUT,
+                ConnState::Handshaking => c.since + HANDSHAKE_TIMEOUT,
+                _ => (c.last_recv + IDLE_TIMEOUT).min(c.last_send + PING_AFTER),
+            },
+            None => return,
+        };
+        self.set_timer(next.max(now + Duration::from_millis(10)), Timer::Conn(id));
+    }
+
+    fn register(&mut self, mut stream: TcpStream, addr: SocketAddr, dialed: Option<usize>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let interest = if dialed.is_some() {
+            // A non-blocking connect reports completion as writability.
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(id as usize), interest)
+        {
+            log::warn!("cannot register connection to {addr}: {e}");
+            if let Some(i) = dialed {
+                self.dial_failed(i, &e.to_string());
+            }
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn::new(id, stream, addr, dialed);
+        c.write_interest = dialed.is_some();
+        if dialed.is_none() {
+            c.state = ConnState::Handshaking;
+            c.queue(&Message::Hello(self.hello()), true);
+        }
+        self.conns.insert(id, c);
+        if dialed.is_none() {
+            self.flush(id);
+        }
+        let deadline = Instant::now() + CONNECT_TIMEOUT.min(HANDSHAKE_TIMEOUT);
+        self.set_timer(deadline, Timer::Conn(id));
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            node_id: self.opts.local.node_id.clone(),
+            group: self.opts.local.group.clone(),
+            listen_port: self.opts.local.listen_port,
+            storages: self.opts.local.storages.clone(),
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    log::debug!("accepted connection from {addr}");
+                    self.register(stream, addr, None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and try again on the next event rather than
+                    // spinning.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, i: usize) {
+        let Some(p) = self.peers.get(i) else { return };
+        if p.in_flight.is_some() {
+            return;
+        }
+        if let Some(node) = &p.node {
+            if self.by_node.contains_key(node) {
+                return;
+            }
+        }
+        let text = p.text.clone();
+        // Resolution of a name can block; configured peers are usually addresses or names
+        // in /etc/hosts, which resolve at once. (mDNS names arrive resolved from discovery.)
+        let addr = match text.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => a,
+            Ok(None) => return self.dial_failed(i, "name resolves to no address"),
+            Err(e) => return self.dial_failed(i, &format!("cannot resolve: {e}")),
+        };
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                log::debug!("dialling {text} ({addr})");
+                let id = self.next_id;
+                self.peers[i].in_flight = Some(id);
+                self.register(stream, addr, Some(i));
+            }
+            Err(e) => self.dial_failed(i, &e.to_string()),
+        }
+    }
+
+    fn dial_failed(&mut self, i: usize, reason: &str) {
+        let Some(p) = self.peers.get_mut(i) else {
+            return;
+        };
+        p.in_flight = None;
+        p.failures += 1;
+        let shift = p.failures.min(8) - 1;
+        let delay = (REDIAL_MIN * (1u32 << shift)).min(REDIAL_MAX);
+        if p.failures == 1 || p.failures % 10 == 0 {
+            log::info!("cannot reach peer {}: {reason} (retrying)", p.text);
+        } else {
+            log::debug!("cannot reach peer {}: {reason}", p.text);
+        }
+        let text = p.text.clone();
+        let failures = p.failures;
+        self.emit(NetEvent::DialResult {
+            addr: text,
+            ok: false,
+            reason: reason.to_owned(),
+        });
+        if self.opts.redial_forever || failures < 6 {
+            self.set_timer(Instant::now() + delay, Timer::Redial(i));
+        }
+    }
+
+    fn on_writable(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.state == ConnState::Connecting {
+            match c.connect_result() {
+                Ok(true) => {
+                    c.state = ConnState::Handshaking;
+                    c.since = Instant::now();
+                    let hello = Message::Hello(self.hello());
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.queue(&hello, true);
+                    }
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    self.close(id, &format!("connect failed: {e}"));
+                    return;
+                }
+            }
+        }
+        self.flush(id);
+    }
+
+    /// Writes what is queued; manages write interest; reports drains.
+    fn flush(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.state == ConnState::Connecting {
+            return;
+        }
+        let before = c.outbound.load(Ordering::Acquire);
+        let result = c.write_out();
+        let after = c.outbound.load(Ordering::Acquire);
+        if let Err(e) = result {
+            self.close(id, &format!("write failed: {e}"));
+            return;
+        }
+        let pending = c.has_output();
+        if pending != c.write_interest {
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .reregister(&mut c.stream, Token(id as usize), interest)
+            {
+                self.close(id, &format!("cannot reregister: {e}"));
+                return;
+            }
+            c.write_interest = pending;
+        }
+        if c.state == ConnState::Closing && !pending {
+            self.close(id, "closed");
+            return;
+        }
+        if c.announced && before >= OUT_LOW && after < OUT_LOW {
+            self.emit(NetEvent::Drained { conn: id });
+        }
+    }
+
+    fn on_readable(&mut self, id: ConnId) {
+        if self.read_paused {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.read_pending = true;
+            }
+            return;
+        }
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if c.state == ConnState::Connecting || c.state == ConnState::Closing {
+                return;
+            }
+            let outcome = c.read_frames();
+            let (frames, status) = match outcome {
+                ReadOutcome::Frames(frames, status) => (frames, status),
+                ReadOutcome::Error(reason) => {
+                    let who = c.describe();
+                    log::warn!("disconnecting {who}: {reason}");
+                    self.refuse(id, &reason);
+                    return;
+                }
+            };
+            for (msg, size) in frames {
+                if !self.handle_frame(id, msg, size) {
+                    return;
+                }
+            }
+            match status {
+                conn::ReadStatus::WouldBlock => return,
+                conn::ReadStatus::Closed => {
+                    self.close(id, "connection closed by peer");
+                    return;
+                }
+                conn::ReadStatus::More => {
+                    if self.inbound.load() > IN_HIGH {
+                        self.pause_reading();
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.read_pending = true;
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn pause_reading(&mut self) {
+        self.read_paused = true;
+        self.inbound.paused.store(true, Ordering::Release);
+        log::trace!("reading paused: sync is behind");
+    }
+
+    fn maybe_resume_reading(&mut self) {
+        if !self.read_paused || self.inbound.load() >= IN_LOW {
+            return;
+        }
+        self.read_paused = false;
+        self.inbound.paused.store(false, Ordering::Release);
+        let pending: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.read_pending)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.read_pending = false;
+            }
+            // Edge-triggered readiness: data that arrived while paused produces no new
+            // event, so read it now.
+            self.on_readable(id);
+        }
+    }
+
+    /// Handles one decoded frame. Returns false if the connection was closed.
+    fn handle_frame(&mut self, id: ConnId, msg: Message, size: usize) -> bool {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        c.last_recv = Instant::now();
+        match (c.state, msg) {
+            (ConnState::Handshaking, Message::Hello(h)) => self.on_hello(id, h),
+            (_, Message::Refuse { reason }) => {
+                let who = c.describe();
+                log::warn!("{who} refused the connection: {reason}");
+                self.close(id, "refused by peer");
+                false
+            }
+            (ConnState::Handshaking, other) => {
+                let reason = format!("sent {} before the handshake", other.name());
+                log::warn!("disconnecting {}: {reason}", c.describe());
+                self.refuse(id, &reason);
+                false
+            }
+            (ConnState::Ready, Message::Hello(_)) => {
+                log::warn!("disconnecting {}: second Hello", c.describe());
+                self.refuse(id, "second Hello");
+                false
+            }
+            (ConnState::Ready, Message::Ping) => {
+                c.queue(&Message::Pong, true);
+                self.flush(id);
+                true
+            }
+            (ConnState::Ready, Message::Pong) => true,
+            (ConnState::Ready, msg) => {
+                self.inbound.add(size);
+                self.emit(NetEvent::Message {
+                    conn: id,
+                    msg,
+                    size,
+                });
+                true
+            }
+            _ => true,
+        }
+    }
+
+    fn on_hello(&mut self, id: ConnId, h: Hello) -> bool {
+        let local = &self.opts.local;
+        let refusal = if h.node_id == local.node_id {
+            Some(format!(
+                "peer uses our own node id {:?} (node ids must be unique in a group)",
+                h.node_id.as_str()
+            ))
+        } else if h.group != local.group {
+            Some(format!(
+                "group mismatch: we are in {}, peer {} is in {}",
+                group_name(&local.group),
+                h.node_id,
+                group_name(&h.group)
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            if let Some(c) = self.conns.get(&id) {
+                log::warn!("refusing {}: {reason}", c.describe());
+            }
+            self.refuse(id, &reason);
+            return false;
+        }
+        let node = h.node_id.clone();
+        let Some(c) = self.conns.get(&id) else {
+            return false;
+        };
+        let dialed_by_us = c.dialed.is_some();
+        let addr = c.addr;
+        // One connection per peer: of two, keep the one dialled by the smaller node id.
+        // Both ends apply the same rule, so they keep the same connection.
+        if let Some(&old) = self.by_node.get(&node) {
+            let old_dialed_by_us = self.conns.get(&old).is_some_and(|c| c.dialed.is_some());
+            let we_are_smaller = local.node_id < node;
+            let preferred_is_ours = we_are_smaller;
+            let new_preferred = dialed_by_us == preferred_is_ours;
+            let old_preferred = old_dialed_by_us == preferred_is_ours;
+            if !new_preferred || old_preferred {
+                log::debug!("dropping duplicate connection {id} to {node}");
+                self.note_dial_ok(id, &node);
+                self.close(id, "duplicate connection");
+                return false;
+            }
+            log::debug!("replacing connection {old} to {node} with {id}");
+            self.close(old, "replaced by the preferred duplicate");
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        c.state = ConnState::Ready;
+        c.peer = Some(node.clone());
+        c.announced = true;
+        let outbound = c.outbound.clone();
+        self.by_node.insert(node.clone(), id);
+        log::info!(
+            "connected to {node} at {addr} ({})",
+            if dialed_by_us { "outgoing" } else { "incoming" }
+        );
+        self.emit(NetEvent::Connected {
+            conn: id,
+            hello: h,
+            addr,
+            outbound,
+        });
+        // After `Connected`, so that whoever counts successful dials already knows the peer.
+        self.note_dial_ok(id, &node);
+        true
+    }
+
+    fn note_dial_ok(&mut self, id: ConnId, node: &NodeId) {
+        let Some(i) = self.conns.get(&id).and_then(|c| c.dialed) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(i) {
+            p.in_flight = None;
+            p.failures = 0;
+            p.node = Some(node.clone());
+            let text = p.text.clone();
+            self.emit(NetEvent::DialResult {
+                addr: text,
+                ok: true,
+                reason: String::new(),
+            });
+        }
+    }
+
+    /// Sends `Refuse` (so the peer can log why), then closes once flushed or after a grace.
+    fn refuse(&mut self, id: ConnId, reason: &str) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.queue(
+            &Message::Refuse {
+                reason: reason.to_owned(),
+            },
+            true,
+        );
+        c.state = ConnState::Closing;
+        self.set_timer(Instant::now() + CLOSE_GRACE, Timer::Conn(id));
+        self.flush(id);
+    }
+
+    fn close(&mut self, id: ConnId, reason: &str) {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if let Some(i) = c.dialed {
+            if self.peers.get(i).is_some_and(|p| p.in_flight == Some(id)) {
+                // Failed before the handshake finished: a failed dial.
+                self.dial_failed(i, reason);
+            }
+        }
+        if let Some(node) = &c.peer {
+            if self.by_node.get(node) == Some(&id) {
+                self.by_node.remove(node);
+                log::info!("disconnected from {node}: {reason}");
+                // Reconnect configured peers that we lost.
+                let lost: Vec<usize> = self
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.node.as_ref() == Some(node) && p.in_flight.is_none())
+                    .map(|(i, _)| i)
+                    .collect();
+                if self.opts.redial_forever {
+                    for i in lost {
+                        self.set_timer(Instant::now() + REDIAL_MIN, Timer::Redial(i));
+                    }
+                }
+            }
+        }
+        if c.announced {
+            self.emit(NetEvent::Disconnected {
+                conn: id,
+                reason: reason.to_owned(),
+            });
+        } else {
+            log::debug!("connection {id} to {} closed: {reason}", c.addr);
+        }
+    }
+
+    fn close_all(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                // Best effort: whatever is queued gets one last chance.
+                let _ = c.write_out();
+            }
+            self.close(id, "shutting down");
+        }
+    }
+}
+
+fn group_name(g: &Option<String>) -> String {
+    match g {
+        Some(g) => format!("group {g:?}"),
+        None => "the default group".to_owned(),
     }
 }

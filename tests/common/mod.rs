@@ -59,3 +59,341 @@ impl Drop for TestDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Running real nodes
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iron-carrier"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+///
+/// Ports come from a per-process sequence below the kernel's ephemeral range (which starts
+/// at 32768), so they never collide with each other within a test binary nor with the
+/// source ports of the tests' own outgoing connections, as `bind(0)` ports could.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = if p >= 32_000 { 20_000 + p % 12_000 } else { p };
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes. Returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Generous deadline for anything a test waits on: never a reason for a test to pass.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A node's configuration, written as TOML into its own folder.
+pub struct NodeConfig {
+    pub id: String,
+    /// Tests give each pair its own group, so nodes of concurrent tests can never talk.
+    pub group: Option<String>,
+    pub port: u16,
+    pub peers: Vec<u16>,
+    pub storages: Vec<(String, PathBuf)>,
+    /// Extra top-level TOML lines (e.g. `group = "x"`).
+    pub extra: String,
+}
+
+impl NodeConfig {
+    pub fn new(id: &str) -> NodeConfig {
+        NodeConfig {
+            id: id.to_owned(),
+            group: None,
+            port: free_port(),
+            peers: Vec::new(),
+            storages: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn storage(mut self, name: &str, path: &Path) -> NodeConfig {
+        self.storages.push((name.to_owned(), path.to_owned()));
+        self
+    }
+
+    pub fn group(mut self, group: &str) -> NodeConfig {
+        self.group = Some(group.to_owned());
+        self
+    }
+
+    pub fn peer(mut self, port: u16) -> NodeConfig {
+        self.peers.push(port);
+        self
+    }
+
+    pub fn extra(mut self, line: &str) -> NodeConfig {
+        self.extra.push_str(line);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Writes `<dir>/<id>.toml` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let mut s = format!(
+            "node_id = \"{}\"\nport = {}\nlisten_address = \"127.0.0.1\"\npeers = [{}]\n\
+             enable_service_discovery = false\nencryption = false\nlog_path = \"{}.db\"\n{}\n[storages]\n",
+            self.id,
+            self.port,
+            peers.join(", "),
+            self.id,
+            self.extra
+        );
+        if let Some(g) = &self.group {
+            s = format!("group = \"{g}\"\n{s}");
+        }
+        for (name, path) in &self.storages {
+            s.push_str(&format!("\"{name}\" = \"{}\"\n", path.display()));
+        }
+        let p = dir.join(format!("{}.toml", self.id));
+        std::fs::write(&p, s).expect("write node config");
+        p
+    }
+}
+
+/// A running daemon whose stderr is collected in the background.
+pub struct Daemon {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts `iron-carrier --daemon --config <config>` and waits until it listens.
+    pub fn start(config: &Path) -> Daemon {
+        let mut child = bin()
+            .args(["--daemon", "-v", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let d = Daemon {
+            child,
+            log,
+            reader: Some(reader),
+        };
+        assert!(
+            d.wait_for_log("listening on port", PATIENCE),
+            "daemon did not start listening:\n{}",
+            d.log()
+        );
+        d
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().contains(needle))
+    }
+
+    /// Counts lines containing `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// SIGTERM, then waits; returns the exit code.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let status = self.child.wait().expect("wait daemon");
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status.code(), self.log())
+    }
+
+    /// SIGKILL: no clean-up at all, as in a crash or power loss of the process.
+    pub fn kill(mut self) -> String {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a one-shot sync with `config` (killed after `PATIENCE`).
+pub fn oneshot(config: &Path) -> Output {
+    let child = bin()
+        .args(["-v", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn one-shot");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE * 3) {
+        Ok(out) => out.expect("one-shot output"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child that outlived its deadline.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("one-shot run did not finish");
+        }
+    }
+}
+
+/// Describes an output for assertion messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// What a tree holds: relative path → "dir" or "file <size> <blake3 hex>". Internal
+/// temp files are included, so a test sees any that were left behind.
+pub fn manifest(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                out.insert(rel, "dir".to_owned());
+                stack.push(p);
+            } else if ft.is_symlink() {
+                out.insert(rel, "symlink".to_owned());
+            } else {
+                out.insert(rel, format!("file {}", file_digest(&p)));
+            }
+        }
+    }
+    out
+}
+
+/// "<size> <blake3 hex>" of a file, streamed.
+pub fn file_digest(p: &Path) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).expect("open for digest");
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).expect("read for digest");
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    format!("{n} {}", h.finalize().to_hex())
+}
+
+/// Sets a file's mtime to `secs` seconds after the epoch (negative: before).
+pub fn set_mtime(p: &Path, secs: i64) {
+    let t = if secs >= 0 {
+        std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    };
+    std::fs::File::options()
+        .write(true)
+        .open(p)
+        .expect("open for set_mtime")
+        .set_times(std::fs::FileTimes::new().set_modified(t))
+        .expect("set mtime");
+}
+
+/// Writes `len` bytes of deterministic pseudo-random data (xorshift, seeded) to `p`.
+pub fn write_random(p: &Path, len: u64, seed: u64) {
+    use std::io::Write;
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("parent");
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(p).expect("create"));
+    let mut x = seed | 1;
+    let mut left = len;
+    let mut block = vec![0u8; 1 << 16];
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).expect("write");
+        left -= n as u64;
+    }
+    f.flush().expect("flush");
+}

@@ -1,0 +1,238 @@
+//! One peer connection as the `net` thread sees it: the socket, its read and write buffers,
+//! its handshake state and its timestamps.
+//!
+//! Reading turns bytes into decoded messages (never more than one frame's worth of buffer
+//! beyond what has arrived); writing drains the queued frames until the socket would block.
+//! No policy lives here: what a message means is decided by `net/mod.rs` and `sync`.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::model::NodeId;
+use crate::proto::{self, Message, FRAME_HEADER, MAX_FRAME};
+
+use super::ConnId;
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes read from one socket before yielding to the loop, so one busy peer cannot
+/// starve the others or overrun the inbound gauge by much.
+const READ_BUDGET: usize = 1024 * 1024;
+/// Buffers larger than this are shrunk back when they become empty.
+const SHRINK_ABOVE: usize = 2 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Outgoing connect in progress.
+    Connecting,
+    /// Hellos being exchanged.
+    Handshaking,
+    /// Announced to `sync` (or about to be); messages flow.
+    Ready,
+    /// Flushing a final message, then closing; nothing more is read.
+    Closing,
+}
+
+pub enum ReadStatus {
+    /// The socket has no more data for now.
+    WouldBlock,
+    /// The read budget was used; there may be more.
+    More,
+    /// The peer closed its side.
+    Closed,
+}
+
+pub enum ReadOutcome {
+    Frames(Vec<(Message, usize)>, ReadStatus),
+    /// A protocol violation; the reason is for the log and the `Refuse`.
+    Error(String),
+}
+
+pub struct Conn {
+    pub id: ConnId,
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// Index of the configured peer address this connection was dialled for.
+    pub dialed: Option<usize>,
+    pub state: ConnState,
+    pub peer: Option<NodeId>,
+    /// `Connected` was sent to `sync`, so `Disconnected` must be too.
+    pub announced: bool,
+    /// When the current state began (connect and handshake deadlines).
+    pub since: Instant,
+    pub last_recv: Instant,
+    pub last_send: Instant,
+    pub write_interest: bool,
+    /// Readable while reading was paused: read when resumed.
+    pub read_pending: bool,
+    /// Unsent bytes for this connection: frames queued by `sync` (counted by it) plus
+    /// frames `net` queued itself (counted here).
+    pub outbound: Arc<AtomicUsize>,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, stream: TcpStream, addr: SocketAddr, dialed: Option<usize>) -> Conn {
+        let now = Instant::now();
+        Conn {
+            id,
+            stream,
+            addr,
+            dialed,
+            state: ConnState::Connecting,
+            peer: None,
+            announced: false,
+            since: now,
+            last_recv: now,
+            last_send: now,
+            write_interest: false,
+            read_pending: false,
+            outbound: Arc::new(AtomicUsize::new(0)),
+            rbuf: Vec::new(),
+            rlen: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+        }
+    }
+
+    /// "node (addr)" once known, else the address: for log lines.
+    pub fn describe(&self) -> String {
+        match &self.peer {
+            Some(p) => format!("peer {p} ({}, connection {})", self.addr, self.id),
+            None => format!("peer at {} (connection {})", self.addr, self.id),
+        }
+    }
+
+    /// Appends a frame. `internal` frames (handshake, ping) are counted in the outbound
+    /// gauge here; frames from `sync` were counted by `sync`.
+    pub fn queue(&mut self, msg: &Message, internal: bool) {
+        let before = self.wbuf.len();
+        proto::encode_frame(msg, &mut self.wbuf);
+        if internal {
+            self.outbound
+                .fetch_add(self.wbuf.len() - before, Ordering::AcqRel);
+        }
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.wpos < self.wbuf.len()
+    }
+
+    /// Whether a non-blocking connect finished: `Ok(true)` connected, `Ok(false)` not yet
+    /// (a spurious wake-up), `Err` failed.
+    pub fn connect_result(&mut self) -> io::Result<bool> {
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes queued bytes until done or the socket would block.
+    pub fn write_out(&mut self) -> io::Result<()> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.wpos += n;
+                    self.last_send = Instant::now();
+                    self.outbound.fetch_sub(n, Ordering::AcqRel);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            if self.wbuf.capacity() > SHRINK_ABOVE {
+                self.wbuf.shrink_to(READ_CHUNK);
+            }
+        } else if self.wpos > READ_CHUNK && self.wpos * 2 > self.wbuf.len() {
+            // Reclaim the written prefix so the buffer does not creep forward forever.
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has (up to a budget) and decodes every complete frame.
+    pub fn read_frames(&mut self) -> ReadOutcome {
+        let mut frames = Vec::new();
+        let mut read_total = 0;
+        let status = loop {
+            if read_total >= READ_BUDGET {
+                break ReadStatus::More;
+            }
+            let want = self.next_frame_need().max(self.rlen + READ_CHUNK);
+            if self.rbuf.len() < want {
+                self.rbuf.resize(want, 0);
+            }
+            match self.stream.read(&mut self.rbuf[self.rlen..]) {
+                Ok(0) => break ReadStatus::Closed,
+                Ok(n) => {
+                    self.rlen += n;
+                    read_total += n;
+                    if let Err(reason) = self.decode_frames(&mut frames) {
+                        return ReadOutcome::Error(reason);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break ReadStatus::WouldBlock,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return ReadOutcome::Frames(frames, {
+                        log::debug!("read from {} failed: {e}", self.addr);
+                        ReadStatus::Closed
+                    })
+                }
+            }
+        };
+        if self.rlen == 0 && self.rbuf.len() > SHRINK_ABOVE {
+            self.rbuf = Vec::new();
+        }
+        ReadOutcome::Frames(frames, status)
+    }
+
+    /// Buffer size needed to hold the frame whose header is at the start, if known. The
+    /// header was validated against `MAX_FRAME` already, so this is bounded.
+    fn next_frame_need(&self) -> usize {
+        if self.rlen < FRAME_HEADER {
+            return 0;
+        }
+        let len =
+            u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
+        FRAME_HEADER + len.min(MAX_FRAME)
+    }
+
+    fn decode_frames(&mut self, out: &mut Vec<(Message, usize)>) -> Result<(), String> {
+        let mut start = 0;
+        loop {
+            match proto::split_frame(&self.rbuf[start..self.rlen]) {
+                Ok(Some((range, used))) => {
+                    let payload = &self.rbuf[start + range.start..start + range.end];
+                    let msg = proto::decode(payload).map_err(|e| format!("invalid frame: {e}"))?;
+                    out.push((msg, used));
+                    start += used;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("invalid frame: {e}")),
+            }
+        }
+        if start > 0 {
+            self.rbuf.copy_within(start..self.rlen, 0);
+            self.rlen -= start;
+        }
+        Ok(())
+    }
+}
