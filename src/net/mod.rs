@@ -249,6 +249,8 @@ enum Timer {
     Conn(ConnId),
     /// Try configured peer `i` again.
     Redial(usize),
+    /// End of the shutdown grace period.
+    Drained,
 }
 
 struct PeerAddr {
@@ -275,6 +277,9 @@ struct Net {
     peers: Vec<PeerAddr>,
     /// Reading is paused because `sync` is behind.
     read_paused: bool,
+    /// Shutting down: flushing what is queued, accepting nothing new.
+    draining: bool,
+    drain_expired: bool,
 }
 
 impl Net {
@@ -309,6 +314,8 @@ impl Net {
             timers: BinaryHeap::new(),
             peers,
             read_paused: false,
+            draining: false,
+            drain_expired: false,
         }
     }
 
@@ -358,7 +365,17 @@ impl Net {
                     }
                 }
             }
-            if !self.handle_commands() {
+            if !self.draining && !self.handle_commands() {
+                // Give what is queued (a final SessionEnd, say) a short chance to reach the
+                // peers before the sockets close.
+                self.draining = true;
+                self.set_timer(Instant::now() + CLOSE_GRACE, Timer::Drained);
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+            }
+            if self.draining && (self.drain_expired || self.conns.values().all(|c| !c.has_output()))
+            {
                 self.close_all();
                 return;
             }
@@ -411,7 +428,12 @@ impl Net {
             self.timers.pop();
             match t {
                 Timer::Conn(id) => self.check_conn(id, now),
-                Timer::Redial(i) => self.dial(i),
+                Timer::Redial(i) => {
+                    if !self.draining {
+                        self.dial(i)
+                    }
+                }
+                Timer::Drained => self.drain_expired = true,
             }
         }
     }

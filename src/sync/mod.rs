@@ -78,6 +78,8 @@ pub(crate) enum StorageResult {
 
 struct OneShot {
     started: Instant,
+    /// Some peer completed a handshake with us at some point.
+    ever_connected: bool,
     connect_phase_done: bool,
     cursor: usize,
     requested_at: Option<Instant>,
@@ -184,6 +186,7 @@ impl SyncState {
         }
         let oneshot = (mode == Mode::OneShot).then(|| OneShot {
             started: Instant::now(),
+            ever_connected: false,
             connect_phase_done: false,
             cursor: 0,
             requested_at: None,
@@ -325,6 +328,9 @@ impl SyncState {
             }
         );
         self.by_node.insert(node.clone(), conn);
+        if let Some(os) = &mut self.oneshot {
+            os.ever_connected = true;
+        }
         self.peers.insert(
             conn,
             Peer {
@@ -429,7 +435,13 @@ impl SyncState {
             return false;
         };
         let storage = &self.storages[s.storage].dir;
-        let (finished, more) = self.sender.pump(storage, &self.net, PUMP_BUDGET);
+        let (finished, spent, more) = self.sender.pump(storage, &self.net, PUMP_BUDGET);
+        if spent > 0 {
+            // A long file in flight is progress even though no message arrives.
+            if let Some(s) = &mut self.session {
+                s.last_activity = Instant::now();
+            }
+        }
         for d in finished {
             self.on_send_done(d);
         }
@@ -499,8 +511,13 @@ impl SyncState {
                     .peers
                     .iter()
                     .all(|p| self.configured_ok.contains(p));
+            // A peer may lead every shared storage and leave before the window ends.
+            let all_done = self
+                .storages
+                .iter()
+                .all(|s| self.completed.contains_key(&s.cfg.name));
             let waited = now.duration_since(os.started);
-            if all_up || (waited >= CONNECT_WINDOW && !self.peers.is_empty()) {
+            if all_up || all_done || (waited >= CONNECT_WINDOW && os.ever_connected) {
                 if let Some(os) = &mut self.oneshot {
                     os.connect_phase_done = true;
                 }

@@ -125,14 +125,14 @@ impl Sender {
     }
 
     /// Moves data: starts queued jobs up to the parallel limit and sends chunks while the
-    /// receivers have room, up to `budget` bytes. Returns finished jobs, and whether more
-    /// work could be done right now (so the caller should not sleep).
+    /// receivers have room, up to `budget` bytes. Returns finished jobs, the bytes sent, and
+    /// whether more work could be done right now (so the caller should not sleep).
     pub fn pump(
         &mut self,
         storage: &StorageDir,
         net: &NetHandle,
         budget: usize,
-    ) -> (Vec<SendDone>, bool) {
+    ) -> (Vec<SendDone>, usize, bool) {
         let mut done = Vec::new();
         // Jobs whose receivers all went away are finished as failed without opening them.
         while self.active.len() < self.max_parallel {
@@ -241,7 +241,7 @@ impl Sender {
                     .iter()
                     .all(|d| d.outbound.load(Ordering::Acquire) < OUT_HIGH)
             });
-        (done, can_continue)
+        (done, spent, can_continue)
     }
 }
 

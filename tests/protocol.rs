@@ -1,0 +1,609 @@
+//! A crafted peer speaking the protocol from a raw socket attacks a real daemon with hostile
+//! or malformed input: paths escaping the storage, files no plan announced, oversized and
+//! truncated frames, garbage, foreign handshakes, sessions from a node that does not lead,
+//! indexes out of order.
+//!
+//! After every attack the same four things must hold: the daemon is still running, its log
+//! names the reason it dropped the peer, nothing was created outside its storage (nor inside
+//! it), and a legitimate node can still synchronize with it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+
+use common::{manifest, oneshot, show, Daemon, NodeConfig, TestDir, PATIENCE};
+use iron_carrier::ignore::IgnoreMatcher;
+use iron_carrier::model::{FileMeta, NodeId, RelPath};
+use iron_carrier::proto::{
+    decode, encode_frame, index_digest, split_frame, Digest, Hello, Message, FRAME_HEADER,
+    MAX_FRAME, PROTOCOL_VERSION,
+};
+use iron_carrier::scanner::{self, ScanOptions};
+
+/// The storage both the daemon and the crafted peers announce.
+const STORAGE: &str = "docs";
+/// The daemon's node id. "a-evil" sorts before it (the crafted peer leads), "zz-…" after.
+const DAEMON_ID: &str = "node-b";
+/// Tag byte of `FileStart` (the tag constants are private to `proto`).
+const TAG_FILE_START: u8 = 0x20;
+
+// ---------------------------------------------------------------------------------------
+// The crafted peer
+
+/// A peer that is nothing but a blocking socket: it sends whatever bytes a test makes up
+/// and decodes what the daemon answers.
+struct RawPeer {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawPeer {
+    /// Connects without saying anything. Reads time out after `PATIENCE`: that is the
+    /// deadline for every answer the daemon owes.
+    fn connect(port: u16) -> RawPeer {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("set read timeout");
+        stream.set_nodelay(true).expect("set nodelay");
+        RawPeer {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the daemon");
+    }
+
+    fn send(&mut self, msg: &Message) {
+        self.send_raw(&frame(msg));
+    }
+
+    /// The next message, or `None` once the daemon has closed the connection.
+    fn recv(&mut self) -> Option<Message> {
+        loop {
+            match split_frame(&self.buf) {
+                Ok(Some((range, used))) => {
+                    let msg = decode(&self.buf[range])
+                        .unwrap_or_else(|e| panic!("the daemon sent an undecodable frame: {e}"));
+                    self.buf.drain(..used);
+                    return Some(msg);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("the daemon sent an invalid frame header: {e}"),
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "the daemon closed the connection in the middle of a frame"
+                    );
+                    return None;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // A close with unread bytes on the daemon's side arrives as a reset.
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("the daemon neither answered nor closed within {PATIENCE:?}")
+                }
+                Err(e) => panic!("read from the daemon failed: {e}"),
+            }
+        }
+    }
+
+    /// The next message that is not a keep-alive; panics if the connection closes first.
+    fn expect(&mut self, what: &str) -> Message {
+        loop {
+            match self.recv() {
+                Some(Message::Ping) => self.send(&Message::Pong),
+                Some(Message::Pong) => {}
+                Some(m) => return m,
+                None => panic!("the daemon closed the connection while we waited for {what}"),
+            }
+        }
+    }
+
+    /// Reads until the daemon closes the connection; returns what it sent meanwhile.
+    fn until_closed(&mut self) -> Vec<Message> {
+        let mut got = Vec::new();
+        while let Some(m) = self.recv() {
+            got.push(m);
+        }
+        got
+    }
+}
+
+fn frame(msg: &Message) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_frame(msg, &mut v);
+    v
+}
+
+fn hello(id: &str, group: Option<&str>, storages: &[&str]) -> Message {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node_id: NodeId::new(id).expect("node id"),
+        group: group.map(str::to_owned),
+        listen_port: 0,
+        storages: storages.iter().map(|s| (*s).to_owned()).collect(),
+    })
+}
+
+/// A `FileStart` frame built by hand, so its path can be anything a `RelPath` would refuse.
+/// Layout: tag, sid u64, xid u32, path (u16 length + bytes), kind u8 (0 = file), size u64,
+/// mtime i64, mode u32; all big-endian.
+fn raw_file_start(sid: u64, xid: u32, path: &[u8], size: u64) -> Vec<u8> {
+    let mut p = vec![TAG_FILE_START];
+    p.extend_from_slice(&sid.to_be_bytes());
+    p.extend_from_slice(&xid.to_be_bytes());
+    p.extend_from_slice(&u16::try_from(path.len()).unwrap().to_be_bytes());
+    p.extend_from_slice(path);
+    p.push(0);
+    p.extend_from_slice(&size.to_be_bytes());
+    p.extend_from_slice(&1_600_000_000_000_000_000i64.to_be_bytes());
+    p.extend_from_slice(&0o644u32.to_be_bytes());
+    let mut f = u32::try_from(p.len()).unwrap().to_be_bytes().to_vec();
+    f.extend_from_slice(&p);
+    f
+}
+
+/// `FileData` and `FileEnd` (with the right hash) for `content` of transfer `xid`: what a
+/// sender would follow a `FileStart` with, so the attack is a complete transfer.
+fn data_and_end(xid: u32, content: &[u8]) -> Vec<u8> {
+    let mut v = frame(&Message::FileData {
+        xid,
+        data: content.to_vec(),
+    });
+    v.extend(frame(&Message::FileEnd {
+        xid,
+        hash: *blake3::hash(content).as_bytes(),
+    }));
+    v
+}
+
+/// Asserts the daemon said why it dropped us, if it got the chance to.
+fn assert_refused(msgs: &[Message], want: &str) {
+    let reasons: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::Refuse { reason } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains(want)),
+        "expected a Refuse mentioning {want:?} before the close, got {msgs:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The node under test
+
+/// A daemon with storage `<dir>/store` next to `<dir>/outside/marker.txt`, plus what its
+/// directory held once it was up.
+struct Target {
+    dir: TestDir,
+    daemon: Daemon,
+    port: u16,
+    around_before: BTreeMap<String, String>,
+    store_before: BTreeMap<String, String>,
+}
+
+impl Target {
+    fn start(tag: &str) -> Target {
+        let dir = TestDir::new(tag);
+        dir.write("store/keep.txt", b"already here\n");
+        dir.write("outside/marker.txt", b"must stay exactly as it is\n");
+        let cfg = NodeConfig::new(DAEMON_ID).storage(STORAGE, &dir.join("store"));
+        let port = cfg.port;
+        let daemon = Daemon::start(&cfg.write(dir.path()));
+        let around_before = around_storage(dir.path());
+        let store_before = manifest(&dir.join("store"));
+        Target {
+            dir,
+            daemon,
+            port,
+            around_before,
+            store_before,
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    /// Connects, exchanges hellos and waits until the daemon's `sync` thread knows the peer,
+    /// so whatever the test sends next arrives at a connection that is past the handshake.
+    fn handshake(&self, hello_msg: &Message) -> RawPeer {
+        let Message::Hello(h) = hello_msg else {
+            panic!("not a Hello: {hello_msg:?}");
+        };
+        let needle = format!("peer {} connected;", h.node_id);
+        let before = self.daemon.count_log(&needle);
+        let mut p = RawPeer::connect(self.port);
+        p.send(hello_msg);
+        match p.expect("the daemon's Hello") {
+            Message::Hello(theirs) => {
+                assert_eq!(theirs.node_id.as_str(), DAEMON_ID);
+                assert_eq!(theirs.version, PROTOCOL_VERSION);
+                assert_eq!(theirs.storages, vec![STORAGE.to_owned()]);
+            }
+            other => panic!("expected the daemon's Hello, got {other:?}"),
+        }
+        assert!(
+            common::wait_until(PATIENCE, || self.daemon.count_log(&needle) > before),
+            "the daemon did not accept {}:\n{}",
+            h.node_id,
+            self.daemon.log()
+        );
+        p
+    }
+
+    fn wait_for_log(&self, needle: &str) {
+        assert!(
+            self.daemon.wait_for_log(needle, PATIENCE),
+            "the daemon never logged {needle:?}:\n{}",
+            self.daemon.log()
+        );
+    }
+
+    /// What every test checks after its attack: (1) the daemon still runs, (2) it logged
+    /// `reason`, (3) nothing appeared outside the storage and the storage is unchanged,
+    /// (4) a legitimate node still synchronizes with it.
+    fn assert_survived(mut self, reason: &str) {
+        self.wait_for_log(reason);
+        assert!(
+            self.daemon.is_running(),
+            "the daemon died:\n{}",
+            self.daemon.log()
+        );
+        assert_eq!(
+            around_storage(self.dir.path()),
+            self.around_before,
+            "something changed next to the storage"
+        );
+        assert_eq!(
+            manifest(&self.store()),
+            self.store_before,
+            "the storage changed"
+        );
+
+        let good = TestDir::new("proto-good");
+        let content = b"written by a well-behaved node\n";
+        good.write("store/from-c-good.txt", content);
+        let cfg = NodeConfig::new("c-good")
+            .peer(self.port)
+            .storage(STORAGE, &good.join("store"))
+            .write(good.path());
+        let out = oneshot(&cfg);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "a legitimate sync failed after the attack:\n{}\ndaemon log:\n{}",
+            show(&out),
+            self.daemon.log()
+        );
+        assert_eq!(
+            std::fs::read(self.store().join("from-c-good.txt")).ok(),
+            Some(content.to_vec()),
+            "the legitimate file did not arrive:\n{}",
+            self.daemon.log()
+        );
+        assert!(
+            self.daemon.is_running(),
+            "the daemon died:\n{}",
+            self.daemon.log()
+        );
+        assert_eq!(around_storage(self.dir.path()), self.around_before);
+    }
+}
+
+/// The daemon's directory without the storage and without the database files the daemon
+/// may legitimately keep next to its config.
+fn around_storage(dir: &Path) -> BTreeMap<String, String> {
+    manifest(dir)
+        .into_iter()
+        .filter(|(k, _)| k != "store" && !k.starts_with("store/"))
+        .filter(|(k, _)| {
+            let name = k.rsplit('/').next().unwrap_or(k);
+            !name.contains(".db")
+        })
+        .collect()
+}
+
+/// The digest the daemon computes for `store`, from the same scanner it uses.
+fn store_digest(store: &Path) -> (u64, Digest) {
+    let ignore = IgnoreMatcher::empty();
+    let opts = ScanOptions {
+        ignore: &ignore,
+        exclude: &[],
+    };
+    let scanned = scanner::scan(store, &opts).expect("scan the store");
+    (scanned.entries.len() as u64, index_digest(&scanned.entries))
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths that would escape the storage
+
+/// As the leader ("a-evil" < "node-b"), starts a session, waits for the daemon's index
+/// summary, then sends a transfer whose path bytes are `path`.
+fn send_file_with_raw_path(t: &Target, path: &[u8]) -> Vec<Message> {
+    let sid = 0x0BAD_5E55_1011;
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    p.send(&Message::SessionStart {
+        sid,
+        storage: STORAGE.into(),
+    });
+    match p.expect("IndexSummary") {
+        Message::IndexSummary { sid: s, .. } => assert_eq!(s, sid),
+        other => panic!("expected IndexSummary, got {other:?}"),
+    }
+    let content = b"pwned\n";
+    let mut attack = raw_file_start(sid, 1, path, content.len() as u64);
+    attack.extend(data_and_end(1, content));
+    p.send_raw(&attack);
+    p.until_closed()
+}
+
+#[test]
+fn dotdot_path_in_file_start_disconnects_and_writes_nothing() {
+    let t = Target::start("proto-dotdot");
+    let msgs = send_file_with_raw_path(&t, b"../x");
+    assert_refused(&msgs, "invalid path");
+    assert!(!t.dir.join("x").exists(), "../x was written");
+    t.assert_survived(r#"invalid frame: invalid path "../x""#);
+}
+
+#[test]
+fn absolute_path_in_file_start_disconnects_and_writes_nothing() {
+    let etc_x = Path::new("/etc/x");
+    let existed = etc_x.symlink_metadata().is_ok();
+    let t = Target::start("proto-absolute");
+    let msgs = send_file_with_raw_path(&t, b"/etc/x");
+    assert_refused(&msgs, "invalid path");
+    if !existed {
+        assert!(etc_x.symlink_metadata().is_err(), "/etc/x was written");
+    }
+    t.assert_survived(r#"invalid frame: invalid path "/etc/x": absolute path"#);
+}
+
+#[test]
+fn empty_path_in_file_start_disconnects() {
+    let t = Target::start("proto-empty-path");
+    let msgs = send_file_with_raw_path(&t, b"");
+    assert_refused(&msgs, "invalid path");
+    t.assert_survived(r#"invalid frame: invalid path "": empty path"#);
+}
+
+#[test]
+fn file_no_plan_announced_disconnects_and_is_not_written() {
+    let t = Target::start("proto-unannounced");
+    let sid = 0x5E55_1011;
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    p.send(&Message::SessionStart {
+        sid,
+        storage: STORAGE.into(),
+    });
+    match p.expect("IndexSummary") {
+        Message::IndexSummary { sid: s, .. } => assert_eq!(s, sid),
+        other => panic!("expected IndexSummary, got {other:?}"),
+    }
+    // An empty plan: the daemon has nothing to do and says so.
+    p.send(&Message::PlanEnd { sid });
+    match p.expect("PartDone") {
+        Message::PartDone { sid: s, stats } => {
+            assert_eq!(s, sid);
+            assert_eq!(stats, Default::default());
+        }
+        other => panic!("expected PartDone, got {other:?}"),
+    }
+    let content = b"pwned\n";
+    let mut attack = frame(&Message::FileStart {
+        sid,
+        xid: 7,
+        meta: FileMeta::file(
+            RelPath::new("pwned.txt").unwrap(),
+            content.len() as u64,
+            1_600_000_000_000_000_000,
+            0o644,
+        ),
+    });
+    attack.extend(data_and_end(7, content));
+    p.send_raw(&attack);
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "did not announce");
+    assert!(
+        !t.store().join("pwned.txt").exists(),
+        "pwned.txt was written"
+    );
+    t.assert_survived("sent pwned.txt which the plan did not announce");
+}
+
+// ---------------------------------------------------------------------------------------
+// Framing
+
+#[test]
+fn oversized_frame_header_disconnects_without_waiting_for_the_body() {
+    let t = Target::start("proto-oversized");
+    for announced in [u32::MAX as usize, MAX_FRAME + 1] {
+        let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+        // Only the header: a daemon that waited for the body would never close.
+        p.send_raw(&u32::try_from(announced).unwrap().to_be_bytes());
+        let msgs = p.until_closed();
+        let what = format!("frame of {announced} bytes announced");
+        assert_refused(&msgs, &what);
+        t.wait_for_log(&what);
+    }
+    t.assert_survived(&format!("frame of {} bytes announced", MAX_FRAME + 1));
+}
+
+#[test]
+fn truncated_frame_then_eof_closes_cleanly() {
+    let t = Target::start("proto-truncated");
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    let mut bytes = 100u32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0x11; 10]);
+    p.send_raw(&bytes);
+    p.stream.shutdown(Shutdown::Write).expect("shutdown write");
+    let msgs = p.until_closed();
+    assert!(msgs.is_empty(), "unexpected messages: {msgs:?}");
+    t.assert_survived("disconnected from a-evil: connection closed by peer");
+}
+
+#[test]
+fn garbage_before_the_handshake_disconnects() {
+    let t = Target::start("proto-garbage");
+    // Deterministic "random" bytes (xorshift).
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let garbage: Vec<u8> = (0..64)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let announced = u32::from_be_bytes(garbage[..FRAME_HEADER].try_into().unwrap()) as usize;
+    assert!(
+        announced > MAX_FRAME,
+        "the seed should make the garbage announce an oversized frame"
+    );
+    let mut p = RawPeer::connect(t.port);
+    p.send_raw(&garbage);
+    let msgs = p.until_closed();
+    assert!(
+        matches!(msgs.first(), Some(Message::Hello(_))),
+        "the daemon should greet first: {msgs:?}"
+    );
+    assert_refused(&msgs, "invalid frame");
+    t.assert_survived(&format!(
+        "invalid frame: frame of {announced} bytes announced"
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Handshake
+
+#[test]
+fn hello_with_bad_magic_is_refused() {
+    let t = Target::start("proto-magic");
+    let mut bytes = frame(&hello("a-evil", None, &[STORAGE]));
+    bytes[FRAME_HEADER + 1] = b'X'; // first byte of the magic, after the tag
+    let mut p = RawPeer::connect(t.port);
+    p.send_raw(&bytes);
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "bad magic");
+    t.assert_survived("not an iron-carrier peer (bad magic)");
+}
+
+#[test]
+fn hello_with_newer_protocol_version_is_refused_with_a_reason() {
+    let t = Target::start("proto-version");
+    let mut bytes = frame(&hello("a-evil", None, &[STORAGE]));
+    // tag (1) + magic (8), then the version.
+    let at = FRAME_HEADER + 1 + 8;
+    bytes[at..at + 2].copy_from_slice(&2u16.to_be_bytes());
+    let mut p = RawPeer::connect(t.port);
+    p.send_raw(&bytes);
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "version");
+    t.assert_survived("peer speaks a newer protocol version");
+}
+
+#[test]
+fn hello_from_another_group_is_refused() {
+    let t = Target::start("proto-group");
+    let mut p = RawPeer::connect(t.port);
+    p.send(&hello("a-evil", Some("other"), &[STORAGE]));
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "group");
+    t.assert_survived("group mismatch");
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions
+
+#[test]
+fn session_start_from_a_node_that_does_not_lead_is_aborted() {
+    let t = Target::start("proto-not-leader");
+    let mut p = t.handshake(&hello("zz-follower", None, &[STORAGE]));
+    // "node-b" leads "docs", and a daemon starts a session with every new peer: play the
+    // follower honestly first (same digest, so nothing moves).
+    let daemon_sid = match p.expect("the daemon's SessionStart") {
+        Message::SessionStart { sid, storage } => {
+            assert_eq!(storage, STORAGE);
+            sid
+        }
+        other => panic!("expected SessionStart, got {other:?}"),
+    };
+    let (count, digest) = store_digest(&t.store());
+    p.send(&Message::IndexSummary {
+        sid: daemon_sid,
+        count,
+        digest,
+    });
+    match p.expect("SessionEnd") {
+        Message::SessionEnd { sid, ok } => {
+            assert_eq!(sid, daemon_sid);
+            assert!(ok);
+        }
+        other => panic!("expected SessionEnd, got {other:?}"),
+    }
+    // Now try to lead it.
+    let sid = 0x0D0E_5E55;
+    p.send(&Message::SessionStart {
+        sid,
+        storage: STORAGE.into(),
+    });
+    match p.expect("SessionAbort") {
+        Message::SessionAbort { sid: s, reason } => {
+            assert_eq!(s, sid);
+            assert!(reason.contains("not the leader"), "reason: {reason}");
+        }
+        other => panic!("expected SessionAbort, got {other:?}"),
+    }
+    t.wait_for_log("refusing a session from zz-follower: it is not the leader here");
+    // Leave, so the legitimate sync below is not a session with us too.
+    p.stream.shutdown(Shutdown::Both).expect("shutdown");
+    drop(p);
+    t.wait_for_log("disconnected from zz-follower");
+    t.assert_survived("not the leader");
+}
+
+#[test]
+fn index_out_of_order_disconnects_the_follower() {
+    let t = Target::start("proto-index-order");
+    let mut p = t.handshake(&hello("zz-peer", None, &[STORAGE]));
+    let sid = match p.expect("the daemon's SessionStart") {
+        Message::SessionStart { sid, storage } => {
+            assert_eq!(storage, STORAGE);
+            sid
+        }
+        other => panic!("expected SessionStart, got {other:?}"),
+    };
+    p.send(&Message::IndexSummary {
+        sid,
+        count: 2,
+        digest: [0; 32],
+    });
+    match p.expect("IndexRequest") {
+        Message::IndexRequest { sid: s } => assert_eq!(s, sid),
+        other => panic!("expected IndexRequest, got {other:?}"),
+    }
+    let entry = |name: &str| FileMeta::file(RelPath::new(name).unwrap(), 1, 1_000_000_000, 0o644);
+    let mut bytes = frame(&Message::IndexChunk {
+        sid,
+        entries: vec![entry("b"), entry("a")],
+    });
+    bytes.extend(frame(&Message::IndexEnd { sid }));
+    p.send_raw(&bytes);
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "out of order");
+    t.assert_survived("sent an index out of order");
+}
