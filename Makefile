@@ -7,7 +7,7 @@ MSRV_CARGO ?= /usr/bin/cargo
 MSRV_RUSTC ?= /usr/bin/rustc
 BIN := target/release/iron-carrier
 
-.PHONY: all build release test test-only lint fmt fmt-check clippy msrv deps demo size bench clean
+.PHONY: all build release test test-only lint fmt fmt-check clippy msrv deps demo size bench bench-small clean
 
 all: build
 
@@ -50,8 +50,12 @@ demo: release
 size: release
 	@ls -l $(BIN) | awk '{ printf "stripped x86_64 release binary: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
 
+## bench: the measured scenarios (see tests/bench.sh); `make bench-small` for a quick run.
 bench: release
 	./tests/bench.sh $(BIN)
+
+bench-small: release
+	./tests/bench.sh $(BIN) --small
 
 clean:
 	$(CARGO) clean

@@ -384,7 +384,15 @@ impl SyncState {
                 if self.storage_index(&storage).is_none() {
                     log::debug!("sync request for unknown storage {storage:?} ignored");
                 } else if self.leader_for(&storage).is_none() {
-                    self.enqueue(&storage);
+                    // A session already running for it with the requester answers the request.
+                    let answered = self.session.as_ref().is_some_and(|s| {
+                        s.leader.is_none()
+                            && self.storages[s.storage].cfg.name == storage
+                            && s.involves(conn)
+                    });
+                    if !answered {
+                        self.enqueue(&storage);
+                    }
                 } else {
                     log::debug!("sync request for {storage} ignored: another node leads it");
                 }

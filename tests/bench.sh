@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# make bench: measured scenarios on 127.0.0.1 with generated, seeded data.
+#
+# For each scenario node B starts as an empty daemon (the receiver) and node A, which holds
+# the data, runs one-shot against it; A leads and sends. Both run under /usr/bin/time -v,
+# which gives peak RSS (VmHWM) and CPU seconds. "wall" is A's run from start to exit: A only
+# exits after B has committed (fsynced and renamed) every file, so it is the time to
+# converge. Convergence is then checked by comparing path+size+SHA-256 manifests.
+#
+# Usage: tests/bench.sh BIN [--small]      (results also written to target/bench/results.json)
+set -euo pipefail
+
+bin=$(realpath "${1:-target/release/iron-carrier}")
+preset=${2:-full}
+if [ "$preset" = "--small" ]; then
+  n_small=1000; n_big=4; big_mib=16
+else
+  n_small=10000; n_big=4; big_mib=256
+fi
+
+if ! [ -x /usr/bin/time ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq time >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+  else
+    echo "bench: /usr/bin/time is missing (apt-get install time)" >&2; exit 1
+  fi
+fi
+
+root=$(mktemp -d /tmp/iron-carrier-bench.XXXXXX)
+outdir=target/bench
+mkdir -p "$outdir"
+results="$outdir/results.json"
+daemon_pid=
+cleanup() {
+  if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
+  rm -rf "$root"
+}
+trap cleanup EXIT
+
+base=$((22000 + ($$ % 400) * 10))
+
+gen_small() { # dir count seed: files of 1–16 KiB in nested directories
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, random, sys
+root, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+for i in range(n):
+    d = os.path.join(root, f"d{i % 50:02d}", f"e{(i // 50) % 20:02d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}.bin"), "wb") as f:
+        f.write(rng.randbytes(rng.randint(1024, 16384)))
+PY
+}
+
+gen_big() { # file MiB seed: AES-CTR keystream, fast and reproducible
+  # openssl dies of SIGPIPE when head has enough: that is the expected way to stop it.
+  { openssl enc -aes-128-ctr -nosalt -K 000102030405060708090a0b0c0d0e0f \
+    -iv "$(printf '%032x' "$3")" < /dev/zero 2>/dev/null || true; } | head -c "$(( $2 * 1024 * 1024 ))" > "$1"
+}
+
+manifest() {
+  (cd "$1" && find . -type f -not -name '*.db*' -print0 | sort -z | xargs -0 sha256sum)
+}
+
+config() { # name port peer dir
+  cat > "$root/$1.toml" <<EOF
+node_id = "$1"
+port = $2
+listen_address = "127.0.0.1"
+peers = ["127.0.0.1:$3"]
+enable_service_discovery = false
+encryption = false
+log_path = "$root/$1.db"
+
+[storages]
+data = "$4"
+EOF
+}
+
+# "key: value" from a /usr/bin/time -v report.
+tv() { grep -F "$2" "$1" | head -1 | awk -F': ' '{print $2}'; }
+
+json_rows=()
+printf '%-28s %10s %12s %12s %10s %10s\n' scenario wall_s A_rss_KiB B_rss_KiB A_cpu_s B_cpu_s
+run_scenario() { # name
+  local name=$1 a=$root/$1/a b=$root/$1/b
+  config "a-$name" $((base + 1)) $((base + 2)) "$a"
+  config "b-$name" $((base + 2)) $((base + 1)) "$b"
+  /usr/bin/time -v -o "$root/b.time" "$bin" --daemon -q --config "$root/b-$name.toml" &
+  local time_pid=$!
+  # Signals go to the daemon itself; `time` then reports and exits with it.
+  for _ in $(seq 1 100); do
+    daemon_pid=$(pgrep -P "$time_pid" || true)
+    [ -n "$daemon_pid" ] && break
+    sleep 0.05
+  done
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$((base + 2))") 2>/dev/null && break
+    sleep 0.05
+  done
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -v -o "$root/a.time" "$bin" -q --config "$root/a-$name.toml" > "$root/a.out"
+  t1=$(date +%s.%N)
+  kill "$daemon_pid"; wait "$time_pid" || true; daemon_pid=
+  if ! diff <(manifest "$a") <(manifest "$b") > /dev/null; then
+    echo "bench: $name did not converge" >&2; exit 1
+  fi
+  local wall a_rss b_rss a_cpu b_cpu
+  wall=$(echo "$t1 - $t0" | bc)
+  a_rss=$(tv "$root/a.time" "Maximum resident set size")
+  b_rss=$(tv "$root/b.time" "Maximum resident set size")
+  a_cpu=$(echo "$(tv "$root/a.time" "User time") + $(tv "$root/a.time" "System time")" | bc)
+  b_cpu=$(echo "$(tv "$root/b.time" "User time") + $(tv "$root/b.time" "System time")" | bc)
+  printf '%-28s %10.2f %12s %12s %10.2f %10.2f\n' "$name" "$wall" "$a_rss" "$b_rss" "$a_cpu" "$b_cpu"
+  json_rows+=("{\"scenario\":\"$name\",\"wall_s\":$wall,\"a_peak_rss_kib\":$a_rss,\"b_peak_rss_kib\":$b_rss,\"a_cpu_s\":$a_cpu,\"b_cpu_s\":$b_cpu}")
+  base=$((base + 3))
+}
+
+echo "bench: $(nproc) cores, $(uname -m), preset $preset, binary $(stat -c %s "$bin") bytes" >&2
+mkdir -p "$root/small-files/a" "$root/small-files/b" "$root/big-files/a" "$root/big-files/b"
+gen_small "$root/small-files/a" "$n_small" 1
+for i in $(seq 1 "$n_big"); do gen_big "$root/big-files/a/big$i.bin" "$big_mib" "$i"; done
+sync
+
+run_scenario small-files
+run_scenario big-files
+
+{
+  echo "{\"cores\":$(nproc),\"preset\":\"$preset\",\"scenarios\":["
+  (IFS=,; echo "${json_rows[*]}")
+  echo "]}"
+} > "$results"
+echo "bench: results in $results" >&2
