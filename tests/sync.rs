@@ -407,3 +407,33 @@ fn a_source_changed_while_being_sent_is_never_committed_as_a_mix() {
         "temp left behind"
     );
 }
+
+#[test]
+fn two_daemons_sync_on_connect_and_again_on_schedule() {
+    let p = Pair::new("schedule");
+    p.dir.write("a/at-start.txt", b"start");
+    let cb = p.b.write(p.dir.path());
+    let ca = p.a.write(p.dir.path());
+    // Every minute: the first scheduled sync comes within 60 s of start.
+    let ca_text = std::fs::read_to_string(&ca).unwrap();
+    std::fs::write(&ca, format!("schedule_sync = \"* * * * *\"\n{ca_text}")).unwrap();
+    let da = Daemon::start(&ca);
+    let db = Daemon::start(&cb);
+    assert!(
+        wait_until(PATIENCE, || p.b().join("at-start.txt").exists()),
+        "no sync on connect:\n{}\n{}",
+        da.log(),
+        db.log()
+    );
+    p.dir.write("a/later.txt", b"later");
+    assert!(
+        wait_until(PATIENCE * 2, || p.b().join("later.txt").exists()),
+        "no scheduled sync:\n{}",
+        da.log()
+    );
+    assert!(da.log().contains("scheduled sync"), "{}", da.log());
+    let (ca_code, _) = da.stop();
+    let (cb_code, _) = db.stop();
+    assert_eq!((ca_code, cb_code), (Some(0), Some(0)));
+    assert_same_trees(&p.a(), &p.b());
+}

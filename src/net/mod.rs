@@ -57,6 +57,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a refused connection may take to flush its `Refuse` before it is closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const REDIAL_MIN: Duration = Duration::from_millis(500);
+/// A connection up for longer than this is never replaced by a duplicate.
+const SETTLE_TIME: Duration = Duration::from_secs(2);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 const WAKER: Token = Token(0);
@@ -255,6 +257,8 @@ enum Timer {
 
 struct PeerAddr {
     text: String,
+    /// The address it resolved to when last dialled (or at start-up).
+    resolved: Option<SocketAddr>,
     /// The node last seen at this address; while it is connected we do not dial.
     node: Option<NodeId>,
     /// A dial to this address is in flight (connecting or handshaking).
@@ -296,6 +300,9 @@ impl Net {
             .iter()
             .map(|p| PeerAddr {
                 text: p.clone(),
+                // Names in /etc/hosts or literal addresses resolve at once; anything else is
+                // tried again at dial time.
+                resolved: p.to_socket_addrs().ok().and_then(|mut a| a.next()),
                 node: None,
                 in_flight: None,
                 failures: 0,
@@ -559,6 +566,7 @@ impl Net {
             Ok(None) => return self.dial_failed(i, "name resolves to no address"),
             Err(e) => return self.dial_failed(i, &format!("cannot resolve: {e}")),
         };
+        self.peers[i].resolved = Some(addr);
         match TcpStream::connect(addr) {
             Ok(stream) => {
                 log::debug!("dialling {text} ({addr})");
@@ -810,15 +818,28 @@ impl Net {
         };
         let dialed_by_us = c.dialed.is_some();
         let addr = c.addr;
-        // One connection per peer: of two, keep the one dialled by the smaller node id.
-        // Both ends apply the same rule, so they keep the same connection.
+        if !dialed_by_us && h.listen_port != 0 {
+            // The peer told us where it listens: if that is a configured address, we know who
+            // is there and will not dial it while this connection lives.
+            let listens_at = SocketAddr::new(addr.ip(), h.listen_port);
+            for p in &mut self.peers {
+                if p.resolved == Some(listens_at) {
+                    p.node = Some(node.clone());
+                }
+            }
+        }
+        // One connection per peer. A connection that has been up for a while is kept: it may
+        // carry a session. Two that came up together (both nodes dialled at once) are settled
+        // by a rule both ends apply alike: keep the one dialled by the smaller node id.
         if let Some(&old) = self.by_node.get(&node) {
-            let old_dialed_by_us = self.conns.get(&old).is_some_and(|c| c.dialed.is_some());
+            let old_conn = self.conns.get(&old);
+            let old_dialed_by_us = old_conn.is_some_and(|c| c.dialed.is_some());
+            let old_settled = old_conn.is_some_and(|c| c.since.elapsed() >= SETTLE_TIME);
             let we_are_smaller = local.node_id < node;
             let preferred_is_ours = we_are_smaller;
             let new_preferred = dialed_by_us == preferred_is_ours;
             let old_preferred = old_dialed_by_us == preferred_is_ours;
-            if !new_preferred || old_preferred {
+            if old_settled || !new_preferred || old_preferred {
                 log::debug!("dropping duplicate connection {id} to {node}");
                 self.note_dial_ok(id, &node);
                 self.close(id, "duplicate connection");
@@ -831,6 +852,7 @@ impl Net {
             return false;
         };
         c.state = ConnState::Ready;
+        c.since = Instant::now();
         c.peer = Some(node.clone());
         c.announced = true;
         let outbound = c.outbound.clone();
