@@ -529,19 +529,24 @@ fn hello_from_another_group_is_refused() {
 // ---------------------------------------------------------------------------------------
 // Sessions
 
+/// The daemon leads "docs" and starts a session with every new peer: read its SessionStart.
+fn expect_session_start(p: &mut RawPeer) -> u64 {
+    match p.expect("the daemon's SessionStart") {
+        Message::SessionStart { sid, storage } => {
+            assert_eq!(storage, STORAGE);
+            sid
+        }
+        other => panic!("expected SessionStart, got {other:?}"),
+    }
+}
+
 #[test]
 fn session_start_from_a_node_that_does_not_lead_is_aborted() {
     let t = Target::start("proto-not-leader");
     let mut p = t.handshake(&hello("zz-follower", None, &[STORAGE]));
     // "node-b" leads "docs", and a daemon starts a session with every new peer: play the
     // follower honestly first (same digest, so nothing moves).
-    let daemon_sid = match p.expect("the daemon's SessionStart") {
-        Message::SessionStart { sid, storage } => {
-            assert_eq!(storage, STORAGE);
-            sid
-        }
-        other => panic!("expected SessionStart, got {other:?}"),
-    };
+    let daemon_sid = expect_session_start(&mut p);
     let (count, digest) = store_digest(&t.store());
     p.send(&Message::IndexSummary {
         sid: daemon_sid,
@@ -580,13 +585,7 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
 fn index_out_of_order_disconnects_the_follower() {
     let t = Target::start("proto-index-order");
     let mut p = t.handshake(&hello("zz-peer", None, &[STORAGE]));
-    let sid = match p.expect("the daemon's SessionStart") {
-        Message::SessionStart { sid, storage } => {
-            assert_eq!(storage, STORAGE);
-            sid
-        }
-        other => panic!("expected SessionStart, got {other:?}"),
-    };
+    let sid = expect_session_start(&mut p);
     p.send(&Message::IndexSummary {
         sid,
         count: 2,

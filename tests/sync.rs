@@ -52,6 +52,22 @@ impl Pair {
     }
 }
 
+/// Waits until `dir` holds an internal temp file of at least `min_len` bytes (a transfer in
+/// progress). Returns whether one appeared.
+fn wait_for_temp_file(dir: &Path, min_len: u64) -> bool {
+    wait_until(PATIENCE, || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".iron-carrier.tmp")
+                    && e.metadata().map(|m| m.len() >= min_len).unwrap_or(false)
+            })
+    })
+}
+
 fn assert_same_trees(a: &Path, b: &Path) {
     let ma = manifest(a);
     let mb = manifest(b);
@@ -329,17 +345,7 @@ fn a_receiver_killed_mid_transfer_keeps_its_old_file_and_the_next_run_converges(
         .spawn()
         .unwrap();
     // Wait until B is writing its temporary file, then kill B without any chance to clean.
-    let temp_growing = wait_until(PATIENCE, || {
-        std::fs::read_dir(p.b())
-            .unwrap()
-            .filter_map(Result::ok)
-            .any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".iron-carrier.tmp")
-                    && e.metadata().map(|m| m.len() > 1024 * 1024).unwrap_or(false)
-            })
-    });
+    let temp_growing = wait_for_temp_file(&p.b(), 1024 * 1024);
     assert!(temp_growing, "transfer never started: {}", daemon.log());
     daemon.kill();
     let mut child = child;
@@ -373,16 +379,7 @@ fn a_source_changed_while_being_sent_is_never_committed_as_a_mix() {
         .spawn()
         .unwrap();
     // As soon as B receives data, append to A's source: A must notice and abort.
-    let started = wait_until(PATIENCE, || {
-        std::fs::read_dir(p.b())
-            .unwrap()
-            .filter_map(Result::ok)
-            .any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".iron-carrier.tmp")
-            })
-    });
+    let started = wait_for_temp_file(&p.b(), 0);
     assert!(started, "{}", daemon.log());
     {
         use std::io::Write;

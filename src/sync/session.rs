@@ -75,6 +75,34 @@ pub struct Session {
 }
 
 impl Session {
+    fn new(
+        sid: u64,
+        storage: usize,
+        leader: Option<ConnId>,
+        participants: Vec<Participant>,
+        local_index: Vec<FileMeta>,
+        local_digest: Digest,
+        ignore: IgnoreMatcher,
+    ) -> Session {
+        Session {
+            sid,
+            storage,
+            leader,
+            participants,
+            phase: Phase::Summaries,
+            local_index,
+            local_digest,
+            ignore,
+            plan: Vec::new(),
+            sends_left: 0,
+            expected: HashMap::new(),
+            declined: HashSet::new(),
+            stats: PartStats::default(),
+            local_done: false,
+            last_activity: Instant::now(),
+        }
+    }
+
     pub fn involves(&self, conn: ConnId) -> bool {
         self.leader == Some(conn) || self.participants.iter().any(|p| p.conn == conn)
     }
@@ -245,23 +273,15 @@ impl SyncState {
             );
         }
         let digest = proto::index_digest(&index);
-        self.session = Some(Session {
+        self.session = Some(Session::new(
             sid,
-            storage: i,
-            leader: None,
+            i,
+            None,
             participants,
-            phase: Phase::Summaries,
-            local_index: index,
-            local_digest: digest,
+            index,
+            digest,
             ignore,
-            plan: Vec::new(),
-            sends_left: 0,
-            expected: HashMap::new(),
-            declined: HashSet::new(),
-            stats: PartStats::default(),
-            local_done: false,
-            last_activity: Instant::now(),
-        });
+        ));
         true
     }
 
@@ -520,23 +540,15 @@ impl SyncState {
                 digest,
             },
         );
-        self.session = Some(Session {
+        self.session = Some(Session::new(
             sid,
-            storage: i,
-            leader: Some(conn),
-            participants: Vec::new(),
-            phase: Phase::Summaries,
-            local_index: index,
-            local_digest: digest,
+            i,
+            Some(conn),
+            Vec::new(),
+            index,
+            digest,
             ignore,
-            plan: Vec::new(),
-            sends_left: 0,
-            expected: HashMap::new(),
-            declined: HashSet::new(),
-            stats: PartStats::default(),
-            local_done: false,
-            last_activity: Instant::now(),
-        });
+        ));
     }
 
     /// The current session if `conn` leads it and it is `sid`.
