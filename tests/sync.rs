@@ -68,6 +68,25 @@ fn wait_for_temp_file(dir: &Path, min_len: u64) -> bool {
     })
 }
 
+/// Established TCP connections (IPv4, this namespace) with one end on port `x` and the
+/// other on port `y` or an ephemeral port of a connection to `x`/`y`: each connection shows
+/// up twice in /proc/net/tcp (once per end), so the count is halved.
+fn established_between(x: u16, y: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    let ends = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // State 01 is ESTABLISHED.
+            (f.get(3) == Some(&"01")).then(|| (port(f[1]), port(f[2])))
+        })
+        .filter(|&(local, remote)| [x, y].contains(&local) || [x, y].contains(&remote))
+        .count();
+    ends / 2
+}
+
 fn assert_same_trees(a: &Path, b: &Path) {
     let ma = manifest(a);
     let mb = manifest(b);
@@ -429,6 +448,14 @@ fn two_daemons_sync_on_connect_and_again_on_schedule() {
         da.log()
     );
     assert!(da.log().contains("scheduled sync"), "{}", da.log());
+    // Both daemons dial each other, yet exactly one TCP connection joins them.
+    assert_eq!(
+        established_between(p.a.port, p.b.port),
+        1,
+        "{}\n{}",
+        da.log(),
+        db.log()
+    );
     let (ca_code, _) = da.stop();
     let (cb_code, _) = db.stop();
     assert_eq!((ca_code, cb_code), (Some(0), Some(0)));
