@@ -79,6 +79,11 @@ pub enum NetCmd {
         conn: ConnId,
         reason: String,
     },
+    /// Internal: the `resolve` helper's answer for configured peer `peer`.
+    Resolved {
+        peer: usize,
+        result: Result<SocketAddr, String>,
+    },
     Shutdown,
 }
 
@@ -235,10 +240,11 @@ pub fn spawn(
         waker,
         inbound: inbound.clone(),
     };
+    let own = handle.clone();
     let thread = std::thread::Builder::new()
         .name("net".into())
         .spawn(move || {
-            let mut net = Net::new(poll, listener, opts, events, rx, inbound);
+            let mut net = Net::new(poll, listener, opts, events, rx, own, inbound);
             net.run();
         })
         .map_err(|e| StartError(format!("cannot spawn thread net: {e}")))?;
@@ -257,8 +263,10 @@ enum Timer {
 
 struct PeerAddr {
     text: String,
-    /// The address it resolved to when last dialled (or at start-up).
+    /// The address it resolved to when last dialled (or at start-up for a literal address).
     resolved: Option<SocketAddr>,
+    /// A `resolve` helper thread is looking the name up.
+    resolving: bool,
     /// The node last seen at this address; while it is connected we do not dial.
     node: Option<NodeId>,
     /// A dial to this address is in flight (connecting or handshaking).
@@ -272,6 +280,8 @@ struct Net {
     opts: NetOptions,
     events_tx: Sender<NetEvent>,
     cmd_rx: Receiver<NetCmd>,
+    /// Our own handle, for helper threads to answer through.
+    own: NetHandle,
     inbound: Arc<InboundGauge>,
     conns: HashMap<ConnId, Conn>,
     /// Which connection is *the* connection to a node.
@@ -293,6 +303,7 @@ impl Net {
         opts: NetOptions,
         events_tx: Sender<NetEvent>,
         cmd_rx: Receiver<NetCmd>,
+        own: NetHandle,
         inbound: Arc<InboundGauge>,
     ) -> Net {
         let peers = opts
@@ -300,9 +311,8 @@ impl Net {
             .iter()
             .map(|p| PeerAddr {
                 text: p.clone(),
-                // Names in /etc/hosts or literal addresses resolve at once; anything else is
-                // tried again at dial time.
-                resolved: p.to_socket_addrs().ok().and_then(|mut a| a.next()),
+                resolved: p.parse().ok(),
+                resolving: false,
                 node: None,
                 in_flight: None,
                 failures: 0,
@@ -314,6 +324,7 @@ impl Net {
             opts,
             events_tx,
             cmd_rx,
+            own,
             inbound,
             conns: HashMap::new(),
             by_node: HashMap::new(),
@@ -404,6 +415,7 @@ impl Net {
                         self.flush(conn);
                     }
                 }
+                Ok(NetCmd::Resolved { peer, result }) => self.on_resolved(peer, result),
                 Ok(NetCmd::Shutdown) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -550,7 +562,7 @@ impl Net {
 
     fn dial(&mut self, i: usize) {
         let Some(p) = self.peers.get(i) else { return };
-        if p.in_flight.is_some() {
+        if p.in_flight.is_some() || p.resolving {
             return;
         }
         if let Some(node) = &p.node {
@@ -558,18 +570,50 @@ impl Net {
                 return;
             }
         }
+        if let Ok(addr) = p.text.parse::<SocketAddr>() {
+            return self.connect(i, addr);
+        }
+        // A name: looking it up may wait on DNS for seconds, which this thread must never
+        // do. A short-lived helper thread answers through our own command channel.
         let text = p.text.clone();
-        // Resolution of a name can block; configured peers are usually addresses or names
-        // in /etc/hosts, which resolve at once. (mDNS names arrive resolved from discovery.)
-        let addr = match text.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => a,
-            Ok(None) => return self.dial_failed(i, "name resolves to no address"),
-            Err(e) => return self.dial_failed(i, &format!("cannot resolve: {e}")),
+        let own = self.own.clone();
+        let spawned = std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || {
+                let result = match text.to_socket_addrs().map(|mut a| a.next()) {
+                    Ok(Some(a)) => Ok(a),
+                    Ok(None) => Err("name resolves to no address".to_owned()),
+                    Err(e) => Err(format!("cannot resolve: {e}")),
+                };
+                own.send(NetCmd::Resolved { peer: i, result });
+            });
+        match spawned {
+            Ok(_) => self.peers[i].resolving = true,
+            Err(e) => self.dial_failed(i, &format!("cannot start a resolver thread: {e}")),
+        }
+    }
+
+    fn on_resolved(&mut self, i: usize, result: Result<SocketAddr, String>) {
+        let Some(p) = self.peers.get_mut(i) else {
+            return;
         };
-        self.peers[i].resolved = Some(addr);
+        p.resolving = false;
+        if self.draining {
+            return;
+        }
+        match result {
+            Ok(addr) => {
+                p.resolved = Some(addr);
+                self.connect(i, addr);
+            }
+            Err(reason) => self.dial_failed(i, &reason),
+        }
+    }
+
+    fn connect(&mut self, i: usize, addr: SocketAddr) {
         match TcpStream::connect(addr) {
             Ok(stream) => {
-                log::debug!("dialling {text} ({addr})");
+                log::debug!("dialling {} ({addr})", self.peers[i].text);
                 let id = self.next_id;
                 self.peers[i].in_flight = Some(id);
                 self.register(stream, addr, Some(i));
