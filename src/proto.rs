@@ -85,28 +85,41 @@ pub enum Message {
     },
     Ping,
     Pong,
-    /// Follower → leader: please run a session for this storage.
-    SyncRequest {
+    /// Election: "I want to lead a session for `storage`; grant me your participation."
+    Claim {
+        ticket: u64,
         storage: String,
     },
+    /// Election: "I will take part in your session `ticket`, and in no other until it ends."
+    Grant {
+        ticket: u64,
+    },
+    /// Election: "not now" (busy, or a claimant with priority is in the way).
+    Deny {
+        ticket: u64,
+    },
+    /// Election: the claim `ticket` is withdrawn; a grant for it is void.
+    Release {
+        ticket: u64,
+    },
+    /// Leader → participants: the session granted under ticket `sid` starts.
     SessionStart {
         sid: u64,
         storage: String,
     },
-    /// "I am already in another session; ask again later."
-    SessionBusy {
-        sid: u64,
-    },
     /// Either side: this session cannot go on (a storage that cannot be scanned, a
-    /// participant lost, a protocol violation). Nothing is retried automatically.
+    /// participant lost, a protocol violation).
     SessionAbort {
         sid: u64,
         reason: String,
     },
+    /// A participant's index digest, and the nodes it is connected to (so the leader only
+    /// routes transfers over connections that exist).
     IndexSummary {
         sid: u64,
         count: u64,
         digest: Digest,
+        peers: Vec<NodeId>,
     },
     IndexRequest {
         sid: u64,
@@ -123,6 +136,14 @@ pub enum Message {
         items: Vec<PlanItem>,
     },
     PlanEnd {
+        sid: u64,
+    },
+    /// Participant → leader: my part of the plan is registered; I accept my files now.
+    PlanReady {
+        sid: u64,
+    },
+    /// Leader → participants: every participant is ready; start sending.
+    Go {
         sid: u64,
     },
     PartDone {
@@ -163,9 +184,9 @@ mod tag {
     pub const REFUSE: u8 = 0x02;
     pub const PING: u8 = 0x03;
     pub const PONG: u8 = 0x04;
-    pub const SYNC_REQUEST: u8 = 0x10;
+    pub const CLAIM: u8 = 0x10;
     pub const SESSION_START: u8 = 0x11;
-    pub const SESSION_BUSY: u8 = 0x12;
+    pub const GRANT: u8 = 0x12;
     pub const INDEX_SUMMARY: u8 = 0x13;
     pub const INDEX_REQUEST: u8 = 0x14;
     pub const INDEX_CHUNK: u8 = 0x15;
@@ -175,6 +196,10 @@ mod tag {
     pub const PART_DONE: u8 = 0x19;
     pub const SESSION_END: u8 = 0x1A;
     pub const SESSION_ABORT: u8 = 0x1B;
+    pub const DENY: u8 = 0x1C;
+    pub const RELEASE: u8 = 0x1D;
+    pub const PLAN_READY: u8 = 0x1E;
+    pub const GO: u8 = 0x1F;
     pub const FILE_START: u8 = 0x20;
     pub const FILE_DATA: u8 = 0x21;
     pub const FILE_END: u8 = 0x22;
@@ -190,9 +215,11 @@ impl Message {
             Message::Refuse { .. } => "Refuse",
             Message::Ping => "Ping",
             Message::Pong => "Pong",
-            Message::SyncRequest { .. } => "SyncRequest",
+            Message::Claim { .. } => "Claim",
+            Message::Grant { .. } => "Grant",
+            Message::Deny { .. } => "Deny",
+            Message::Release { .. } => "Release",
             Message::SessionStart { .. } => "SessionStart",
-            Message::SessionBusy { .. } => "SessionBusy",
             Message::SessionAbort { .. } => "SessionAbort",
             Message::IndexSummary { .. } => "IndexSummary",
             Message::IndexRequest { .. } => "IndexRequest",
@@ -200,6 +227,8 @@ impl Message {
             Message::IndexEnd { .. } => "IndexEnd",
             Message::PlanChunk { .. } => "PlanChunk",
             Message::PlanEnd { .. } => "PlanEnd",
+            Message::PlanReady { .. } => "PlanReady",
+            Message::Go { .. } => "Go",
             Message::PartDone { .. } => "PartDone",
             Message::SessionEnd { .. } => "SessionEnd",
             Message::FileStart { .. } => "FileStart",
@@ -378,29 +407,47 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::Ping => e.u8(tag::PING),
         Message::Pong => e.u8(tag::PONG),
-        Message::SyncRequest { storage } => {
-            e.u8(tag::SYNC_REQUEST);
+        Message::Claim { ticket, storage } => {
+            e.u8(tag::CLAIM);
+            e.u64(*ticket);
             e.str(storage);
+        }
+        Message::Grant { ticket } => {
+            e.u8(tag::GRANT);
+            e.u64(*ticket);
+        }
+        Message::Deny { ticket } => {
+            e.u8(tag::DENY);
+            e.u64(*ticket);
+        }
+        Message::Release { ticket } => {
+            e.u8(tag::RELEASE);
+            e.u64(*ticket);
         }
         Message::SessionStart { sid, storage } => {
             e.u8(tag::SESSION_START);
             e.u64(*sid);
             e.str(storage);
         }
-        Message::SessionBusy { sid } => {
-            e.u8(tag::SESSION_BUSY);
-            e.u64(*sid);
-        }
         Message::SessionAbort { sid, reason } => {
             e.u8(tag::SESSION_ABORT);
             e.u64(*sid);
             e.str(reason);
         }
-        Message::IndexSummary { sid, count, digest } => {
+        Message::IndexSummary {
+            sid,
+            count,
+            digest,
+            peers,
+        } => {
             e.u8(tag::INDEX_SUMMARY);
             e.u64(*sid);
             e.u64(*count);
             e.0.extend_from_slice(digest);
+            e.count(peers.len());
+            for n in peers {
+                e.str(n.as_str());
+            }
         }
         Message::IndexRequest { sid } => {
             e.u8(tag::INDEX_REQUEST);
@@ -455,6 +502,14 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::PlanEnd { sid } => {
             e.u8(tag::PLAN_END);
+            e.u64(*sid);
+        }
+        Message::PlanReady { sid } => {
+            e.u8(tag::PLAN_READY);
+            e.u64(*sid);
+        }
+        Message::Go { sid } => {
+            e.u8(tag::GO);
             e.u64(*sid);
         }
         Message::PartDone { sid, stats } => {
@@ -627,23 +682,46 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         },
         tag::PING => Message::Ping,
         tag::PONG => Message::Pong,
-        tag::SYNC_REQUEST => Message::SyncRequest {
+        tag::CLAIM => Message::Claim {
+            ticket: d.u64("ticket")?,
             storage: d.storage()?,
+        },
+        tag::GRANT => Message::Grant {
+            ticket: d.u64("ticket")?,
+        },
+        tag::DENY => Message::Deny {
+            ticket: d.u64("ticket")?,
+        },
+        tag::RELEASE => Message::Release {
+            ticket: d.u64("ticket")?,
         },
         tag::SESSION_START => Message::SessionStart {
             sid: d.u64("sid")?,
             storage: d.storage()?,
         },
-        tag::SESSION_BUSY => Message::SessionBusy { sid: d.u64("sid")? },
         tag::SESSION_ABORT => Message::SessionAbort {
             sid: d.u64("sid")?,
             reason: d.reason()?,
         },
-        tag::INDEX_SUMMARY => Message::IndexSummary {
-            sid: d.u64("sid")?,
-            count: d.u64("count")?,
-            digest: d.array("digest")?,
-        },
+        tag::INDEX_SUMMARY => {
+            let sid = d.u64("sid")?;
+            let count = d.u64("count")?;
+            let digest = d.array("digest")?;
+            let n = d.count("peers", MIN_NAME)?;
+            if n > MAX_TARGETS {
+                return Err(DecodeError::TooMany("peers", n));
+            }
+            let mut peers = Vec::new();
+            for _ in 0..n {
+                peers.push(d.node("peer node id")?);
+            }
+            Message::IndexSummary {
+                sid,
+                count,
+                digest,
+                peers,
+            }
+        }
         tag::INDEX_REQUEST => Message::IndexRequest { sid: d.u64("sid")? },
         tag::INDEX_CHUNK => {
             let sid = d.u64("sid")?;
@@ -665,6 +743,8 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             Message::PlanChunk { sid, items }
         }
         tag::PLAN_END => Message::PlanEnd { sid: d.u64("sid")? },
+        tag::PLAN_READY => Message::PlanReady { sid: d.u64("sid")? },
+        tag::GO => Message::Go { sid: d.u64("sid")? },
         tag::PART_DONE => Message::PartDone {
             sid: d.u64("sid")?,
             stats: PartStats {
@@ -849,14 +929,17 @@ mod tests {
             },
             Message::Ping,
             Message::Pong,
-            Message::SyncRequest {
+            Message::Claim {
+                ticket: 9,
                 storage: "docs".into(),
             },
+            Message::Grant { ticket: 9 },
+            Message::Deny { ticket: 9 },
+            Message::Release { ticket: 9 },
             Message::SessionStart {
                 sid: u64::MAX,
                 storage: "docs".into(),
             },
-            Message::SessionBusy { sid: 7 },
             Message::SessionAbort {
                 sid: 7,
                 reason: "cannot scan".into(),
@@ -865,6 +948,7 @@ mod tests {
                 sid: 1,
                 count: 3,
                 digest: [9; 32],
+                peers: vec![n("a"), n("c")],
             },
             Message::IndexRequest { sid: 1 },
             Message::IndexChunk {
@@ -900,6 +984,8 @@ mod tests {
                 ],
             },
             Message::PlanEnd { sid: 2 },
+            Message::PlanReady { sid: 2 },
+            Message::Go { sid: 2 },
             Message::PartDone {
                 sid: 2,
                 stats: PartStats {

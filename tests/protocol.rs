@@ -97,12 +97,13 @@ impl RawPeer {
         }
     }
 
-    /// The next message that is not a keep-alive; panics if the connection closes first.
+    /// The next message that is not a keep-alive or a released claim; panics if the
+    /// connection closes first.
     fn expect(&mut self, what: &str) -> Message {
         loop {
             match self.recv() {
                 Some(Message::Ping) => self.send(&Message::Pong),
-                Some(Message::Pong) => {}
+                Some(Message::Pong) | Some(Message::Release { .. }) => {}
                 Some(m) => return m,
                 None => panic!("the daemon closed the connection while we waited for {what}"),
             }
@@ -331,11 +332,21 @@ fn store_digest(store: &Path) -> (u64, Digest) {
 // ---------------------------------------------------------------------------------------
 // Paths that would escape the storage
 
-/// As the leader ("a-evil" < "node-b"), starts a session, waits for the daemon's index
-/// summary, then sends a transfer whose path bytes are `path`.
-fn send_file_with_raw_path(t: &Target, path: &[u8]) -> Vec<Message> {
-    let sid = 0x0BAD_5E55_1011;
-    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+/// Claims the lead of "docs" ("a-evil" < "node-b", so the daemon yields even if it is
+/// claiming itself), starts session `sid` once granted and waits for the daemon's summary.
+fn lead_session(p: &mut RawPeer, sid: u64) {
+    p.send(&Message::Claim {
+        ticket: sid,
+        storage: STORAGE.into(),
+    });
+    loop {
+        match p.expect("Grant") {
+            Message::Grant { ticket } if ticket == sid => break,
+            // The daemon's own claim, made when we connected: we never answer it.
+            Message::Claim { .. } => {}
+            other => panic!("expected Grant, got {other:?}"),
+        }
+    }
     p.send(&Message::SessionStart {
         sid,
         storage: STORAGE.into(),
@@ -344,6 +355,13 @@ fn send_file_with_raw_path(t: &Target, path: &[u8]) -> Vec<Message> {
         Message::IndexSummary { sid: s, .. } => assert_eq!(s, sid),
         other => panic!("expected IndexSummary, got {other:?}"),
     }
+}
+
+/// As the leader, starts a session, then sends a transfer whose path bytes are `path`.
+fn send_file_with_raw_path(t: &Target, path: &[u8]) -> Vec<Message> {
+    let sid = 0x0BAD_5E55_1011;
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    lead_session(&mut p, sid);
     let content = b"pwned\n";
     let mut attack = raw_file_start(sid, 1, path, content.len() as u64);
     attack.extend(data_and_end(1, content));
@@ -386,16 +404,14 @@ fn file_no_plan_announced_disconnects_and_is_not_written() {
     let t = Target::start("proto-unannounced");
     let sid = 0x5E55_1011;
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
-    p.send(&Message::SessionStart {
-        sid,
-        storage: STORAGE.into(),
-    });
-    match p.expect("IndexSummary") {
-        Message::IndexSummary { sid: s, .. } => assert_eq!(s, sid),
-        other => panic!("expected IndexSummary, got {other:?}"),
-    }
-    // An empty plan: the daemon has nothing to do and says so.
+    lead_session(&mut p, sid);
+    // An empty plan: the daemon is ready at once, and has nothing to do.
     p.send(&Message::PlanEnd { sid });
+    match p.expect("PlanReady") {
+        Message::PlanReady { sid: s } => assert_eq!(s, sid),
+        other => panic!("expected PlanReady, got {other:?}"),
+    }
+    p.send(&Message::Go { sid });
     match p.expect("PartDone") {
         Message::PartDone { sid: s, stats } => {
             assert_eq!(s, sid);
@@ -452,7 +468,12 @@ fn truncated_frame_then_eof_closes_cleanly() {
     p.send_raw(&bytes);
     p.stream.shutdown(Shutdown::Write).expect("shutdown write");
     let msgs = p.until_closed();
-    assert!(msgs.is_empty(), "unexpected messages: {msgs:?}");
+    // The daemon may have claimed the shared storage when we connected; nothing else.
+    assert!(
+        msgs.iter()
+            .all(|m| matches!(m, Message::Claim { .. } | Message::Release { .. })),
+        "unexpected messages: {msgs:?}"
+    );
     t.assert_survived("disconnected from a-evil: connection closed by peer");
 }
 
@@ -529,11 +550,21 @@ fn hello_from_another_group_is_refused() {
 // ---------------------------------------------------------------------------------------
 // Sessions
 
-/// The daemon leads "docs" and starts a session with every new peer: read its SessionStart.
+/// A daemon claims the lead of a shared storage as soon as a peer connects ("node-b" <
+/// "zz-…"): grant its claim and read the SessionStart that follows.
 fn expect_session_start(p: &mut RawPeer) -> u64 {
+    let ticket = match p.expect("the daemon's Claim") {
+        Message::Claim { ticket, storage } => {
+            assert_eq!(storage, STORAGE);
+            ticket
+        }
+        other => panic!("expected Claim, got {other:?}"),
+    };
+    p.send(&Message::Grant { ticket });
     match p.expect("the daemon's SessionStart") {
         Message::SessionStart { sid, storage } => {
             assert_eq!(storage, STORAGE);
+            assert_eq!(sid, ticket, "the session id is the granted ticket");
             sid
         }
         other => panic!("expected SessionStart, got {other:?}"),
@@ -552,6 +583,7 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
         sid: daemon_sid,
         count,
         digest,
+        peers: vec![],
     });
     match p.expect("SessionEnd") {
         Message::SessionEnd { sid, ok } => {
@@ -560,7 +592,7 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
         }
         other => panic!("expected SessionEnd, got {other:?}"),
     }
-    // Now try to lead it.
+    // Now try to lead it without a grant.
     let sid = 0x0D0E_5E55;
     p.send(&Message::SessionStart {
         sid,
@@ -573,12 +605,12 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
         }
         other => panic!("expected SessionAbort, got {other:?}"),
     }
-    t.wait_for_log("refusing a session from zz-follower: it is not the leader here");
+    t.wait_for_log("refusing a session from zz-follower: it was not granted the lead");
     // Leave, so the legitimate sync below is not a session with us too.
     p.stream.shutdown(Shutdown::Both).expect("shutdown");
     drop(p);
     t.wait_for_log("disconnected from zz-follower");
-    t.assert_survived("not the leader");
+    t.assert_survived("not granted the lead");
 }
 
 #[test]
@@ -590,6 +622,7 @@ fn index_out_of_order_disconnects_the_follower() {
         sid,
         count: 2,
         digest: [0; 32],
+        peers: vec![],
     });
     match p.expect("IndexRequest") {
         Message::IndexRequest { sid: s } => assert_eq!(s, sid),

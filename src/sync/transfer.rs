@@ -50,6 +50,8 @@ pub enum SendDone {
         sid: u64,
         bytes: u64,
         receivers: usize,
+        /// Bytes read from the source (once for all receivers).
+        read: u64,
     },
     /// `benign`: the source changed or every receiver declined — nothing is wrong, the
     /// next sync will pick it up. Otherwise a real failure (I/O error).
@@ -219,6 +221,7 @@ impl Sender {
                             sid: a.job.sid,
                             bytes: a.sent,
                             receivers: a.job.to.len(),
+                            read: a.sent,
                         });
                     }
                     Err((reason, benign)) => {
