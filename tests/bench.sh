@@ -13,9 +13,9 @@ set -euo pipefail
 bin=$(realpath "${1:-target/release/iron-carrier}")
 preset=${2:-full}
 if [ "$preset" = "--small" ]; then
-  n_small=1000; n_big=4; big_mib=16
+  n_small=1000; n_big=4; big_mib=16; n_five=200; fan_mib=16
 else
-  n_small=10000; n_big=4; big_mib=256
+  n_small=10000; n_big=4; big_mib=256; n_five=2000; fan_mib=100
 fi
 
 if ! [ -x /usr/bin/time ]; then
@@ -117,6 +117,100 @@ run_scenario() { # name
   base=$((base + 3))
 }
 
+# Writes the config of node i of a five-node full mesh: name, i, storage dir.
+five_config() { # name i dir
+  local name=$1 i=$2 dir=$3 peers="" j
+  for j in 1 2 3 4 5; do
+    [ "$i" = "$j" ] && continue
+    peers="$peers\"127.0.0.1:$((base + j))\", "
+  done
+  cat > "$root/$name-n$i.toml" <<EOF
+node_id = "n$i"
+port = $((base + i))
+listen_address = "127.0.0.1"
+peers = [${peers%, }]
+enable_service_discovery = false
+encryption = false
+log_path = "$root/$name-n$i.db"
+
+[storages]
+data = "$dir"
+EOF
+}
+
+# Five nodes, full mesh, every node with its own files, all started at once as one-shot runs:
+# wall time until the last one exits; per node peak RSS and CPU.
+run_five() { # name files-per-node
+  local name=$1 per=$2 i pids=()
+  for i in 1 2 3 4 5; do
+    mkdir -p "$root/$name/n$i"
+    gen_small "$root/$name/n$i/n$i" "$per" $((100 + i))
+    five_config "$name" "$i" "$root/$name/n$i"
+  done
+  sync
+  local t0 t1
+  t0=$(date +%s.%N)
+  for i in 1 2 3 4 5; do
+    /usr/bin/time -v -o "$root/$name-n$i.time" "$bin" -q --config "$root/$name-n$i.toml" > /dev/null &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  t1=$(date +%s.%N)
+  for i in 2 3 4 5; do
+    if ! diff <(manifest "$root/$name/n1") <(manifest "$root/$name/n$i") > /dev/null; then
+      echo "bench: $name did not converge (n$i)" >&2; exit 1
+    fi
+  done
+  local wall rss="" cpu=""
+  wall=$(echo "$t1 - $t0" | bc)
+  for i in 1 2 3 4 5; do
+    rss="$rss $(tv "$root/$name-n$i.time" "Maximum resident set size")"
+    cpu="$cpu $(echo "$(tv "$root/$name-n$i.time" "User time") + $(tv "$root/$name-n$i.time" "System time")" | bc)"
+  done
+  printf '%-28s %10.2f   peak RSS KiB per node:%s   CPU s:%s\n' "$name" "$wall" "$rss" "$cpu"
+  json_rows+=("{\"scenario\":\"$name\",\"wall_s\":$wall,\"peak_rss_kib\":[$(echo $rss | tr ' ' ,)],\"cpu_s\":[$(echo $cpu | tr ' ' ,)]}")
+  base=$((base + 6))
+}
+
+# One node holds a file four others lack: how many bytes does it read? (rchar of the holder,
+# a daemon, read from /proc after convergence; and the node's own counter from its log.)
+run_fanout() { # name MiB
+  local name=$1 mib=$2 i pids=()
+  for i in 1 2 3 4 5; do
+    mkdir -p "$root/$name/n$i"
+    five_config "$name" "$i" "$root/$name/n$i"
+  done
+  gen_big "$root/$name/n1/movie.bin" "$mib" 7
+  sync
+  for i in 2 3 4 5; do
+    "$bin" --daemon -q --config "$root/$name-n$i.toml" &
+    pids+=($!)
+  done
+  sleep 1
+  "$bin" --daemon -v --config "$root/$name-n1.toml" 2> "$root/$name-n1.log" &
+  local holder=$!
+  pids+=($holder)
+  local want=$((mib * 1048576)) done
+  for _ in $(seq 1 600); do
+    done=1
+    for i in 2 3 4 5; do
+      [ "$(stat -c %s "$root/$name/n$i/movie.bin" 2>/dev/null || echo 0)" = "$want" ] || done=0
+    done
+    [ $done = 1 ] && break
+    sleep 0.1
+  done
+  # Let the session end so the holder logs its counter.
+  for _ in $(seq 1 100); do grep -q 'session done' "$root/$name-n1.log" && break; sleep 0.1; done
+  local rchar reported
+  rchar=$(awk '/^rchar/ {print $2}' "/proc/$holder/io")
+  for p in "${pids[@]}"; do kill "$p"; done
+  for p in "${pids[@]}"; do wait "$p" || true; done
+  reported=$(grep -o 'read [0-9]* bytes' "$root/$name-n1.log" | awk '{s += $2} END {print s + 0}')
+  printf '%-28s %d MiB to 4 nodes: holder read %s bytes (its counter); rchar %s\n' "$name" "$mib" "$reported" "$rchar"
+  json_rows+=("{\"scenario\":\"$name\",\"file_bytes\":$want,\"holder_read_bytes\":$reported,\"holder_rchar\":$rchar}")
+  base=$((base + 6))
+}
+
 echo "bench: $(nproc) cores, $(uname -m), preset $preset, binary $(stat -c %s "$bin") bytes" >&2
 mkdir -p "$root/small-files/a" "$root/small-files/b" "$root/big-files/a" "$root/big-files/b"
 gen_small "$root/small-files/a" "$n_small" 1
@@ -125,6 +219,8 @@ sync
 
 run_scenario small-files
 run_scenario big-files
+run_five five-nodes "$n_five"
+run_fanout fan-out "$fan_mib"
 
 {
   echo "{\"cores\":$(nproc),\"preset\":\"$preset\",\"scenarios\":["

@@ -48,6 +48,9 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 const GRANT_LEASE: Duration = Duration::from_secs(15);
 /// A session with no traffic for this long is abandoned.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a daemon waits after a peer connects before claiming, so that peers connecting
+/// together end up in one session.
+pub const CONNECT_SETTLE: Duration = Duration::from_millis(500);
 /// Aborted attempts at one trigger before it is given up (until the next trigger).
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -323,14 +326,20 @@ impl Core {
 
     /// Something changed in storage `storage` (or a run wants it synchronized).
     pub fn trigger(&mut self, storage: usize, now: Instant) {
+        self.trigger_after(storage, now, Duration::ZERO);
+    }
+
+    /// Like [`Core::trigger`], but claims no sooner than `delay` from now.
+    pub fn trigger_after(&mut self, storage: usize, now: Instant, delay: Duration) {
+        let due = now + delay;
         let w = self.wants.entry(storage).or_insert(Want {
             since: now,
             attempts: 0,
-            not_before: now,
+            not_before: due,
         });
         // A newer trigger is not absorbed by a session whose scan came before it.
         w.since = w.since.max(now);
-        w.not_before = w.not_before.min(now);
+        w.not_before = w.not_before.min(due);
         w.attempts = 0;
     }
 
@@ -341,8 +350,10 @@ impl Core {
             .collect();
         self.peers.insert(node, storages.into_iter().collect());
         if self.trigger_on_connect {
+            // Peers tend to connect in bursts (a node starting up dials everyone): wait for
+            // the burst to settle so one session includes them all.
             for i in shared {
-                self.trigger(i, now);
+                self.trigger_after(i, now, CONNECT_SETTLE);
             }
         }
     }
@@ -358,7 +369,19 @@ impl Core {
         }
         self.claim_progress(now, io);
         if self.session.as_ref().is_some_and(|s| s.involves(node)) {
-            self.abort(&format!("{node} disconnected"), now, io);
+            return self.abort(&format!("{node} disconnected"), now, io);
+        }
+        // A participant we exchange files with directly (not the leader, who would have
+        // aborted above): what it was to send us will not come, and what we still had to send
+        // it is dropped by the shell. Failures, so the leader tries again.
+        if let Some(s) = &mut self.session {
+            let before = s.expected.len();
+            s.expected.retain(|_, e| e.from != *node);
+            let lost = before - s.expected.len();
+            if lost > 0 {
+                s.stats.failed += lost as u32;
+                self.maybe_part_done(now, io);
+            }
         }
     }
 
@@ -669,7 +692,7 @@ impl Core {
             p.index_requested = true;
             io.send(from, Message::IndexRequest { sid });
         }
-        self.leader_maybe_plan(io);
+        self.leader_maybe_plan(now, io);
     }
 
     fn leader_on_index_chunk(
@@ -704,11 +727,11 @@ impl Core {
             return io.disconnect(from, "ended an index nobody asked for");
         }
         p.index_done = true;
-        self.leader_maybe_plan(io);
+        self.leader_maybe_plan(now, io);
     }
 
     /// Once every digest (and every index asked for) is in: diff, route, distribute.
-    fn leader_maybe_plan(&mut self, io: &mut dyn Io) {
+    fn leader_maybe_plan(&mut self, now: Instant, io: &mut dyn Io) {
         let me = self.me.clone();
         let Some(s) = self.session.as_mut() else {
             return;
@@ -729,7 +752,7 @@ impl Core {
                 p.ready = true;
                 p.done = Some(PartStats::default());
             }
-            return self.leader_maybe_end(io);
+            return self.leader_maybe_end(now, io);
         }
         // Participants in node-id order, this node included, so the diff's tie-breaks do not
         // depend on who leads.
@@ -790,7 +813,7 @@ impl Core {
             }
             io.send(&node, Message::PlanEnd { sid });
         }
-        self.leader_maybe_go(io);
+        self.leader_maybe_go(now, io);
     }
 
     fn leader_on_ready(&mut self, from: &NodeId, sid: u64, now: Instant, io: &mut dyn Io) {
@@ -801,10 +824,10 @@ impl Core {
         if let Some(p) = s.participant(from) {
             p.ready = true;
         }
-        self.leader_maybe_go(io);
+        self.leader_maybe_go(now, io);
     }
 
-    fn leader_maybe_go(&mut self, io: &mut dyn Io) {
+    fn leader_maybe_go(&mut self, now: Instant, io: &mut dyn Io) {
         let Some(s) = self.session.as_mut() else {
             return;
         };
@@ -817,7 +840,7 @@ impl Core {
             io.send(&p.node, Message::Go { sid: s.sid });
         }
         self.release_held(io);
-        self.maybe_part_done(io);
+        self.maybe_part_done(now, io);
     }
 
     fn leader_on_part_done(
@@ -835,10 +858,10 @@ impl Core {
         if let Some(p) = s.participant(from) {
             p.done = Some(stats);
         }
-        self.leader_maybe_end(io);
+        self.leader_maybe_end(now, io);
     }
 
-    fn leader_maybe_end(&mut self, io: &mut dyn Io) {
+    fn leader_maybe_end(&mut self, now: Instant, io: &mut dyn Io) {
         let Some(s) = &self.session else { return };
         if s.leader.is_some() || !s.local_done || s.participants.iter().any(|p| p.done.is_none()) {
             return;
@@ -859,11 +882,11 @@ impl Core {
             );
         }
         let peers = s.participants.iter().map(|p| p.node.clone()).collect();
-        self.finish(&s, peers, failed);
+        self.finish(&s, peers, failed, now);
     }
 
     /// Records a completed session and lets it absorb the triggers it answers.
-    fn finish(&mut self, s: &Session, peers: Vec<NodeId>, failed: u32) {
+    fn finish(&mut self, s: &Session, peers: Vec<NodeId>, failed: u32, now: Instant) {
         let name = self.storages[s.storage].clone();
         log::info!(
             "{name}: session done: received {} file(s) ({} bytes), sent {} file(s) ({} bytes), read {} bytes{}",
@@ -878,7 +901,18 @@ impl Core {
                 String::new()
             }
         );
-        if self
+        if failed > 0 {
+            // Something did not arrive (a lost peer, an I/O error): try again later, with
+            // back-off, up to the attempt limit — the next session only moves what is missing.
+            if let Some(w) = self.wants.get_mut(&s.storage) {
+                w.attempts += 1;
+                if w.attempts > MAX_ATTEMPTS {
+                    self.wants.remove(&s.storage);
+                } else {
+                    w.not_before = now + Duration::from_millis(250 << w.attempts.min(6));
+                }
+            }
+        } else if self
             .wants
             .get(&s.storage)
             .is_some_and(|w| w.since <= s.scanned_at)
@@ -1005,12 +1039,12 @@ impl Core {
         s.phase = Phase::Ready;
         s.local_index = Vec::new();
         let items = std::mem::take(&mut s.plan);
-        if let Err(reason) = check_plan(&items, &self.me, &self.peers) {
+        if let Err(reason) = check_plan(&items) {
             return io.disconnect(from, reason);
         }
         self.register_items(items, io);
         io.send(from, Message::PlanReady { sid });
-        self.maybe_part_done(io);
+        self.maybe_part_done(now, io);
     }
 
     fn follower_on_go(&mut self, from: &NodeId, sid: u64, now: Instant, io: &mut dyn Io) {
@@ -1022,7 +1056,7 @@ impl Core {
         }
         s.phase = Phase::Go;
         self.release_held(io);
-        self.maybe_part_done(io);
+        self.maybe_part_done(now, io);
     }
 
     fn follower_on_end(
@@ -1040,7 +1074,7 @@ impl Core {
         io.cancel_session(sid);
         if ok || s.local_done {
             let failed = s.stats.failed;
-            self.finish(&s, vec![from.clone()], failed);
+            self.finish(&s, vec![from.clone()], failed, now);
         } else {
             let name = self.storages[s.storage].clone();
             log::warn!("{name}: session {sid:016x} ended early by {from}");
@@ -1070,6 +1104,16 @@ impl Core {
                     }
                 }
                 PlanItem::Receive { meta, from, expect } => {
+                    if from == self.me || !self.peers.contains_key(&from) {
+                        // The sender is gone (or never was a peer): the file cannot come.
+                        // Counted as failed so the leader tries again.
+                        log::debug!(
+                            "{name}: {} cannot come from {from}: not connected",
+                            meta.path
+                        );
+                        s.stats.failed += 1;
+                        continue;
+                    }
                     if s.ignore.is_ignored(&meta.path, false) {
                         log::debug!("{name}: not accepting {}: ignored here", meta.path);
                         s.declined.insert(meta.path);
@@ -1086,9 +1130,17 @@ impl Core {
                         },
                     );
                 }
-                PlanItem::Send { meta, to } => {
-                    s.sends_left += 1;
-                    s.held.push((meta, to));
+                PlanItem::Send { meta, mut to } => {
+                    // Targets that went away meanwhile are left out; the leader retries.
+                    let before = to.len();
+                    to.retain(|n| *n != self.me && self.peers.contains_key(n));
+                    if to.len() < before {
+                        s.stats.failed += 1;
+                    }
+                    if !to.is_empty() {
+                        s.sends_left += 1;
+                        s.held.push((meta, to));
+                    }
                 }
             }
         }
@@ -1104,7 +1156,7 @@ impl Core {
     }
 
     /// Reports this node's part as done once every send and receive is resolved.
-    fn maybe_part_done(&mut self, io: &mut dyn Io) {
+    fn maybe_part_done(&mut self, now: Instant, io: &mut dyn Io) {
         let Some(s) = self.session.as_mut() else {
             return;
         };
@@ -1115,7 +1167,7 @@ impl Core {
         let (sid, stats) = (s.sid, s.stats);
         match s.leader.clone() {
             Some(leader) => io.send(&leader, Message::PartDone { sid, stats }),
-            None => self.leader_maybe_end(io),
+            None => self.leader_maybe_end(now, io),
         }
     }
 
@@ -1129,10 +1181,12 @@ impl Core {
         now: Instant,
         io: &dyn Io,
     ) -> Result<Option<(u64, i64)>, Refusal> {
+        // A sender starts on the leader's `Go`, which may overtake this node's own `Go` on
+        // another connection: a registered plan (`Ready`) is enough to accept.
         let Some(s) = self
             .session
             .as_mut()
-            .filter(|s| s.sid == sid && s.phase == Phase::Go)
+            .filter(|s| s.sid == sid && s.phase != Phase::Collect)
         else {
             // Late traffic of an aborted session: harmless, say no.
             return Err(Refusal::Reject("no such session here".into()));
@@ -1191,7 +1245,7 @@ impl Core {
             Received::KeptLocal | Received::Aborted => {}
             Received::Failed => s.stats.failed += 1,
         }
-        self.maybe_part_done(io);
+        self.maybe_part_done(now, io);
     }
 
     /// A queued send reached its end.
@@ -1214,7 +1268,7 @@ impl Core {
             Sent::Skipped => {}
             Sent::Failed => s.stats.failed += 1,
         }
-        self.maybe_part_done(io);
+        self.maybe_part_done(now, io);
     }
 
     /// Transfer progress without a message (a long file): keeps the session alive.
@@ -1306,29 +1360,21 @@ fn new_session(
     }
 }
 
-/// A follower's checks on the plan it received: unique paths, and only connected nodes (or
-/// itself) named as senders or receivers.
-fn check_plan(
-    items: &[PlanItem],
-    me: &NodeId,
-    peers: &BTreeMap<NodeId, BTreeSet<String>>,
-) -> Result<(), &'static str> {
-    let known = |n: &NodeId| n != me && peers.contains_key(n);
+/// A follower's checks on the plan it received: every path at most once per kind of item.
+/// A node the plan names but this node is not (or no longer) connected to is not a
+/// violation: a connection may drop after the leader planned. [`Core::register_items`] deals
+/// with such items.
+fn check_plan(items: &[PlanItem]) -> Result<(), &'static str> {
     let mut seen = HashSet::new();
     for item in items {
         let (path, kind) = match item {
             PlanItem::Send { meta, to } => {
-                if to.is_empty() || !to.iter().all(known) {
-                    return Err("sent a plan naming a node we do not know");
+                if to.is_empty() {
+                    return Err("sent a plan with a send to nobody");
                 }
                 (&meta.path, 0)
             }
-            PlanItem::Receive { meta, from, .. } => {
-                if !known(from) {
-                    return Err("sent a plan naming a node we do not know");
-                }
-                (&meta.path, 1)
-            }
+            PlanItem::Receive { meta, .. } => (&meta.path, 1),
             PlanItem::MakeDir { path, .. } => (path, 2),
         };
         if !seen.insert((path, kind)) {

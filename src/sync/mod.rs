@@ -7,6 +7,8 @@
 //! session is done — is the core's; this file only carries it out.
 
 pub mod core;
+#[cfg(test)]
+mod sim;
 mod transfer;
 
 use std::collections::HashMap;
@@ -71,7 +73,10 @@ struct Shell {
 struct OneShot {
     started: Instant,
     ever_connected: bool,
-    triggered: bool,
+    /// The wait for configured peers is over.
+    connected: bool,
+    /// Per storage: this run has triggered it.
+    triggered: Vec<bool>,
     finished: bool,
 }
 
@@ -182,7 +187,8 @@ impl SyncThread {
         let oneshot = (mode == Mode::OneShot).then(|| OneShot {
             started: Instant::now(),
             ever_connected: false,
-            triggered: false,
+            connected: false,
+            triggered: vec![false; config.storages.len()],
             finished: false,
         });
         Ok(SyncThread {
@@ -453,32 +459,46 @@ impl SyncThread {
         if os.finished {
             return;
         }
-        if !os.triggered {
+        let n = self.core.storages().len();
+        if !os.connected {
             let all_up = !self.config.peers.is_empty()
                 && self
                     .config
                     .peers
                     .iter()
                     .all(|p| self.configured_ok.contains(p));
-            let n = self.core.storages().len();
             // A peer may lead every shared storage and leave before the window ends.
             let all_done = (0..n).all(|i| self.core.result(i).is_some());
             let waited = now.duration_since(os.started);
             if all_up || all_done || (waited >= CONNECT_WINDOW && os.ever_connected) {
-                os.triggered = true;
-                for i in 0..n {
-                    // Storages a peer already synchronized with us during the wait are done.
-                    if !matches!(self.core.result(i), Some(StorageResult::Synced { .. })) {
-                        self.core.trigger(i, now);
-                    }
+                os.connected = true;
+            } else {
+                if waited >= CONNECT_DEADLINE {
+                    os.finished = true;
                 }
-            } else if waited >= CONNECT_DEADLINE {
-                os.finished = true;
+                return;
             }
-            return;
         }
-        let n = self.core.storages().len();
-        let settled = (0..n).all(|i| !self.core.has_want(i) && self.core.result(i).is_some());
+        // Each storage is triggered once, unless a session that includes this node already
+        // synchronized it (or is doing so right now: then its end is the answer).
+        for i in 0..n {
+            if os.triggered[i]
+                || matches!(self.core.result(i), Some(StorageResult::Synced { .. }))
+                || self.core.session_storage() == Some(i)
+            {
+                continue;
+            }
+            os.triggered[i] = true;
+            self.core.trigger(i, now);
+        }
+        let settled = (0..n).all(|i| {
+            !self.core.has_want(i)
+                && match self.core.result(i) {
+                    Some(StorageResult::Synced { .. }) => true,
+                    Some(_) => os.triggered[i],
+                    None => false,
+                }
+        });
         if settled && self.core.session_storage().is_none() && self.shell.sender.is_idle() {
             os.finished = true;
         }

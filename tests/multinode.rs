@@ -1,0 +1,395 @@
+//! Groups of real nodes (processes of the real binary) on 127.0.0.1: five nodes with two
+//! storages (one present on only three of them), every node triggering at once, the leader or
+//! a follower killed mid-session, and one read of a file fanned out to four receivers.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+
+/// `n` node configs, every node listing every other as a peer (a full mesh), all in one group.
+fn mesh(dir: &TestDir, ids: &[&str], storages: &[(&str, &[usize])]) -> Vec<NodeConfig> {
+    let group = format!(
+        "{}-{}",
+        dir.path().file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    );
+    let mut nodes: Vec<NodeConfig> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut n = NodeConfig::new(id).group(&group);
+            for (name, holders) in storages {
+                if holders.contains(&i) {
+                    n = n.storage(name, &dir.mkdir(&format!("{id}/{name}")));
+                }
+            }
+            n
+        })
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.peers = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| *p)
+            .collect();
+    }
+    nodes
+}
+
+fn store(dir: &TestDir, id: &str, storage: &str) -> PathBuf {
+    dir.join(&format!("{id}/{storage}"))
+}
+
+/// Waits until every listed replica has the same manifest (no temp files), or panics with
+/// the daemons' logs.
+fn wait_converged(replicas: &[PathBuf], logs: &dyn Fn() -> String) {
+    let ok = wait_until(PATIENCE * 2, || {
+        let first = manifest(&replicas[0]);
+        !first.keys().any(|k| k.contains(".iron-carrier."))
+            && replicas[1..].iter().all(|r| manifest(r) == first)
+    });
+    if !ok {
+        let all: Vec<String> = replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {:?}",
+                    r.display(),
+                    manifest(r).keys().collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        panic!("did not converge:\n{}\n{}", all.join("\n"), logs());
+    }
+}
+
+/// Session ids a node led for `storage`, from its log.
+fn led_sessions(log: &str, storage: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split(&format!("{storage}: leading session ")).nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Start and end timestamps of the sessions a node led for `storage`. Log timestamps are
+/// UTC ISO-8601 from one clock, so they compare as strings across processes. A node is in one
+/// session at a time, so a led session ends at the next end-of-session line.
+fn led_intervals(log: &str, storage: &str) -> Vec<(String, String)> {
+    let mut open: Option<String> = None;
+    let mut out = Vec::new();
+    for l in log.lines() {
+        let ts = l.split_whitespace().next().unwrap_or("").to_owned();
+        if l.contains(&format!("{storage}: leading session ")) {
+            open = Some(ts);
+        } else if l.contains(&format!("{storage}: session "))
+            && (l.contains("session done") || l.contains("aborted"))
+        {
+            if let Some(start) = open.take() {
+                out.push((start, ts));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn five_nodes_with_two_storages_one_on_only_three_converge() {
+    let dir = TestDir::new("five");
+    let ids = ["n1", "n2", "n3", "n4", "n5"];
+    let nodes = mesh(
+        &dir,
+        &ids,
+        &[("docs", &[0, 1, 2, 3, 4]), ("pics", &[0, 2, 4])],
+    );
+    for (i, id) in ids.iter().enumerate() {
+        dir.write(&format!("{id}/docs/from-{id}.txt"), id.as_bytes());
+        dir.write(
+            &format!("{id}/docs/shared/sub-{i}/f.txt"),
+            format!("{i}").as_bytes(),
+        );
+        if [0, 2, 4].contains(&i) {
+            write_random(
+                &store(&dir, id, "pics").join(format!("{id}.jpg")),
+                300_000,
+                i as u64,
+            );
+        }
+    }
+    // Everyone has "common.txt"; n3's copy is the newest and must win everywhere.
+    for (i, id) in ids.iter().enumerate() {
+        let p = dir.write(
+            &format!("{id}/docs/common.txt"),
+            format!("version {i}").as_bytes(),
+        );
+        set_mtime(
+            &p,
+            if i == 2 {
+                1_800_000_000
+            } else {
+                1_700_000_000 + i as i64
+            },
+        );
+    }
+    let daemons: Vec<Daemon> = nodes
+        .iter()
+        .map(|n| Daemon::start(&n.write(dir.path())))
+        .collect();
+    let logs = || {
+        daemons
+            .iter()
+            .map(Daemon::log)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let docs: Vec<PathBuf> = ids.iter().map(|id| store(&dir, id, "docs")).collect();
+    let pics: Vec<PathBuf> = [0, 2, 4]
+        .iter()
+        .map(|&i| store(&dir, ids[i], "pics"))
+        .collect();
+    wait_converged(&docs, &logs);
+    wait_converged(&pics, &logs);
+    assert_eq!(
+        std::fs::read_to_string(docs[0].join("common.txt")).unwrap(),
+        "version 2"
+    );
+    assert_eq!(
+        manifest(&docs[0])
+            .keys()
+            .filter(|k| k.starts_with("from-"))
+            .count(),
+        5
+    );
+    assert!(
+        !dir.join("n2/pics").exists(),
+        "pics must not appear on nodes without it"
+    );
+    for d in daemons {
+        let (code, log) = d.stop();
+        assert_eq!(code, Some(0), "{log}");
+    }
+}
+
+#[test]
+fn every_node_triggering_at_once_gets_one_leader_at_a_time_and_converges() {
+    let dir = TestDir::new("all-at-once");
+    let ids = ["m1", "m2", "m3", "m4", "m5"];
+    let nodes = mesh(&dir, &ids, &[("docs", &[0, 1, 2, 3, 4])]);
+    for (i, id) in ids.iter().enumerate() {
+        for k in 0..20 {
+            write_random(
+                &store(&dir, id, "docs").join(format!("{id}/f{k}.bin")),
+                10_000 + k * 100,
+                (i * 100 + k as usize) as u64,
+            );
+        }
+    }
+    let configs: Vec<PathBuf> = nodes.iter().map(|n| n.write(dir.path())).collect();
+    // Five one-shot runs started together: each triggers every storage as soon as it has
+    // connected to all its peers.
+    let runs: Vec<_> = configs
+        .into_iter()
+        .map(|c| std::thread::spawn(move || oneshot(&c)))
+        .collect();
+    let outs: Vec<_> = runs.into_iter().map(|t| t.join().unwrap()).collect();
+    let all_logs: String = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(0), "{}\n{all_logs}", show(o));
+    }
+    let docs: Vec<PathBuf> = ids.iter().map(|id| store(&dir, id, "docs")).collect();
+    let first = manifest(&docs[0]);
+    assert_eq!(first.len(), 5 + 100, "{first:?}");
+    for d in &docs[1..] {
+        assert_eq!(manifest(d), first);
+    }
+    // At most one leader at a time: no two led sessions overlap, and no session id is led
+    // by two nodes.
+    let mut all_ids = Vec::new();
+    let mut intervals = Vec::new();
+    for o in &outs {
+        let log = String::from_utf8_lossy(&o.stderr);
+        all_ids.extend(led_sessions(&log, "docs"));
+        intervals.extend(led_intervals(&log, "docs"));
+    }
+    assert!(!all_ids.is_empty(), "nobody led:\n{all_logs}");
+    let unique: std::collections::BTreeSet<_> = all_ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        all_ids.len(),
+        "a session id was led twice:\n{all_logs}"
+    );
+    intervals.sort();
+    for w in intervals.windows(2) {
+        assert!(w[0].1 <= w[1].0, "sessions overlap: {w:?}\n{all_logs}");
+    }
+}
+
+/// Four daemons that already share small files, then a fifth one holding a big file and the
+/// smallest id: it leads, and the test kills someone while the big file is on the wire.
+struct KillScenario {
+    dir: TestDir,
+    ids: [&'static str; 5],
+    configs: Vec<PathBuf>,
+}
+
+impl KillScenario {
+    fn new(tag: &str) -> KillScenario {
+        let dir = TestDir::new(tag);
+        let ids = ["k1", "k2", "k3", "k4", "k5"];
+        let nodes = mesh(&dir, &ids, &[("docs", &[0, 1, 2, 3, 4])]);
+        for id in &ids {
+            dir.write(&format!("{id}/docs/small-{id}.txt"), id.as_bytes());
+        }
+        write_random(
+            &store(&dir, "k1", "docs").join("big.bin"),
+            512 * 1024 * 1024,
+            99,
+        );
+        let configs = nodes.iter().map(|n| n.write(dir.path())).collect();
+        KillScenario { dir, ids, configs }
+    }
+
+    fn docs(&self, i: usize) -> PathBuf {
+        store(&self.dir, self.ids[i], "docs")
+    }
+
+    fn has_temp(&self, i: usize) -> bool {
+        std::fs::read_dir(self.docs(i))
+            .map(|rd| {
+                rd.filter_map(Result::ok).any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".iron-carrier.tmp")
+                        && e.metadata().map(|m| m.len() > 1024 * 1024).unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    }
+}
+
+fn kill_mid_session(victim: usize) {
+    let s = KillScenario::new(if victim == 0 {
+        "kill-leader"
+    } else {
+        "kill-follower"
+    });
+    let mut daemons: Vec<Option<Daemon>> =
+        (1..5).map(|i| Some(Daemon::start(&s.configs[i]))).collect();
+    daemons.insert(0, None);
+    // k2..k5 first, so they settle among themselves; then k1 with the big file.
+    let others: Vec<PathBuf> = (1..5).map(|i| s.docs(i)).collect();
+    let logs_of = |ds: &[Option<Daemon>]| {
+        ds.iter()
+            .flatten()
+            .map(Daemon::log)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    wait_converged(&others, &|| logs_of(&daemons));
+    daemons[0] = Some(Daemon::start(&s.configs[0]));
+    // While some follower is receiving the big file, kill the victim.
+    let receiving = wait_until(PATIENCE, || (1..5).any(|i| s.has_temp(i)));
+    assert!(
+        receiving,
+        "the big file never started moving:\n{}",
+        logs_of(&daemons)
+    );
+    let killed = daemons[victim].take().expect("victim running");
+    let killed_log = killed.kill();
+    assert!(
+        killed_log.contains("leading session") || victim != 0,
+        "k1 was expected to lead:\n{killed_log}"
+    );
+    // The others do not hang: they end or abandon the session and the rest converge.
+    let rest: Vec<PathBuf> = (0..5).filter(|&i| i != victim).map(|i| s.docs(i)).collect();
+    wait_converged(&rest, &|| logs_of(&daemons));
+    if victim != 0 {
+        // The leader is alive, so the big file reaches every remaining node.
+        assert!(rest.iter().all(|r| r.join("big.bin").exists()));
+    }
+    for d in daemons.iter_mut().flatten() {
+        assert!(d.is_running(), "a node died:\n{}", d.log());
+    }
+    // Restart the victim: everyone converges, big file included.
+    daemons[victim] = Some(Daemon::start(&s.configs[victim]));
+    let all: Vec<PathBuf> = (0..5).map(|i| s.docs(i)).collect();
+    wait_converged(&all, &|| logs_of(&daemons));
+    let want = file_digest(&s.docs(0).join("big.bin"));
+    for r in &all {
+        assert_eq!(file_digest(&r.join("big.bin")), want);
+    }
+    for d in daemons.into_iter().flatten() {
+        let (code, log) = d.stop();
+        assert_eq!(code, Some(0), "{log}");
+    }
+}
+
+#[test]
+fn leader_killed_mid_session_the_others_carry_on_and_converge_after_restart() {
+    kill_mid_session(0);
+}
+
+#[test]
+fn follower_killed_mid_session_the_others_carry_on_and_converge_after_restart() {
+    kill_mid_session(2);
+}
+
+#[test]
+fn a_file_four_nodes_lack_is_read_once_and_fanned_out() {
+    let dir = TestDir::new("fan-out");
+    let ids = ["a0", "b1", "b2", "b3", "b4"];
+    let nodes = mesh(&dir, &ids, &[("docs", &[0, 1, 2, 3, 4])]);
+    const SIZE: u64 = 100 * 1024 * 1024;
+    write_random(&store(&dir, "a0", "docs").join("movie.bin"), SIZE, 5);
+    let configs: Vec<PathBuf> = nodes.iter().map(|n| n.write(dir.path())).collect();
+    let receivers: Vec<Daemon> = configs[1..].iter().map(|c| Daemon::start(c)).collect();
+    let replicas: Vec<PathBuf> = ids.iter().map(|id| store(&dir, id, "docs")).collect();
+    // The receivers connect to each other; they hold nothing, so they have nothing to do.
+    let holder = Daemon::start(&configs[0]);
+    let logs = || {
+        std::iter::once(&holder)
+            .chain(receivers.iter())
+            .map(Daemon::log)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    wait_converged(&replicas, &logs);
+    let io = std::fs::read_to_string(format!("/proc/{}/io", holder.pid())).unwrap();
+    let rchar: u64 = io
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let log = holder.log();
+    let reported: u64 = log
+        .lines()
+        .filter(|l| l.contains("docs: session done"))
+        .filter_map(|l| l.split(", read ").nth(1))
+        .filter_map(|r| r.split(' ').next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        reported,
+        SIZE,
+        "the holder must read the file exactly once:\n{}",
+        logs()
+    );
+    // The kernel agrees: everything it read (file + sockets + config) is well under two reads.
+    assert!(
+        rchar < SIZE + SIZE / 2,
+        "rchar {rchar} for a {SIZE}-byte file"
+    );
+    assert!(log.contains("sent 4 file(s)"), "{log}");
+    holder.stop();
+    for d in receivers {
+        d.stop();
+    }
+}
