@@ -113,6 +113,11 @@ pub enum Message {
         sid: u64,
         reason: String,
     },
+    /// Heartbeat of a long session: the leader is alive (to participants), or this
+    /// participant is making progress (to the leader).
+    SessionAlive {
+        sid: u64,
+    },
     /// A participant's index digest, and the nodes it is connected to (so the leader only
     /// routes transfers over connections that exist).
     IndexSummary {
@@ -200,6 +205,7 @@ mod tag {
     pub const RELEASE: u8 = 0x1D;
     pub const PLAN_READY: u8 = 0x1E;
     pub const GO: u8 = 0x1F;
+    pub const SESSION_ALIVE: u8 = 0x25;
     pub const FILE_START: u8 = 0x20;
     pub const FILE_DATA: u8 = 0x21;
     pub const FILE_END: u8 = 0x22;
@@ -221,6 +227,7 @@ impl Message {
             Message::Release { .. } => "Release",
             Message::SessionStart { .. } => "SessionStart",
             Message::SessionAbort { .. } => "SessionAbort",
+            Message::SessionAlive { .. } => "SessionAlive",
             Message::IndexSummary { .. } => "IndexSummary",
             Message::IndexRequest { .. } => "IndexRequest",
             Message::IndexChunk { .. } => "IndexChunk",
@@ -433,6 +440,10 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             e.u8(tag::SESSION_ABORT);
             e.u64(*sid);
             e.str(reason);
+        }
+        Message::SessionAlive { sid } => {
+            e.u8(tag::SESSION_ALIVE);
+            e.u64(*sid);
         }
         Message::IndexSummary {
             sid,
@@ -703,6 +714,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             sid: d.u64("sid")?,
             reason: d.reason()?,
         },
+        tag::SESSION_ALIVE => Message::SessionAlive { sid: d.u64("sid")? },
         tag::INDEX_SUMMARY => {
             let sid = d.u64("sid")?;
             let count = d.u64("count")?;
@@ -944,6 +956,7 @@ mod tests {
                 sid: 7,
                 reason: "cannot scan".into(),
             },
+            Message::SessionAlive { sid: 7 },
             Message::IndexSummary {
                 sid: 1,
                 count: 3,

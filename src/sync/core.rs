@@ -46,8 +46,13 @@ pub const MAX_ENTRIES: usize = 2_000_000;
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 /// A grant whose claimant does not start the session within this is void.
 const GRANT_LEASE: Duration = Duration::from_secs(15);
-/// A session with no traffic for this long is abandoned.
+/// A session with no sign of life for this long is abandoned: for a follower, nothing from
+/// its leader; for the leader, no progress of its own and nothing from any participant.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a leader tells its participants it is alive, and a participant that made
+/// progress tells its leader, during a long session (files may move between followers for
+/// minutes without a word to or from the leader).
+pub const ALIVE_EVERY: Duration = Duration::from_secs(20);
 /// How long a daemon waits after a peer connects before claiming, so that peers connecting
 /// together end up in one session.
 pub const CONNECT_SETTLE: Duration = Duration::from_millis(500);
@@ -172,6 +177,10 @@ struct Session {
     read: u64,
     local_done: bool,
     last_activity: Instant,
+    /// When this node last sent `SessionAlive`.
+    alive_sent: Instant,
+    /// Local progress (data moved) since the last `SessionAlive` sent.
+    progressed: bool,
 }
 
 impl Session {
@@ -306,6 +315,7 @@ impl Core {
         let mut min = |t: Instant| at = Some(at.map_or(t, |a: Instant| a.min(t)));
         if let Some(s) = &self.session {
             min(s.last_activity + SESSION_IDLE_TIMEOUT);
+            min(s.alive_sent + ALIVE_EVERY);
         }
         if let Some(c) = &self.claim {
             min(c.started + CLAIM_TIMEOUT);
@@ -394,6 +404,7 @@ impl Core {
         {
             self.abort("no progress for too long", now, io);
         }
+        self.heartbeat(now, io);
         if self.grant.as_ref().is_some_and(|g| now >= g.expires) {
             log::debug!("grant expired without a session");
             self.grant = None;
@@ -445,6 +456,27 @@ impl Core {
         }
     }
 
+    /// Sends `SessionAlive` when due: the leader always, a participant only if it moved data
+    /// since its last one.
+    fn heartbeat(&mut self, now: Instant, io: &mut dyn Io) {
+        let Some(s) = &mut self.session else { return };
+        if now < s.alive_sent + ALIVE_EVERY {
+            return;
+        }
+        let sid = s.sid;
+        match &s.leader {
+            None => {
+                for p in &s.participants {
+                    io.send(&p.node, Message::SessionAlive { sid });
+                }
+            }
+            Some(leader) if s.progressed => io.send(leader, Message::SessionAlive { sid }),
+            Some(_) => {}
+        }
+        s.alive_sent = now;
+        s.progressed = false;
+    }
+
     /// A session or election message from a connected peer.
     pub fn on_message(&mut self, from: &NodeId, msg: Message, now: Instant, io: &mut dyn Io) {
         match msg {
@@ -486,6 +518,10 @@ impl Core {
             }
             Message::PlanEnd { sid } => self.follower_on_plan_end(from, sid, now, io),
             Message::PlanReady { sid } => self.leader_on_ready(from, sid, now, io),
+            // Either role: `led` (else `joined`) notes the sign of life.
+            Message::SessionAlive { sid } if self.led(sid, now).is_none() => {
+                let _ = self.joined(from, sid, now);
+            }
             Message::Go { sid } => self.follower_on_go(from, sid, now, io),
             Message::PartDone { sid, stats } => self.leader_on_part_done(from, sid, stats, now, io),
             Message::SessionEnd { sid, ok } => self.follower_on_end(from, sid, ok, now, io),
@@ -1234,6 +1270,7 @@ impl Core {
             return;
         };
         s.last_activity = now;
+        s.progressed = true;
         if s.expected.remove(path).is_none() {
             return;
         }
@@ -1254,6 +1291,7 @@ impl Core {
             return;
         };
         s.last_activity = now;
+        s.progressed = true;
         s.sends_left = s.sends_left.saturating_sub(1);
         match outcome {
             Sent::Done {
@@ -1275,6 +1313,7 @@ impl Core {
     pub fn on_progress(&mut self, now: Instant) {
         if let Some(s) = &mut self.session {
             s.last_activity = now;
+            s.progressed = true;
         }
     }
 
@@ -1357,6 +1396,8 @@ fn new_session(
         read: 0,
         local_done: false,
         last_activity: now,
+        alive_sent: now,
+        progressed: false,
     }
 }
 

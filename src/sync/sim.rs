@@ -58,6 +58,8 @@ const TRACE_LEN: usize = 300;
 /// a peer lost mid-session, and a plan naming a peer lost after planning — both fixed in
 /// `core.rs` and pinned by tests below.)
 const STALL: u64 = 60 * SEC;
+/// How often a transfer in flight reports progress to its ends.
+const PROGRESS_EVERY: u64 = SEC;
 
 const STORAGES: [&str; 2] = ["docs", "pics"];
 /// Directories and file names are disjoint, so no path is ever a file on one node and a
@@ -247,6 +249,8 @@ struct Config {
     transfer: (u64, u64),
     /// How long a node takes to notice that a peer went away.
     detect: (u64, u64),
+    /// A session running longer than this counts as stalled (see [`STALL`]).
+    stall: u64,
 }
 
 impl Default for Config {
@@ -255,6 +259,7 @@ impl Default for Config {
             latency: (MS, 30 * MS),
             transfer: (MS, 50 * MS),
             detect: (0, 500 * MS),
+            stall: STALL,
         }
     }
 }
@@ -316,6 +321,9 @@ enum Event {
         msg: Message,
     },
     Transfer(u64),
+    /// A long transfer moves data: its sender and receivers see progress, as the real shell
+    /// reports every chunk.
+    Progress(u64),
     Tick {
         node: usize,
         inc: u32,
@@ -783,6 +791,11 @@ impl Sim {
                 cancelled: false,
             },
         );
+        let mut p = self.now + PROGRESS_EVERY;
+        while p < at {
+            self.push(p, Event::Progress(id));
+            p += PROGRESS_EVERY;
+        }
         self.push(at, Event::Transfer(id));
     }
 
@@ -823,6 +836,23 @@ impl Sim {
                 }
             }
             Event::Transfer(id) => self.deliver_transfer(id),
+            Event::Progress(id) => {
+                let Some(t) = self.transfers.get(&id).filter(|t| !t.cancelled) else {
+                    return;
+                };
+                let (from, inc) = (t.from, t.inc);
+                let live: Vec<usize> =
+                    t.to.iter()
+                        .filter(|&&(j, gen)| self.up(j) && self.link(from, j).gen == gen)
+                        .map(|&(j, _)| j)
+                        .collect();
+                if self.up(from) && self.nodes[from].inc == inc {
+                    self.call(from, false, |c, _, now| c.on_progress(now));
+                }
+                for j in live {
+                    self.call(j, false, |c, _, now| c.on_progress(now));
+                }
+            }
             Event::Tick { node, inc } => {
                 let n = &self.nodes[node];
                 if n.inc != inc || n.tick_at != Some(self.now) {
@@ -1481,7 +1511,7 @@ impl Sim {
         // session has no reason to run for a minute; one that does waits for something
         // that will never come and only the idle timeout ends it.
         for r in &self.sessions {
-            if r.ended.is_none() && self.now - r.started > STALL {
+            if r.ended.is_none() && self.now - r.started > self.cfg.stall {
                 let msg = format!(
                     "session {} led by {} stalled: running for {:.1} s",
                     r.sid,
@@ -1946,6 +1976,31 @@ mod tests {
         });
         assert_eq!(sim.sessions[0].sid, first.sid);
         sim.run_until_quiet(60 * SEC, "the retry did not settle");
+        sim.check_converged(&all(3), true);
+    }
+
+    /// A file moving between two followers for five minutes, with nothing else to say:
+    /// heartbeats keep the leader and the followers from abandoning the session.
+    #[test]
+    fn a_long_transfer_between_followers_keeps_the_session_alive() {
+        let mut cfg = Config::fixed(5 * MS, 300 * SEC);
+        cfg.stall = 400 * SEC;
+        let mut sim = Sim::new(7, cfg, vec![vec!["docs"]; 3]);
+        let x = sim.put(2, "docs", "x", 100);
+        let s2 = sim.nodes[2].storage("docs").unwrap();
+        let content = sim.nodes[2].fs[s2][&x.path].content;
+        // n0, the leader-to-be, already has x: only n1 lacks it.
+        sim.write(0, "docs", SimFile { meta: x, content });
+        sim.start_all();
+        let first = until_transfers(&mut sim);
+        assert_eq!(sim.queued[0].1, 2, "n2 (a follower) sends x");
+        sim.run_until_quiet(600 * SEC, "the session did not settle");
+        assert_eq!(sim.sessions[0].sid, first.sid);
+        assert_eq!(
+            sim.sessions[0].ok,
+            Some(true),
+            "the first session must succeed"
+        );
         sim.check_converged(&all(3), true);
     }
 }

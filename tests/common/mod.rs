@@ -333,7 +333,13 @@ pub fn manifest(root: &Path) -> BTreeMap<String, String> {
             } else if ft.is_symlink() {
                 out.insert(rel, "symlink".to_owned());
             } else {
-                out.insert(rel, format!("file {}", file_digest(&p)));
+                // A temporary file renamed or removed while we looked means a transfer is in
+                // progress: this tree is not settled. An opened file stays readable.
+                let v = match std::fs::File::open(&p) {
+                    Ok(f) => format!("file {}", digest_of(f)),
+                    Err(_) => "vanished".to_owned(),
+                };
+                out.insert(rel, v);
             }
         }
     }
@@ -342,8 +348,12 @@ pub fn manifest(root: &Path) -> BTreeMap<String, String> {
 
 /// "<size> <blake3 hex>" of a file, streamed.
 pub fn file_digest(p: &Path) -> String {
+    digest_of(std::fs::File::open(p).expect("open for digest"))
+}
+
+/// "<size> <blake3 hex>" of an open file, streamed.
+pub fn digest_of(mut f: std::fs::File) -> String {
     use std::io::Read;
-    let mut f = std::fs::File::open(p).expect("open for digest");
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
