@@ -53,7 +53,7 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanItem {
     /// Send this file, which must still match `meta`, to each node in `to`.
-    Send { meta: FileMeta, to: Vec<NodeId> },
+    Send { meta: FileMeta, to: Vec<SendTo> },
     /// Expect this file from `from`. Commit it only if the local path is still as it was
     /// indexed (`expect`: `None` = absent, `Some((size, mtime_ns))` = that file).
     Receive {
@@ -63,6 +63,13 @@ pub enum PlanItem {
     },
     /// Create this directory if it is missing.
     MakeDir { path: RelPath, mode: u32 },
+}
+
+/// One receiver of a `Send`, and the version it has now (a delta base), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendTo {
+    pub node: NodeId,
+    pub old: Option<(u64, i64)>,
 }
 
 /// What one participant did in a session, reported to the leader.
@@ -172,6 +179,19 @@ pub enum Message {
         xid: u32,
         hash: Digest,
     },
+    /// Receiver → sender: the block signature of this receiver's current version of
+    /// `path` (empty: no usable base, send the whole file).
+    Signature {
+        sid: u64,
+        path: RelPath,
+        sig: crate::delta::Signature,
+    },
+    /// Sender → receiver: append blocks `first..first+count` of your current version.
+    FileCopy {
+        xid: u32,
+        first: u32,
+        count: u32,
+    },
     /// Sender → receiver: this transfer will not complete; drop what you have.
     FileAbort {
         xid: u32,
@@ -211,6 +231,8 @@ mod tag {
     pub const FILE_END: u8 = 0x22;
     pub const FILE_ABORT: u8 = 0x23;
     pub const FILE_REJECT: u8 = 0x24;
+    pub const SIGNATURE: u8 = 0x26;
+    pub const FILE_COPY: u8 = 0x27;
 }
 
 impl Message {
@@ -243,6 +265,8 @@ impl Message {
             Message::FileEnd { .. } => "FileEnd",
             Message::FileAbort { .. } => "FileAbort",
             Message::FileReject { .. } => "FileReject",
+            Message::Signature { .. } => "Signature",
+            Message::FileCopy { .. } => "FileCopy",
         }
     }
 }
@@ -370,6 +394,17 @@ impl Enc<'_> {
     fn count(&mut self, n: usize) {
         self.u32(n as u32);
     }
+    /// An optional (size, mtime) version.
+    fn version(&mut self, v: Option<(u64, i64)>) {
+        match v {
+            None => self.u8(0),
+            Some((size, mtime)) => {
+                self.u8(1);
+                self.u64(size);
+                self.i64(mtime);
+            }
+        }
+    }
     fn meta(&mut self, m: &FileMeta) {
         self.str(m.path.as_str());
         self.u8(match m.kind {
@@ -486,22 +521,16 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
                         e.u8(0);
                         e.meta(meta);
                         e.count(to.len());
-                        for n in to {
-                            e.str(n.as_str());
+                        for t in to {
+                            e.str(t.node.as_str());
+                            e.version(t.old);
                         }
                     }
                     PlanItem::Receive { meta, from, expect } => {
                         e.u8(1);
                         e.meta(meta);
                         e.str(from.as_str());
-                        match expect {
-                            None => e.u8(0),
-                            Some((size, mtime)) => {
-                                e.u8(1);
-                                e.u64(*size);
-                                e.i64(*mtime);
-                            }
-                        }
+                        e.version(*expect);
                     }
                     PlanItem::MakeDir { path, mode } => {
                         e.u8(2);
@@ -562,6 +591,24 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             e.u8(tag::FILE_REJECT);
             e.u32(*xid);
             e.str(reason);
+        }
+        Message::Signature { sid, path, sig } => {
+            e.u8(tag::SIGNATURE);
+            e.u64(*sid);
+            e.str(path.as_str());
+            e.u32(sig.block_size);
+            e.u64(sig.file_size);
+            e.count(sig.blocks.len());
+            for b in &sig.blocks {
+                e.u32(b.weak);
+                e.0.extend_from_slice(&b.strong);
+            }
+        }
+        Message::FileCopy { xid, first, count } => {
+            e.u8(tag::FILE_COPY);
+            e.u32(*xid);
+            e.u32(*first);
+            e.u32(*count);
         }
     }
 }
@@ -652,6 +699,13 @@ impl<'a> Dec<'a> {
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect())
+    }
+    fn version(&mut self, what: &'static str) -> Result<Option<(u64, i64)>, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(None),
+            1 => Ok(Some((self.u64(what)?, self.i64(what)?))),
+            _ => Err(DecodeError::Invalid("bad version flag")),
+        }
     }
     fn meta(&mut self) -> Result<FileMeta, DecodeError> {
         let path = self.path()?;
@@ -799,6 +853,35 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             xid: d.u32("xid")?,
             reason: d.reason()?,
         },
+        tag::SIGNATURE => {
+            let sid = d.u64("sid")?;
+            let path = d.path()?;
+            let block_size = d.u32("block size")?;
+            let file_size = d.u64("file size")?;
+            let n = d.count("signature blocks", 4 + crate::delta::STRONG_LEN)?;
+            if n > crate::delta::MAX_BLOCKS {
+                return Err(DecodeError::TooMany("signature blocks", n));
+            }
+            let mut blocks = Vec::new();
+            for _ in 0..n {
+                blocks.push(crate::delta::BlockSig {
+                    weak: d.u32("weak sum")?,
+                    strong: d.array("strong hash")?,
+                });
+            }
+            let sig = crate::delta::Signature {
+                block_size,
+                file_size,
+                blocks,
+            };
+            sig.validate().map_err(DecodeError::Invalid)?;
+            Message::Signature { sid, path, sig }
+        }
+        tag::FILE_COPY => Message::FileCopy {
+            xid: d.u32("xid")?,
+            first: d.u32("first block")?,
+            count: d.u32("block count")?,
+        },
         other => return Err(DecodeError::UnknownTag(other)),
     };
     if !d.buf.is_empty() {
@@ -859,18 +942,17 @@ fn decode_plan_item(d: &mut Dec<'_>) -> Result<PlanItem, DecodeError> {
             }
             let mut to = Vec::new();
             for _ in 0..n {
-                to.push(d.node("target node id")?);
+                to.push(SendTo {
+                    node: d.node("target node id")?,
+                    old: d.version("target's version")?,
+                });
             }
             Ok(PlanItem::Send { meta, to })
         }
         1 => {
             let meta = d.file_meta()?;
             let from = d.node("source node id")?;
-            let expect = match d.u8("expect flag")? {
-                0 => None,
-                1 => Some((d.u64("expected size")?, d.i64("expected mtime")?)),
-                _ => return Err(DecodeError::Invalid("bad expect flag")),
-            };
+            let expect = d.version("expected version")?;
             Ok(PlanItem::Receive { meta, from, expect })
         }
         2 => Ok(PlanItem::MakeDir {
@@ -978,7 +1060,16 @@ mod tests {
                 items: vec![
                     PlanItem::Send {
                         meta: FileMeta::file(p("x"), u64::MAX, i64::MAX, 0o777),
-                        to: vec![n("a"), n("c")],
+                        to: vec![
+                            SendTo {
+                                node: n("a"),
+                                old: Some((1, -1)),
+                            },
+                            SendTo {
+                                node: n("c"),
+                                old: None,
+                            },
+                        ],
                     },
                     PlanItem::Receive {
                         meta: FileMeta::file(p("y/z"), 1, 2, 0o640),
@@ -1034,6 +1125,31 @@ mod tests {
             Message::FileReject {
                 xid: 3,
                 reason: "ignored here".into(),
+            },
+            Message::Signature {
+                sid: 2,
+                path: p("big.bin"),
+                sig: crate::delta::Signature {
+                    block_size: 1024,
+                    file_size: 1025,
+                    blocks: vec![
+                        crate::delta::BlockSig {
+                            weak: 7,
+                            strong: [1; 8],
+                        };
+                        2
+                    ],
+                },
+            },
+            Message::Signature {
+                sid: 2,
+                path: p("gone"),
+                sig: crate::delta::Signature::empty(),
+            },
+            Message::FileCopy {
+                xid: 3,
+                first: 0,
+                count: 2,
             },
         ]
     }
@@ -1100,6 +1216,20 @@ mod tests {
         v
     }
 
+    /// A raw Signature payload with `count` blocks (all zero) after the given header.
+    fn signature(block_size: u32, file_size: u64, count: u32) -> Vec<u8> {
+        let mut v = vec![tag::SIGNATURE];
+        v.extend_from_slice(&1u64.to_be_bytes());
+        v.extend_from_slice(&1u16.to_be_bytes());
+        v.push(b'f');
+        v.extend_from_slice(&block_size.to_be_bytes());
+        v.extend_from_slice(&file_size.to_be_bytes());
+        v.extend_from_slice(&count.to_be_bytes());
+        let n = (count as usize).min(80_000);
+        v.extend(std::iter::repeat_n(0u8, n * 12));
+        v
+    }
+
     #[test]
     fn malformed_payloads_are_rejected_with_a_reason() {
         let ok = file_start_with_path(b"fine/name");
@@ -1159,6 +1289,31 @@ mod tests {
             ("newer version", newer, "newer protocol"),
             ("bad bool", bad_bool, "neither 0 nor 1"),
             ("oversized chunk", big_chunk, "too many"),
+            (
+                "signature block size 0",
+                signature(0, 0, 0),
+                "block size out of range",
+            ),
+            (
+                "signature block size huge",
+                signature(1 << 30, 1 << 30, 1),
+                "block size out of range",
+            ),
+            (
+                "signature count lie",
+                signature(1024, 4096, 3),
+                "does not match",
+            ),
+            (
+                "signature too many blocks",
+                signature(1024, 70_000 * 1024, 70_000),
+                "too many",
+            ),
+            (
+                "signature count bomb",
+                signature(1024, 1 << 40, u32::MAX),
+                "too many",
+            ),
             ("data length lie", data_len_lie, "truncated"),
         ];
         for (name, bytes, want) in cases {

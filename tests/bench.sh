@@ -14,8 +14,10 @@ bin=$(realpath "${1:-target/release/iron-carrier}")
 preset=${2:-full}
 if [ "$preset" = "--small" ]; then
   n_small=1000; n_big=4; big_mib=16; n_five=200; fan_mib=16
+  delta_big=32; delta_small=8; speed_mib=64
 else
   n_small=10000; n_big=4; big_mib=256; n_five=2000; fan_mib=100
+  delta_big=256; delta_small=64; speed_mib=1024
 fi
 
 if ! [ -x /usr/bin/time ]; then
@@ -211,6 +213,77 @@ run_fanout() { # name MiB
   base=$((base + 6))
 }
 
+# A file present on both nodes, changed on A, sent as a delta to B. Both run as daemons so
+# that A's sockets can be inspected once B has converged: the kernel's per-socket counters
+# (ss -ti: bytes_sent, bytes_received of A's connections) next to A's own count (its
+# "network so far" log line).
+run_delta() { # name MiB overwrite|insert
+  local name=$1 mib=$2 kind=$3
+  mkdir -p "$root/$name/a" "$root/$name/b"
+  config "a-$name" $((base + 1)) $((base + 2)) "$root/$name/a"
+  config "b-$name" $((base + 2)) $((base + 1)) "$root/$name/b"
+  gen_big "$root/$name/b/disk.img" "$mib" 3
+  touch -d '2020-01-01' "$root/$name/b/disk.img"
+  if [ "$kind" = overwrite ]; then
+    # 1 MiB at a non-aligned offset in the middle.
+    cp "$root/$name/b/disk.img" "$root/$name/a/disk.img"
+    head -c 1048576 /dev/zero | tr '\0' 'x' |
+      dd of="$root/$name/a/disk.img" bs=1M seek=$((mib * 524288 + 12345)) oflag=seek_bytes conv=notrunc status=none
+  else
+    # 100 bytes inserted at offset 4096.
+    { head -c 4096 "$root/$name/b/disk.img"; head -c 100 /dev/zero | tr '\0' 'y';
+      tail -c +4097 "$root/$name/b/disk.img"; } > "$root/$name/a/disk.img"
+  fi
+  touch -d '2021-01-01' "$root/$name/a/disk.img"
+  sync
+  "$bin" --daemon -q --config "$root/b-$name.toml" &
+  local bpid=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$((base + 2))") 2>/dev/null && break
+    sleep 0.05
+  done
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$bin" --daemon --config "$root/a-$name.toml" 2> "$root/a.log" &
+  local apid=$!
+  for _ in $(seq 1 1200); do
+    cmp -s "$root/$name/a/disk.img" "$root/$name/b/disk.img" && break
+    sleep 0.05
+  done
+  t1=$(date +%s.%N)
+  for _ in $(seq 1 100); do grep -q 'network so far' "$root/a.log" && break; sleep 0.05; done
+  local kernel
+  kernel=$(ss -tinpH state established | awk -v pid="pid=$apid," '
+    index($0, pid) { mine = 1; next }
+    mine { for (i = 1; i <= NF; i++) { split($i, kv, ":");
+             if (kv[1] == "bytes_sent") s += kv[2]; if (kv[1] == "bytes_received") r += kv[2] }
+           mine = 0 }
+    END { print s + 0, r + 0 }')
+  kill "$apid" "$bpid"; wait "$apid" "$bpid" || true
+  if ! cmp -s "$root/$name/a/disk.img" "$root/$name/b/disk.img"; then
+    echo "bench: $name did not converge" >&2; exit 1
+  fi
+  local sent received wall
+  read -r sent received < <(grep 'network so far' "$root/a.log" | tail -1 | sed 's/.*sent \([0-9]*\) bytes, received \([0-9]*\) bytes.*/\1 \2/')
+  wall=$(echo "$t1 - $t0" | bc)
+  local ksent krecv
+  read -r ksent krecv <<< "$kernel"
+  printf '%-28s %10.2f   %s MiB file: %d bytes on the wire = %.3f MiB (A sent %d, received %d; kernel sockets: %d, %d)\n' \
+    "$name" "$wall" "$mib" $((sent + received)) "$(echo "($sent + $received) / 1048576" | bc -l)" "$sent" "$received" "$ksent" "$krecv"
+  json_rows+=("{\"scenario\":\"$name\",\"wall_s\":$wall,\"file_mib\":$mib,\"wire_sent\":$sent,\"wire_received\":$received,\"kernel_bytes_sent\":$ksent,\"kernel_bytes_received\":$krecv}")
+  base=$((base + 3))
+}
+
+# Signature + delta throughput over an unchanged file (in-process, release build).
+run_delta_speed() { # MiB
+  gen_big "$root/speed.bin" "$1" 9
+  local line
+  line=$(IC_DELTA_FILE="$root/speed.bin" cargo test -q --release --test delta_speed -- --ignored --nocapture 2>/dev/null | grep '^delta-speed:')
+  printf '%-28s %s\n' delta-speed "${line#delta-speed: }"
+  json_rows+=("{\"scenario\":\"delta-speed\",\"result\":\"${line#delta-speed: }\"}")
+  rm -f "$root/speed.bin"
+}
+
 echo "bench: $(nproc) cores, $(uname -m), preset $preset, binary $(stat -c %s "$bin") bytes" >&2
 mkdir -p "$root/small-files/a" "$root/small-files/b" "$root/big-files/a" "$root/big-files/b"
 gen_small "$root/small-files/a" "$n_small" 1
@@ -221,6 +294,9 @@ run_scenario small-files
 run_scenario big-files
 run_five five-nodes "$n_five"
 run_fanout fan-out "$fan_mib"
+run_delta delta-overwrite "$delta_big" overwrite
+run_delta delta-insert "$delta_small" insert
+run_delta_speed "$speed_mib"
 
 {
   echo "{\"cores\":$(nproc),\"preset\":\"$preset\",\"scenarios\":["

@@ -18,8 +18,8 @@ use common::{manifest, oneshot, show, Daemon, NodeConfig, TestDir, PATIENCE};
 use iron_carrier::ignore::IgnoreMatcher;
 use iron_carrier::model::{FileMeta, NodeId, RelPath};
 use iron_carrier::proto::{
-    decode, encode_frame, index_digest, split_frame, Digest, Hello, Message, FRAME_HEADER,
-    MAX_FRAME, PROTOCOL_VERSION,
+    decode, encode_frame, index_digest, split_frame, Digest, Hello, Message, PlanItem,
+    FRAME_HEADER, MAX_FRAME, PROTOCOL_VERSION,
 };
 use iron_carrier::scanner::{self, ScanOptions};
 
@@ -198,8 +198,16 @@ struct Target {
 
 impl Target {
     fn start(tag: &str) -> Target {
+        Target::start_with(tag, &[])
+    }
+
+    /// Like `start`, with extra files in the storage.
+    fn start_with(tag: &str, files: &[(&str, &[u8])]) -> Target {
         let dir = TestDir::new(tag);
         dir.write("store/keep.txt", b"already here\n");
+        for (path, content) in files {
+            dir.write(&format!("store/{path}"), content);
+        }
         dir.write("outside/marker.txt", b"must stay exactly as it is\n");
         let cfg = NodeConfig::new(DAEMON_ID).storage(STORAGE, &dir.join("store"));
         let port = cfg.port;
@@ -638,4 +646,100 @@ fn index_out_of_order_disconnects_the_follower() {
     let msgs = p.until_closed();
     assert_refused(&msgs, "out of order");
     t.assert_survived("sent an index out of order");
+}
+
+// ---------------------------------------------------------------------------------------
+// Delta instructions
+
+/// Leads a session whose plan makes the daemon receive `path` (new size `size`) from us,
+/// against its current version `old` (None: it has none), then says Go and starts the file.
+fn start_receive(t: &Target, path: &str, size: u64, old: Option<(u64, i64)>) -> (RawPeer, u64) {
+    let sid = 0xDE17_A5E5;
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    lead_session(&mut p, sid);
+    let meta = FileMeta::file(
+        RelPath::new(path).unwrap(),
+        size,
+        1_900_000_000_000_000_000,
+        0o644,
+    );
+    p.send(&Message::PlanChunk {
+        sid,
+        items: vec![PlanItem::Receive {
+            meta: meta.clone(),
+            from: NodeId::new("a-evil").unwrap(),
+            expect: old,
+        }],
+    });
+    p.send(&Message::PlanEnd { sid });
+    // A delta receiver also sends its signature (in either order with PlanReady); an honest
+    // sender starts a delta only once it has it.
+    let (mut ready, mut signed) = (false, old.is_none());
+    while !(ready && signed) {
+        match p.expect("PlanReady and the signature") {
+            Message::PlanReady { sid: s } => {
+                assert_eq!(s, sid);
+                ready = true;
+            }
+            Message::Signature { .. } => signed = true,
+            other => panic!("expected PlanReady or Signature, got {other:?}"),
+        }
+    }
+    p.send(&Message::Go { sid });
+    p.send(&Message::FileStart { sid, xid: 9, meta });
+    (p, sid)
+}
+
+#[test]
+fn a_block_copy_for_a_file_that_is_no_delta_disconnects() {
+    let t = Target::start("proto-copy-no-delta");
+    let (mut p, _) = start_receive(&t, "new.bin", 4096, None);
+    p.send(&Message::FileCopy {
+        xid: 9,
+        first: 0,
+        count: 1,
+    });
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "not a delta");
+    assert!(!t.store().join("new.bin").exists());
+    t.assert_survived("which is not a delta");
+}
+
+#[test]
+fn a_block_copy_outside_the_old_file_disconnects() {
+    let old = vec![0x42u8; 100 * 1024];
+    let t = Target::start_with("proto-copy-range", &[("base.bin", &old)]);
+    let st = std::fs::metadata(t.store().join("base.bin")).unwrap();
+    let mtime = {
+        use std::os::unix::fs::MetadataExt;
+        st.mtime() * 1_000_000_000 + st.mtime_nsec()
+    };
+    let (mut p, _) = start_receive(&t, "base.bin", 200 * 1024, Some((st.len(), mtime)));
+    p.send(&Message::FileCopy {
+        xid: 9,
+        first: 1_000_000,
+        count: 5,
+    });
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "outside the old file");
+    assert_eq!(std::fs::read(t.store().join("base.bin")).unwrap(), old);
+    t.assert_survived("copy of blocks outside the old file");
+}
+
+#[test]
+fn a_file_whose_hash_does_not_match_is_never_committed() {
+    let t = Target::start("proto-bad-hash");
+    let (mut p, _) = start_receive(&t, "new.bin", 5, None);
+    p.send(&Message::FileData {
+        xid: 9,
+        data: b"hello".to_vec(),
+    });
+    p.send(&Message::FileEnd {
+        xid: 9,
+        hash: [0u8; 32],
+    });
+    t.wait_for_log("content hash mismatch; discarded");
+    drop(p);
+    assert!(!t.store().join("new.bin").exists());
+    t.assert_survived("content hash mismatch");
 }

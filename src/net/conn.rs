@@ -16,7 +16,7 @@ use mio::net::TcpStream;
 use crate::model::NodeId;
 use crate::proto::{self, Message, FRAME_HEADER, MAX_FRAME};
 
-use super::ConnId;
+use super::{ConnId, Traffic};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes read from one socket before yielding to the loop, so one busy peer cannot
@@ -72,6 +72,7 @@ pub struct Conn {
     /// Unsent bytes for this connection: frames queued by `sync` (counted by it) plus
     /// frames `net` queued itself (counted here).
     pub outbound: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
     rbuf: Vec<u8>,
     rlen: usize,
     wbuf: Vec<u8>,
@@ -79,7 +80,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, stream: TcpStream, addr: SocketAddr, dialed: Option<usize>) -> Conn {
+    pub fn new(
+        id: ConnId,
+        stream: TcpStream,
+        addr: SocketAddr,
+        dialed: Option<usize>,
+        traffic: Arc<Traffic>,
+    ) -> Conn {
         let now = Instant::now();
         Conn {
             id,
@@ -95,6 +102,7 @@ impl Conn {
             write_interest: false,
             read_pending: false,
             outbound: Arc::new(AtomicUsize::new(0)),
+            traffic,
             rbuf: Vec::new(),
             rlen: 0,
             wbuf: Vec::new(),
@@ -145,6 +153,7 @@ impl Conn {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.wpos += n;
+                    self.traffic.add(n as u64, 0);
                     self.last_send = Instant::now();
                     self.outbound.fetch_sub(n, Ordering::AcqRel);
                 }
@@ -183,6 +192,7 @@ impl Conn {
                 Ok(0) => break ReadStatus::Closed,
                 Ok(n) => {
                     self.rlen += n;
+                    self.traffic.add(0, n as u64);
                     read_total += n;
                     if let Err(reason) = self.decode_frames(&mut frames) {
                         return ReadOutcome::Error(reason);

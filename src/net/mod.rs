@@ -150,6 +150,27 @@ pub struct NetHandle {
     tx: Sender<NetCmd>,
     waker: Arc<Waker>,
     pub inbound: Arc<InboundGauge>,
+    /// Bytes this node put on and took off the wire, all connections together.
+    pub traffic: Arc<Traffic>,
+}
+
+/// Wire byte counters. A mutex rather than 64-bit atomics, which some 32-bit targets lack;
+/// only `net` writes it, once per socket call.
+#[derive(Default)]
+pub struct Traffic(std::sync::Mutex<(u64, u64)>);
+
+impl Traffic {
+    pub fn add(&self, sent: u64, received: u64) {
+        if let Ok(mut t) = self.0.lock() {
+            t.0 += sent;
+            t.1 += received;
+        }
+    }
+
+    /// (sent, received) so far.
+    pub fn get(&self) -> (u64, u64) {
+        self.0.lock().map(|t| *t).unwrap_or((0, 0))
+    }
 }
 
 impl NetHandle {
@@ -239,6 +260,7 @@ pub fn spawn(
         tx,
         waker,
         inbound: inbound.clone(),
+        traffic: Arc::new(Traffic::default()),
     };
     let own = handle.clone();
     let thread = std::thread::Builder::new()
@@ -514,7 +536,7 @@ impl Net {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let mut c = Conn::new(id, stream, addr, dialed);
+        let mut c = Conn::new(id, stream, addr, dialed, self.own.traffic.clone());
         c.write_interest = dialed.is_some();
         if dialed.is_none() {
             c.state = ConnState::Handshaking;

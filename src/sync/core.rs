@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crate::diff::{self, Op};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
-use crate::proto::{self, Digest, Message, PartStats, PlanItem, BATCH_BYTES};
+use crate::proto::{self, Digest, Message, PartStats, PlanItem, SendTo, BATCH_BYTES};
 
 /// Most index entries or plan items accepted from one peer in one session. Bounds memory
 /// against a peer that never stops sending.
@@ -68,9 +68,19 @@ pub trait Io {
     /// Scans storage `storage` (removing leftover temporary files) with its `.ignore`.
     fn scan(&mut self, storage: usize) -> Result<(Vec<FileMeta>, IgnoreMatcher), String>;
     fn make_dir(&mut self, storage: usize, path: &RelPath, mode: u32) -> Result<(), String>;
-    /// Queues `meta` of `storage` for sending to every node in `to`; the outcome comes back
-    /// through [`Core::on_sent`].
-    fn queue_send(&mut self, storage: usize, sid: u64, meta: FileMeta, to: Vec<NodeId>);
+    /// Queues `meta` of `storage` for sending to every node in `to` (as a delta to those
+    /// with a usable old version); the outcome comes back through [`Core::on_sent`].
+    fn queue_send(&mut self, storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>);
+    /// Computes the block signature of this node's version `expect` of `path` and sends it
+    /// to `to`, the node that will send the new version as a delta.
+    fn queue_signature(
+        &mut self,
+        storage: usize,
+        sid: u64,
+        path: RelPath,
+        expect: (u64, i64),
+        to: NodeId,
+    );
     /// Forgets every transfer (both ways) of session `sid`.
     fn cancel_session(&mut self, sid: u64);
     /// Free bytes in a storage, if known.
@@ -107,6 +117,7 @@ pub enum Received {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
     Done {
+        /// File data put on the wire, over all receivers (literal bytes for a delta).
         bytes: u64,
         receivers: usize,
         /// Bytes read from disk for it (once, however many receivers).
@@ -169,7 +180,7 @@ struct Session {
     /// Follower: plan items received so far.
     plan: Vec<PlanItem>,
     /// Sends held back until `Go`.
-    held: Vec<(FileMeta, Vec<NodeId>)>,
+    held: Vec<(FileMeta, Vec<SendTo>)>,
     sends_left: usize,
     expected: HashMap<RelPath, Expected>,
     declined: HashSet<RelPath>,
@@ -1155,6 +1166,9 @@ impl Core {
                         s.declined.insert(meta.path);
                         continue;
                     }
+                    if let Some(old) = expect.filter(|_| crate::delta::wanted(meta.size, expect)) {
+                        io.queue_signature(s.storage, s.sid, meta.path.clone(), old, from.clone());
+                    }
                     s.expected.insert(
                         meta.path,
                         Expected {
@@ -1169,7 +1183,7 @@ impl Core {
                 PlanItem::Send { meta, mut to } => {
                     // Targets that went away meanwhile are left out; the leader retries.
                     let before = to.len();
-                    to.retain(|n| *n != self.me && self.peers.contains_key(n));
+                    to.retain(|t| t.node != self.me && self.peers.contains_key(&t.node));
                     if to.len() < before {
                         s.stats.failed += 1;
                     }
@@ -1300,7 +1314,7 @@ impl Core {
                 read,
             } => {
                 s.stats.files_sent += receivers as u32;
-                s.stats.bytes_sent += bytes * receivers as u64;
+                s.stats.bytes_sent += bytes;
                 s.read += read;
             }
             Sent::Skipped => {}
@@ -1481,19 +1495,27 @@ pub fn plan_items(
                     left = rest;
                     holders.retain(|&x| x != h);
                     load[h] += meta.size;
+                    let version = |t: &diff::Target| {
+                        t.current
+                            .as_ref()
+                            .filter(|c| c.kind == EntryKind::File)
+                            .map(|c| (c.size, c.mtime_ns))
+                    };
                     out[h].push(PlanItem::Send {
                         meta: meta.clone(),
-                        to: mine.iter().map(|t| nodes[t.node].clone()).collect(),
+                        to: mine
+                            .iter()
+                            .map(|t| SendTo {
+                                node: nodes[t.node].clone(),
+                                old: version(t),
+                            })
+                            .collect(),
                     });
                     for t in mine {
                         out[t.node].push(PlanItem::Receive {
                             meta: meta.clone(),
                             from: nodes[h].clone(),
-                            expect: t
-                                .current
-                                .as_ref()
-                                .filter(|c| c.kind == EntryKind::File)
-                                .map(|c| (c.size, c.mtime_ns)),
+                            expect: version(t),
                         });
                     }
                 }
@@ -1526,7 +1548,11 @@ fn batches<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
 fn plan_item_len(item: &PlanItem) -> usize {
     match item {
         PlanItem::Send { meta, to } => {
-            1 + proto::meta_len(meta) + 4 + to.iter().map(|n| 2 + n.as_str().len()).sum::<usize>()
+            1 + proto::meta_len(meta)
+                + 4
+                + to.iter()
+                    .map(|t| 2 + t.node.as_str().len() + 17)
+                    .sum::<usize>()
         }
         PlanItem::Receive { meta, from, .. } => {
             1 + proto::meta_len(meta) + 2 + from.as_str().len() + 17
@@ -1578,7 +1604,16 @@ mod tests {
             parts[0],
             vec![PlanItem::Send {
                 meta: meta.clone(),
-                to: vec![n("b"), n("c")]
+                to: vec![
+                    SendTo {
+                        node: n("b"),
+                        old: Some((1, 2))
+                    },
+                    SendTo {
+                        node: n("c"),
+                        old: None
+                    }
+                ]
             }]
         );
         assert_eq!(

@@ -21,15 +21,19 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::config::{Config, Encryption, StorageConfig};
 use crate::daemon::{Mode, Outcome};
+use crate::delta::{self, Signature};
 use crate::fsops::StorageDir;
 use crate::ignore::IgnoreMatcher;
 use crate::model::{FileMeta, NodeId, RelPath};
 use crate::net::{ConnId, NetCmd, NetEvent, NetHandle};
-use crate::proto::{Hello, Message};
+use crate::proto::{Hello, Message, SendTo};
 use crate::scanner::{self, ScanOptions};
 
 use self::core::{Core, Io, Received, Refusal, Sent, StorageResult};
-use transfer::{Dest, Incoming, IncomingMap, OutJob, RecvDone, SendDone, Sender as FileSender};
+use transfer::{
+    Dest, Incoming, IncomingMap, OutJob, RecvDone, SendDone, Sender as FileSender, SigJob, Signer,
+    WriteError,
+};
 
 /// Control messages from the main thread.
 #[derive(Debug)]
@@ -43,6 +47,10 @@ const CONNECT_WINDOW: Duration = Duration::from_secs(5);
 const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 /// Bytes of file data sent per loop turn before looking at incoming events again.
 const PUMP_BUDGET: usize = 2 * 1024 * 1024;
+/// Bytes of old versions read for signatures per loop turn.
+const SIGN_BUDGET: usize = 4 * 1024 * 1024;
+/// Most signatures kept for sends not started yet: bounds what a peer can make us store.
+const MAX_PENDING_SIGNATURES: usize = 4096;
 
 /// A connected peer, as announced by its handshake.
 struct Peer {
@@ -67,7 +75,25 @@ struct Shell {
     by_node: HashMap<NodeId, ConnId>,
     sender: FileSender,
     incoming: IncomingMap,
+    signer: Signer,
+    /// Signatures this node sent for files it receives as deltas, by (session, path): what
+    /// their block copies are checked against.
+    bases: HashMap<(u64, RelPath), Signature>,
+    /// Jobs of one core send, counted down so the core hears of each send once.
+    groups: HashMap<u64, Group>,
+    next_group: u64,
+    buf: Vec<u8>,
     rng: u64,
+}
+
+/// The jobs one core send was split into (one whole-file stream, one job per delta).
+struct Group {
+    sid: u64,
+    left: usize,
+    wire: u64,
+    receivers: usize,
+    read: u64,
+    failed: bool,
 }
 
 struct OneShot {
@@ -87,6 +113,8 @@ struct SyncThread {
     oneshot: Option<OneShot>,
     configured_ok: Vec<String>,
     next_cron: Option<SystemTime>,
+    /// The session running at the last tick, to notice when one ends.
+    last_session: Option<u64>,
 }
 
 /// The thread body.
@@ -182,6 +210,11 @@ impl SyncThread {
             by_node: HashMap::new(),
             sender: FileSender::new(config.max_parallel_transfers as usize),
             incoming: HashMap::new(),
+            signer: Signer::default(),
+            bases: HashMap::new(),
+            groups: HashMap::new(),
+            next_group: 1,
+            buf: Vec::new(),
             rng,
         };
         let oneshot = (mode == Mode::OneShot).then(|| OneShot {
@@ -198,6 +231,7 @@ impl SyncThread {
             oneshot,
             configured_ok: Vec::new(),
             next_cron,
+            last_session: None,
         })
     }
 
@@ -229,6 +263,7 @@ impl SyncThread {
                 }
                 log::debug!("peer {} gone: {reason}", peer.node);
                 self.shell.sender.drop_receiver(conn, None);
+                self.shell.signer.drop_receiver(conn);
                 // Dropping an incoming transfer removes its temporary file.
                 self.shell.incoming.retain(|(c, _), _| *c != conn);
                 self.core.peer_down(&peer.node, now, &mut self.shell);
@@ -290,9 +325,10 @@ impl SyncThread {
                         if shell.incoming.contains_key(&(conn, xid)) {
                             return shell.disconnect(from, "reused a transfer id");
                         }
+                        let base = shell.bases.remove(&(sid, meta.path.clone()));
                         shell
                             .incoming
-                            .insert((conn, xid), Incoming::new(sid, meta, expect));
+                            .insert((conn, xid), Incoming::new(sid, meta, expect, base));
                     }
                     Err(Refusal::Reject(reason)) => {
                         shell.send(from, Message::FileReject { xid, reason });
@@ -301,34 +337,20 @@ impl SyncThread {
                 }
             }
             Message::FileData { xid, data } => {
-                let Some(storage) = self.core.session_storage() else {
+                self.on_chunk(conn, from, xid, Chunk::Literal(&data), now);
+            }
+            Message::FileCopy { xid, first, count } => {
+                self.on_chunk(conn, from, xid, Chunk::Copy(first, count), now);
+            }
+            Message::Signature { sid, path, sig } => {
+                let ours = self.core.session_info().is_some_and(|(s, _, _)| s == sid);
+                if !ours {
                     return;
-                };
-                let Some(inc) = shell.incoming.get_mut(&(conn, xid)) else {
-                    // Data for a transfer we rejected or dropped; the sender stops soon.
-                    return;
-                };
-                if inc.received() + data.len() as u64 > inc.meta.size {
-                    let path = inc.meta.path.clone();
-                    shell.incoming.remove(&(conn, xid));
-                    return shell
-                        .disconnect(from, &format!("sent more bytes than announced for {path}"));
                 }
-                self.core.on_progress(now);
-                if let Err(e) = inc.write(&shell.storages[storage].dir, &data) {
-                    log::warn!("{}: {e}", shell.storages[storage].cfg.name);
-                    let (sid, path) = (inc.sid, inc.meta.path.clone());
-                    shell.incoming.remove(&(conn, xid));
-                    shell.send(
-                        from,
-                        Message::FileReject {
-                            xid,
-                            reason: "write failed on the receiver".into(),
-                        },
-                    );
-                    self.core
-                        .on_received(sid, &path, Received::Failed, now, shell);
+                if shell.sender.pending_signatures() >= MAX_PENDING_SIGNATURES {
+                    return shell.disconnect(from, "sent more signatures than we can keep");
                 }
+                shell.sender.add_signature(sid, path, conn, sig);
             }
             Message::FileEnd { xid, hash } => {
                 let Some(inc) = shell.incoming.remove(&(conn, xid)) else {
@@ -375,16 +397,67 @@ impl SyncThread {
         }
     }
 
+    /// Literal bytes or block copies for a transfer being received.
+    fn on_chunk(&mut self, conn: ConnId, from: &NodeId, xid: u32, chunk: Chunk<'_>, now: Instant) {
+        let Some(storage) = self.core.session_storage() else {
+            return;
+        };
+        let shell = &mut self.shell;
+        let Some(inc) = shell.incoming.get_mut(&(conn, xid)) else {
+            // Data for a transfer we rejected or dropped; the sender stops soon.
+            return;
+        };
+        self.core.on_progress(now);
+        let dir = &shell.storages[storage].dir;
+        let r = match chunk {
+            Chunk::Literal(data) => inc.write(dir, data),
+            Chunk::Copy(first, count) => inc.copy(dir, first, count, &mut shell.buf),
+        };
+        let outcome = match r {
+            Ok(()) => return,
+            Err(WriteError::Violation(reason)) => {
+                shell.incoming.remove(&(conn, xid));
+                return shell.disconnect(from, &reason);
+            }
+            Err(WriteError::BaseChanged(why)) => {
+                log::info!("{}: {why}", shell.storages[storage].cfg.name);
+                Received::KeptLocal
+            }
+            Err(WriteError::Io(why)) => {
+                log::warn!("{}: {why}", shell.storages[storage].cfg.name);
+                Received::Failed
+            }
+        };
+        let (sid, path) = (inc.sid, inc.meta.path.clone());
+        shell.incoming.remove(&(conn, xid));
+        shell.send(
+            from,
+            Message::FileReject {
+                xid,
+                reason: "the receiver cannot take it".into(),
+            },
+        );
+        self.core.on_received(sid, &path, outcome, now, shell);
+    }
+
     /// Sends file data while receivers have room. Returns true if more can be sent now.
     fn pump(&mut self) -> bool {
         let Some(storage) = self.core.session_storage() else {
             return false;
         };
         let shell = &mut self.shell;
-        let (finished, spent, more) =
+        let dir = &shell.storages[storage].dir;
+        let (signed, read, more_sigs) =
             shell
-                .sender
-                .pump(&shell.storages[storage].dir, &shell.net, PUMP_BUDGET);
+                .signer
+                .pump(dir, &shell.net, SIGN_BUDGET, &mut shell.buf);
+        for d in signed {
+            if let Some(sig) = d.sig {
+                shell.bases.insert((d.sid, d.path), sig);
+            }
+        }
+        let (finished, sent, more) = shell.sender.pump(dir, &shell.net, PUMP_BUDGET);
+        let spent = read + sent;
         let now = Instant::now();
         if spent > 0 {
             // A long file in flight is progress even though no message arrives.
@@ -392,38 +465,58 @@ impl SyncThread {
         }
         let name = shell.storages[storage].cfg.name.clone();
         for d in finished {
-            let (sid, outcome) = match d {
+            let group = match &d {
+                SendDone::Sent { group, .. } | SendDone::Failed { group, .. } => *group,
+            };
+            let Some(g) = self.shell.groups.get_mut(&group) else {
+                continue;
+            };
+            match d {
                 SendDone::Sent {
-                    sid,
-                    bytes,
+                    wire,
                     receivers,
                     read,
-                } => (
-                    sid,
-                    Sent::Done {
-                        bytes,
-                        receivers,
-                        read,
-                    },
-                ),
+                    ..
+                } => {
+                    g.wire += wire;
+                    g.receivers += receivers;
+                    g.read += read;
+                }
                 SendDone::Failed {
-                    sid,
                     path,
                     reason,
                     benign,
+                    ..
                 } => {
                     if benign {
                         log::info!("{name}: not sending {path}: {reason}");
-                        (sid, Sent::Skipped)
                     } else {
                         log::warn!("{name}: failed to send {path}: {reason}");
-                        (sid, Sent::Failed)
+                        g.failed = true;
                     }
                 }
+            }
+            g.left -= 1;
+            if g.left > 0 {
+                continue;
+            }
+            let Some(g) = self.shell.groups.remove(&group) else {
+                continue;
             };
-            self.core.on_sent(sid, outcome, now, &mut self.shell);
+            let outcome = if g.failed {
+                Sent::Failed
+            } else if g.receivers == 0 {
+                Sent::Skipped
+            } else {
+                Sent::Done {
+                    bytes: g.wire,
+                    receivers: g.receivers,
+                    read: g.read,
+                }
+            };
+            self.core.on_sent(g.sid, outcome, now, &mut self.shell);
         }
-        more
+        more || more_sigs
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -452,6 +545,12 @@ impl SyncThread {
         }
         self.drive_oneshot(now);
         self.core.tick(now, &mut self.shell);
+        let current = self.core.session_info().map(|(sid, _, _)| sid);
+        if self.last_session.is_some() && current != self.last_session {
+            let (sent, received) = self.shell.net.traffic.get();
+            log::info!("network so far: sent {sent} bytes, received {received} bytes");
+        }
+        self.last_session = current;
     }
 
     fn drive_oneshot(&mut self, now: Instant) {
@@ -499,7 +598,11 @@ impl SyncThread {
                     None => false,
                 }
         });
-        if settled && self.core.session_storage().is_none() && self.shell.sender.is_idle() {
+        if settled
+            && self.core.session_storage().is_none()
+            && self.shell.sender.is_idle()
+            && self.shell.signer.is_idle()
+        {
             os.finished = true;
         }
     }
@@ -554,6 +657,12 @@ impl SyncThread {
                 };
                 summary.push(line);
             }
+            let (sent, received) = self.shell.net.traffic.get();
+            summary.push(format!(
+                "network: sent {sent} bytes, received {received} bytes ({} / {})",
+                human_bytes(sent),
+                human_bytes(received)
+            ));
             Outcome { ok, summary }
         };
         self.oneshot = None;
@@ -628,26 +737,88 @@ impl Io for Shell {
             .map_err(|e| e.to_string())
     }
 
-    fn queue_send(&mut self, _storage: usize, sid: u64, meta: FileMeta, to: Vec<NodeId>) {
-        let dests = to
-            .iter()
-            .filter_map(|n| self.by_node.get(n))
-            .filter_map(|c| self.peers.get(c).map(|p| (*c, p)))
-            .map(|(conn, p)| Dest {
+    fn queue_send(&mut self, _storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>) {
+        let group = self.next_group;
+        self.next_group += 1;
+        let dest = |n: &NodeId| {
+            let conn = *self.by_node.get(n)?;
+            let p = self.peers.get(&conn)?;
+            Some(Dest {
                 conn,
                 outbound: p.outbound.clone(),
             })
-            .collect();
-        self.sender.push(OutJob {
-            sid,
-            meta,
-            to: dests,
-        });
+        };
+        // One stream for everyone who gets the whole file (read once for all of them), and
+        // one job per receiver that gets a delta against its own old version.
+        let mut whole = Vec::new();
+        let mut jobs = Vec::new();
+        for t in &to {
+            let Some(d) = dest(&t.node) else { continue };
+            if delta::wanted(meta.size, t.old) {
+                jobs.push(OutJob {
+                    sid,
+                    meta: meta.clone(),
+                    to: vec![d],
+                    group,
+                    delta: true,
+                });
+            } else {
+                whole.push(d);
+            }
+        }
+        // A job with no receiver at all still reports back (as skipped) through `pump`.
+        if !whole.is_empty() || jobs.is_empty() {
+            jobs.push(OutJob {
+                sid,
+                meta: meta.clone(),
+                to: whole,
+                group,
+                delta: false,
+            });
+        }
+        self.groups.insert(
+            group,
+            Group {
+                sid,
+                left: jobs.len(),
+                wire: 0,
+                receivers: 0,
+                read: 0,
+                failed: false,
+            },
+        );
+        for j in jobs {
+            self.sender.push(j);
+        }
+    }
+
+    fn queue_signature(
+        &mut self,
+        _storage: usize,
+        sid: u64,
+        path: RelPath,
+        expect: (u64, i64),
+        to: NodeId,
+    ) {
+        let Some(&conn) = self.by_node.get(&to) else {
+            return;
+        };
+        let Some(p) = self.peers.get(&conn) else {
+            return;
+        };
+        let dest = Dest {
+            conn,
+            outbound: p.outbound.clone(),
+        };
+        self.signer.push(SigJob::new(sid, path, expect, dest));
     }
 
     fn cancel_session(&mut self, sid: u64) {
         self.sender.cancel_session(sid, &self.net);
+        self.signer.cancel_session(sid);
         self.incoming.retain(|_, inc| inc.sid != sid);
+        self.bases.retain(|(s, _), _| *s != sid);
+        self.groups.retain(|_, g| g.sid != sid);
     }
 
     fn free_space(&self, storage: usize) -> Option<u64> {
@@ -661,6 +832,12 @@ impl Io for Shell {
         self.rng ^= self.rng >> 27;
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+}
+
+/// A piece of a file being received.
+enum Chunk<'a> {
+    Literal(&'a [u8]),
+    Copy(u32, u32),
 }
 
 /// The database file and its SQLite side files, as absolute paths.

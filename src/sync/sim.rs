@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use super::core::{Core, Io, Received, Refusal, Sent, StorageResult};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
-use crate::proto::Message;
+use crate::proto::{Message, SendTo};
 
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000 * MS;
@@ -218,14 +218,18 @@ impl Io for SimIo<'_> {
         make_dirs(&mut self.fs[storage], path, mode)
     }
 
-    fn queue_send(&mut self, storage: usize, sid: u64, meta: FileMeta, to: Vec<NodeId>) {
+    fn queue_send(&mut self, storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>) {
         self.out.push(Effect::QueueSend {
             storage,
             sid,
             meta,
-            to,
+            to: to.into_iter().map(|t| t.node).collect(),
         });
     }
+
+    /// Deltas change how bytes move, not what a session decides: the simulator moves whole
+    /// versions, so there is no signature to compute.
+    fn queue_signature(&mut self, _: usize, _: u64, _: RelPath, _: (u64, i64), _: NodeId) {}
 
     fn cancel_session(&mut self, sid: u64) {
         self.out.push(Effect::Cancel(sid));
