@@ -56,6 +56,9 @@ pub const ALIVE_EVERY: Duration = Duration::from_secs(20);
 /// How long a daemon waits after a peer connects before claiming, so that peers connecting
 /// together end up in one session.
 pub const CONNECT_SETTLE: Duration = Duration::from_millis(500);
+/// How long a wanted storage must stay without any connected holder before the node
+/// concludes that no peer has it.
+const ALONE_GRACE: Duration = Duration::from_secs(2);
 /// Aborted attempts at one trigger before it is given up (until the next trigger).
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -208,6 +211,8 @@ struct Want {
     since: Instant,
     attempts: u32,
     not_before: Instant,
+    /// Since when no connected peer has the storage.
+    alone_since: Option<Instant>,
 }
 
 struct Claim {
@@ -357,6 +362,7 @@ impl Core {
             since: now,
             attempts: 0,
             not_before: due,
+            alone_since: None,
         });
         // A newer trigger is not absorbed by a session whose scan came before it.
         w.since = w.since.max(now);
@@ -440,9 +446,26 @@ impl Core {
         for i in ready {
             let holders = self.holders(i);
             if holders.is_empty() {
-                self.wants.remove(&i);
-                self.results.insert(i, StorageResult::NoPeer);
+                // A connection being replaced looks like a peer leaving and coming back: only
+                // a storage that stays without peers for a moment has none.
+                let Some(w) = self.wants.get_mut(&i) else {
+                    continue;
+                };
+                match w.alone_since {
+                    None => {
+                        w.alone_since = Some(now);
+                        w.not_before = now + ALONE_GRACE;
+                    }
+                    Some(t) if now >= t + ALONE_GRACE => {
+                        self.wants.remove(&i);
+                        self.results.insert(i, StorageResult::NoPeer);
+                    }
+                    Some(t) => w.not_before = t + ALONE_GRACE,
+                }
                 continue;
+            }
+            if let Some(w) = self.wants.get_mut(&i) {
+                w.alone_since = None;
             }
             let ticket = io.random().max(1);
             let name = self.name(i).to_owned();
@@ -1367,6 +1390,7 @@ impl Core {
             since: now,
             attempts: 0,
             not_before: now,
+            alone_since: None,
         });
         w.attempts += 1;
         if w.attempts > MAX_ATTEMPTS {
