@@ -167,3 +167,57 @@ fn deltas_are_built_against_the_bytes_the_receiver_really_has() {
     assert_ne!(got, b_before);
     assert_eq!(got, want, "{log}\n{}", show(&out));
 }
+
+#[test]
+fn each_receiver_gets_its_own_delta_in_a_three_node_session() {
+    // A has the newest version; B and C each hold a different older one. One session, two
+    // deltas against two different bases, and everyone ends with A's bytes.
+    let dir = TestDir::new("delta-three");
+    let group = format!("three-{}", std::process::id());
+    let mut nodes: Vec<NodeConfig> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|id| {
+            NodeConfig::new(id)
+                .group(&group)
+                .storage("docs", &dir.mkdir(&id[5..]))
+        })
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.peers = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| *p)
+            .collect();
+    }
+    let base = dir.join("b/f.img");
+    write_random(&base, 8 * MIB, 31);
+    std::fs::copy(&base, dir.join("c/f.img")).unwrap();
+    std::fs::copy(&base, dir.join("a/f.img")).unwrap();
+    overwrite(&dir.join("b/f.img"), MIB, 50_000, 1);
+    overwrite(&dir.join("c/f.img"), 5 * MIB, 70_000, 2);
+    overwrite(&dir.join("a/f.img"), 3 * MIB, 30_000, 3);
+    set_mtime(&dir.join("b/f.img"), 1_600_000_000);
+    set_mtime(&dir.join("c/f.img"), 1_600_000_100);
+    set_mtime(&dir.join("a/f.img"), 1_700_000_000);
+    let want = file_digest(&dir.join("a/f.img"));
+    let daemons: Vec<Daemon> = nodes[1..]
+        .iter()
+        .map(|n| Daemon::start(&n.write(dir.path())))
+        .collect();
+    let out = oneshot(&nodes[0].write(dir.path()));
+    let logs: Vec<String> = daemons.into_iter().map(|d| d.stop().1).collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        show(&out),
+        logs.join("\n---\n")
+    );
+    assert_eq!(file_digest(&dir.join("b/f.img")), want);
+    assert_eq!(file_digest(&dir.join("c/f.img")), want);
+    let wire = wire_total(&String::from_utf8_lossy(&out.stdout));
+    // Two receivers, each needing its own changed region and A's: far less than 2 × 8 MiB.
+    assert!(wire < 2 * MIB, "{wire} bytes on the wire");
+}
