@@ -278,9 +278,14 @@ run_delta() { # name MiB overwrite|insert
 run_delta_speed() { # MiB
   gen_big "$root/speed.bin" "$1" 9
   local line
-  line=$(IC_DELTA_FILE="$root/speed.bin" cargo test -q --release --test delta_speed -- --ignored --nocapture 2>/dev/null | grep '^delta-speed:')
-  printf '%-28s %s\n' delta-speed "${line#delta-speed: }"
-  json_rows+=("{\"scenario\":\"delta-speed\",\"result\":\"${line#delta-speed: }\"}")
+  local out
+  out=$(IC_DELTA_FILE="$root/speed.bin" IC_DELTA_MIB="$(( $1 < 256 ? $1 : 256 ))" cargo test -q --release --test delta_speed -- --ignored --nocapture --test-threads 1 2>/dev/null)
+  # The test harness prints progress dots on the same lines: take the labelled parts.
+  line=$(grep -o 'delta-speed: .*' <<< "$out")
+  local nomatch
+  nomatch=$(grep -o 'delta-speed-nomatch: .*' <<< "$out")
+  printf '%-28s %s\n' delta-speed "${line#delta-speed: }" delta-speed-nomatch "${nomatch#delta-speed-nomatch: }"
+  json_rows+=("{\"scenario\":\"delta-speed\",\"result\":\"${line#delta-speed: }\",\"no_match\":\"${nomatch#delta-speed-nomatch: }\"}")
   rm -f "$root/speed.bin"
 }
 
