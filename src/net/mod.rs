@@ -48,6 +48,9 @@ pub const IN_HIGH: usize = 2 * 1024 * 1024;
 /// ...and resumes below this.
 pub const IN_LOW: usize = 512 * 1024;
 
+/// What a decoded message costs in memory beyond its frame bytes (the event, the message
+/// enum, a path's allocation), for the inbound gauge.
+const MESSAGE_OVERHEAD: usize = 160;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Send a ping after this long without sending anything.
@@ -748,6 +751,13 @@ impl Net {
             if c.state == ConnState::Connecting || c.state == ConnState::Closing {
                 return;
             }
+            // Checked before every read, not only when a read budget runs out: a peer whose
+            // frames always fit one read would otherwise never be paused.
+            if self.inbound.load() > IN_HIGH {
+                c.read_pending = true;
+                self.pause_reading();
+                return;
+            }
             let outcome = c.read_frames();
             let (frames, status) = match outcome {
                 ReadOutcome::Frames(frames, status) => (frames, status),
@@ -769,15 +779,7 @@ impl Net {
                     self.close(id, "connection closed by peer");
                     return;
                 }
-                conn::ReadStatus::More => {
-                    if self.inbound.load() > IN_HIGH {
-                        self.pause_reading();
-                        if let Some(c) = self.conns.get_mut(&id) {
-                            c.read_pending = true;
-                        }
-                        return;
-                    }
-                }
+                conn::ReadStatus::More => {}
             }
         }
     }
@@ -842,6 +844,9 @@ impl Net {
             }
             (ConnState::Ready, Message::Pong) => true,
             (ConnState::Ready, msg) => {
+                // Charged with a per-message overhead: thousands of tiny frames cost memory
+                // their bytes alone do not show.
+                let size = size + MESSAGE_OVERHEAD;
                 self.inbound.add(size);
                 self.emit(NetEvent::Message {
                     conn: id,
