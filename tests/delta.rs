@@ -15,16 +15,7 @@ const MIB: u64 = 1024 * 1024;
 /// B holds `old` (an older mtime), A holds `new`: sync and return A's wire total.
 fn sync_change(tag: &str, size: u64, change: impl FnOnce(&Path)) -> u64 {
     let dir = TestDir::new(tag);
-    dir.mkdir("a");
-    dir.mkdir("b");
-    let group = format!("{tag}-{}", std::process::id());
-    let b = NodeConfig::new("node-b")
-        .group(&group)
-        .storage("docs", &dir.join("b"));
-    let a = NodeConfig::new("node-a")
-        .group(&group)
-        .storage("docs", &dir.join("a"))
-        .peer(b.port);
+    let (a, b) = pair_configs(&dir, tag);
     let old = dir.join("b/disk.img");
     write_random(&old, size, 11);
     set_mtime(&old, 1_600_000_000);
@@ -139,16 +130,7 @@ fn deltas_are_built_against_the_bytes_the_receiver_really_has() {
     // says "unchanged" while its bytes differ from A's old ones. The signature is computed
     // from B's actual bytes, so the delta still rebuilds A's version exactly.
     let dir = TestDir::new("delta-stale-base");
-    dir.mkdir("a");
-    dir.mkdir("b");
-    let group = format!("stale-{}", std::process::id());
-    let b = NodeConfig::new("node-b")
-        .group(&group)
-        .storage("docs", &dir.join("b"));
-    let a = NodeConfig::new("node-a")
-        .group(&group)
-        .storage("docs", &dir.join("a"))
-        .peer(b.port);
+    let (a, b) = pair_configs(&dir, "stale");
     let old = dir.join("b/f.bin");
     write_random(&old, 4 * MIB, 21);
     let new = dir.join("a/f.bin");
@@ -182,15 +164,7 @@ fn each_receiver_gets_its_own_delta_in_a_three_node_session() {
                 .storage("docs", &dir.mkdir(&id[5..]))
         })
         .collect();
-    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-    for (i, n) in nodes.iter_mut().enumerate() {
-        n.peers = ports
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, p)| *p)
-            .collect();
-    }
+    mesh_peers(&mut nodes);
     let base = dir.join("b/f.img");
     write_random(&base, 8 * MIB, 31);
     std::fs::copy(&base, dir.join("c/f.img")).unwrap();

@@ -28,15 +28,7 @@ fn mesh(dir: &TestDir, ids: &[&str], storages: &[(&str, &[usize])]) -> Vec<NodeC
             n
         })
         .collect();
-    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-    for (i, n) in nodes.iter_mut().enumerate() {
-        n.peers = ports
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, p)| *p)
-            .collect();
-    }
+    mesh_peers(&mut nodes);
     nodes
 }
 

@@ -18,16 +18,8 @@ struct Pair {
 impl Pair {
     fn new(tag: &str) -> Pair {
         let dir = TestDir::new(tag);
-        dir.mkdir("a");
-        dir.mkdir("b");
-        let group = format!("{tag}-{}", std::process::id());
-        let a = NodeConfig::new("node-a")
-            .group(&group)
-            .storage("docs", &dir.join("a"));
-        let b = NodeConfig::new("node-b")
-            .group(&group)
-            .storage("docs", &dir.join("b"));
-        let a = a.peer(b.port);
+        let (a, b) = pair_configs(&dir, tag);
+        // Both dial each other: the one-connection rule is exercised in every test.
         let b = b.peer(a.port);
         Pair { dir, a, b }
     }

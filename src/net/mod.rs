@@ -262,14 +262,14 @@ pub fn spawn(
     let handle = NetHandle {
         tx,
         waker,
-        inbound: inbound.clone(),
+        inbound,
         traffic: Arc::new(Traffic::default()),
     };
     let own = handle.clone();
     let thread = std::thread::Builder::new()
         .name("net".into())
         .spawn(move || {
-            let mut net = Net::new(poll, listener, opts, events, rx, own, inbound);
+            let mut net = Net::new(poll, listener, opts, events, rx, own);
             net.run();
         })
         .map_err(|e| StartError(format!("cannot spawn thread net: {e}")))?;
@@ -305,9 +305,8 @@ struct Net {
     opts: NetOptions,
     events_tx: Sender<NetEvent>,
     cmd_rx: Receiver<NetCmd>,
-    /// Our own handle, for helper threads to answer through.
+    /// Our own handle: helper threads answer through it, and it holds the shared gauges.
     own: NetHandle,
-    inbound: Arc<InboundGauge>,
     conns: HashMap<ConnId, Conn>,
     /// Which connection is *the* connection to a node.
     by_node: HashMap<NodeId, ConnId>,
@@ -329,7 +328,6 @@ impl Net {
         events_tx: Sender<NetEvent>,
         cmd_rx: Receiver<NetCmd>,
         own: NetHandle,
-        inbound: Arc<InboundGauge>,
     ) -> Net {
         let peers = opts
             .peers
@@ -350,7 +348,6 @@ impl Net {
             events_tx,
             cmd_rx,
             own,
-            inbound,
             conns: HashMap::new(),
             by_node: HashMap::new(),
             next_id: FIRST_CONN,
@@ -753,7 +750,7 @@ impl Net {
             }
             // Checked before every read, not only when a read budget runs out: a peer whose
             // frames always fit one read would otherwise never be paused.
-            if self.inbound.load() > IN_HIGH {
+            if self.own.inbound.load() > IN_HIGH {
                 c.read_pending = true;
                 self.pause_reading();
                 return;
@@ -786,16 +783,16 @@ impl Net {
 
     fn pause_reading(&mut self) {
         self.read_paused = true;
-        self.inbound.paused.store(true, Ordering::Release);
+        self.own.inbound.paused.store(true, Ordering::Release);
         log::trace!("reading paused: sync is behind");
     }
 
     fn maybe_resume_reading(&mut self) {
-        if !self.read_paused || self.inbound.load() >= IN_LOW {
+        if !self.read_paused || self.own.inbound.load() >= IN_LOW {
             return;
         }
         self.read_paused = false;
-        self.inbound.paused.store(false, Ordering::Release);
+        self.own.inbound.paused.store(false, Ordering::Release);
         let pending: Vec<ConnId> = self
             .conns
             .iter()
@@ -847,7 +844,7 @@ impl Net {
                 // Charged with a per-message overhead: thousands of tiny frames cost memory
                 // their bytes alone do not show.
                 let size = size + MESSAGE_OVERHEAD;
-                self.inbound.add(size);
+                self.own.inbound.add(size);
                 self.emit(NetEvent::Message {
                     conn: id,
                     msg,

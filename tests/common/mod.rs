@@ -189,6 +189,33 @@ impl NodeConfig {
     }
 }
 
+/// Makes every node list every other as a peer (a full mesh).
+pub fn mesh_peers(nodes: &mut [NodeConfig]) {
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.peers = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| *p)
+            .collect();
+    }
+}
+
+/// Configs of "node-a" and "node-b", with storage "docs" in `<dir>/a` and `<dir>/b`, in a group
+/// of their own (so concurrent tests never talk to each other), A dialling B.
+pub fn pair_configs(dir: &TestDir, tag: &str) -> (NodeConfig, NodeConfig) {
+    let group = format!("{tag}-{}", std::process::id());
+    let b = NodeConfig::new("node-b")
+        .group(&group)
+        .storage("docs", &dir.mkdir("b"));
+    let a = NodeConfig::new("node-a")
+        .group(&group)
+        .storage("docs", &dir.mkdir("a"))
+        .peer(b.port);
+    (a, b)
+}
+
 /// A running daemon whose stderr is collected in the background.
 pub struct Daemon {
     pub child: Child,
