@@ -33,9 +33,12 @@ USAGE:
 
 OPTIONS:
     -c, --config PATH   config file (default: $HOME/.config/iron-carrier/config.toml)
-    -d, --daemon        run as a daemon until SIGINT or SIGTERM
+    -d, --daemon        run as a daemon until SIGINT or SIGTERM; SIGHUP reloads the config
+                        (a valid one restarts the daemon in place, same PID; an invalid one is
+                        reported and ignored)
     -v, -vv             more log output (debug, trace)
     -q                  less log output (warnings and errors only)
+        --syslog        log to syslog (/dev/log, facility daemon) instead of stderr
     -h, --help          print this help
     -V, --version       print the version
 
@@ -63,26 +66,30 @@ pub struct Args {
     pub daemon: bool,
     /// -1 for `-q`, 0 by default, 1 for `-v`, 2 for `-vv`.
     pub verbosity: i32,
+    pub syslog: bool,
+}
+
+impl Args {
+    /// A command that takes no options (help, version).
+    fn bare(command: Command) -> Args {
+        Args {
+            command,
+            config: None,
+            daemon: false,
+            verbosity: 0,
+            syslog: false,
+        }
+    }
 }
 
 /// Parses `argv` (without the program name).
 pub fn parse_args(argv: Vec<OsString>) -> Result<Args, String> {
     let mut pargs = pico_args::Arguments::from_vec(split_eq(argv));
     if pargs.contains(["-h", "--help"]) {
-        return Ok(Args {
-            command: Command::Help,
-            config: None,
-            daemon: false,
-            verbosity: 0,
-        });
+        return Ok(Args::bare(Command::Help));
     }
     if pargs.contains(["-V", "--version"]) {
-        return Ok(Args {
-            command: Command::Version,
-            config: None,
-            daemon: false,
-            verbosity: 0,
-        });
+        return Ok(Args::bare(Command::Version));
     }
     let config: Option<PathBuf> = pargs
         .opt_value_from_os_str(["-c", "--config"], |s| -> Result<PathBuf, String> {
@@ -94,6 +101,7 @@ pub fn parse_args(argv: Vec<OsString>) -> Result<Args, String> {
         })
         .map_err(|e| format!("--config: {e}"))?;
     let daemon = pargs.contains(["-d", "--daemon"]);
+    let syslog = pargs.contains("--syslog");
     let mut verbosity = 0;
     while pargs.contains("-vv") {
         verbosity += 2;
@@ -131,6 +139,7 @@ pub fn parse_args(argv: Vec<OsString>) -> Result<Args, String> {
         config,
         daemon,
         verbosity,
+        syslog,
     })
 }
 
@@ -154,6 +163,7 @@ fn split_eq(argv: Vec<OsString>) -> Vec<OsString> {
 
 /// Runs the program for `argv` (without the program name) and returns the exit code.
 pub fn run(argv: Vec<OsString>) -> i32 {
+    let again = argv.clone();
     let args = match parse_args(argv) {
         Ok(a) => a,
         Err(msg) => {
@@ -172,7 +182,12 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         }
         Command::Run | Command::CheckConfig => {}
     }
-    logger::init(logger::level_from_verbosity(args.verbosity));
+    let sink = if args.syslog {
+        logger::Sink::Syslog
+    } else {
+        logger::Sink::Stderr
+    };
+    logger::init(logger::level_from_verbosity(args.verbosity), sink);
     let config = match load_config(args.config.as_deref()) {
         Ok(c) => c,
         Err(msg) => {
@@ -190,6 +205,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Mode::OneShot
     };
     match daemon::run(config, mode) {
+        Ok(outcome) if outcome.reload => reexec(again),
         Ok(outcome) => {
             for line in &outcome.summary {
                 println!("{line}");
@@ -201,6 +217,23 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             exit::STARTUP
         }
     }
+}
+
+/// Replaces this process with a fresh run of the same binary and arguments: a reload that
+/// applies every setting, keeping the PID (init scripts and pidfiles stay right).
+/// `/proc/self/exe` still works when the binary on disk was replaced by an upgrade.
+fn reexec(argv: Vec<OsString>) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let arg0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsString::from("iron-carrier"));
+    log::info!("reloading: restarting with the new configuration");
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(argv)
+        .exec();
+    eprintln!("iron-carrier: cannot restart for the reload: {err}");
+    exit::STARTUP
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
@@ -242,6 +275,8 @@ mod tests {
         assert_eq!(args(&["-v", "-v"]).unwrap().verbosity, 2);
         assert_eq!(args(&["--version"]).unwrap().command, Command::Version);
         assert_eq!(args(&["-h"]).unwrap().command, Command::Help);
+        assert!(args(&["--daemon", "--syslog"]).unwrap().syslog);
+        assert!(!args(&["--daemon"]).unwrap().syslog);
     }
 
     #[test]

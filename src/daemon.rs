@@ -10,7 +10,7 @@ use std::fmt;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::exit;
@@ -34,6 +34,8 @@ pub struct Outcome {
     pub ok: bool,
     /// One line per storage for the user (one-shot runs).
     pub summary: Vec<String>,
+    /// Stopped for a reload (SIGHUP with a valid config): the caller restarts in place.
+    pub reload: bool,
 }
 
 impl Outcome {
@@ -71,7 +73,7 @@ fn spawn<T: Send + 'static>(
 /// Runs the node until it is done (one-shot) or signalled (daemon).
 pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
     // Signals first: a SIGTERM that arrives while we start must still stop us cleanly.
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
     let signal_handle = signals.handle();
     let (signal_tx, signal_rx) = bounded::<i32>(4);
@@ -107,7 +109,7 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
         config.storages.len()
     );
 
-    let outcome = wait(&signal_rx, &done_rx);
+    let stop = wait(&signal_rx, &done_rx, &config, mode);
 
     // Ordered shutdown: sync first (it may still be talking through net), then net.
     let _ = ctl_tx.send(SyncCtl::Shutdown);
@@ -120,28 +122,62 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
     if sync_outcome.is_err() || net_result.is_err() {
         return Err(StartError("a worker thread panicked".into()));
     }
-    let outcome = match outcome {
-        Some(o) => o,
+    let outcome = match stop {
+        Stop::Done(o) => o,
         // Stopped by a signal: a daemon stopping on request has done its job; a one-shot
         // run interrupted before the end has not.
-        None => Outcome {
+        Stop::Signal => Outcome {
             ok: mode == Mode::Daemon,
             summary: Vec::new(),
+            reload: false,
+        },
+        Stop::Reload => Outcome {
+            ok: true,
+            summary: Vec::new(),
+            reload: true,
         },
     };
     log::info!("stopped");
     Ok(outcome)
 }
 
-/// Blocks until a signal (returns `None`) or the sync thread's outcome.
-fn wait(signal_rx: &Receiver<i32>, done_rx: &Receiver<Outcome>) -> Option<Outcome> {
-    select! {
-        recv(signal_rx) -> sig => {
-            if let Ok(sig) = sig {
-                log::info!("signal {sig} received, shutting down");
-            }
-            None
+enum Stop {
+    Signal,
+    Reload,
+    Done(Outcome),
+}
+
+/// Blocks until SIGINT/SIGTERM, a reload (SIGHUP with a valid config, daemons only), or the
+/// sync thread's outcome. A SIGHUP with an invalid config is reported and changes nothing.
+fn wait(
+    signal_rx: &Receiver<i32>,
+    done_rx: &Receiver<Outcome>,
+    config: &Config,
+    mode: Mode,
+) -> Stop {
+    loop {
+        select! {
+            recv(signal_rx) -> sig => match sig {
+                Ok(SIGHUP) if mode == Mode::Daemon => {
+                    match crate::config::load(&config.source) {
+                        Ok(_) => {
+                            log::info!("SIGHUP: the configuration is valid; reloading");
+                            return Stop::Reload;
+                        }
+                        Err(e) => log::error!("SIGHUP: not reloading, keeping the running configuration: {e}"),
+                    }
+                }
+                Ok(SIGHUP) => log::info!("SIGHUP ignored: a one-shot run has nothing to reload"),
+                Ok(sig) => {
+                    log::info!("signal {sig} received, shutting down");
+                    return Stop::Signal;
+                }
+                Err(_) => return Stop::Signal,
+            },
+            recv(done_rx) -> outcome => return match outcome {
+                Ok(o) => Stop::Done(o),
+                Err(_) => Stop::Signal,
+            },
         }
-        recv(done_rx) -> outcome => outcome.ok(),
     }
 }

@@ -1,20 +1,37 @@
-//! A small `log` backend: one line per record on stderr with UTC time, level, thread and
-//! target.
+//! A small `log` backend: one line per record, on stderr (UTC time, level, thread, target)
+//! or, for services, to the local syslog socket (`/dev/log`, facility daemon), so that
+//! `logread` and the journal show it.
 //!
-//! Each record is formatted into one buffer and written with a single `write_all` on a locked
-//! stderr, so lines from different threads never interleave. It never panics: a failed write
-//! to stderr is dropped.
+//! Each record is formatted into one buffer and written with one call (`write_all` on a
+//! locked stderr, or one datagram), so lines from different threads never interleave. It never
+//! panics: a record that cannot be written is dropped; if syslog goes away, lines go to stderr
+//! until it is back.
 
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
-struct StderrLogger {
-    level: LevelFilter,
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    Stderr,
+    Syslog,
 }
 
-impl Log for StderrLogger {
+struct Logger {
+    level: LevelFilter,
+    /// `Some` when logging to syslog: the socket, reconnected on failure.
+    syslog: Option<Mutex<Option<UnixDatagram>>>,
+}
+
+const SYSLOG_SOCKET: &str = "/dev/log";
+/// The `daemon` facility.
+const FACILITY_DAEMON: u8 = 3;
+
+impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= self.level
     }
@@ -23,6 +40,14 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        if let Some(sock) = &self.syslog {
+            let msg = format_syslog(record, std::process::id());
+            if let Ok(mut guard) = sock.lock() {
+                if send_syslog(&mut guard, msg.as_bytes()) {
+                    return;
+                }
+            }
+        }
         let line = format_line(record, SystemTime::now());
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -30,6 +55,45 @@ impl Log for StderrLogger {
     fn flush(&self) {
         let _ = std::io::stderr().flush();
     }
+}
+
+/// Sends one datagram, connecting (or reconnecting once) as needed. False if syslog is not
+/// reachable.
+fn send_syslog(sock: &mut Option<UnixDatagram>, msg: &[u8]) -> bool {
+    for _ in 0..2 {
+        if sock.is_none() {
+            *sock = UnixDatagram::unbound()
+                .and_then(|s| s.connect(SYSLOG_SOCKET).map(|()| s))
+                .ok();
+        }
+        match sock {
+            Some(s) if s.send(msg).is_ok() => return true,
+            // The syslog daemon restarted, or was never there: try a fresh socket once.
+            _ => *sock = None,
+        }
+    }
+    false
+}
+
+/// `<PRI>iron-carrier[PID]: [thread] target: message`, the form local syslog daemons
+/// (BusyBox syslogd, rsyslog, journald) accept; they add the time themselves.
+fn format_syslog(record: &Record<'_>, pid: u32) -> String {
+    let severity = match record.level() {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    };
+    let thread = std::thread::current();
+    let target = record.target();
+    let target = target.strip_prefix("iron_carrier::").unwrap_or(target);
+    format!(
+        "<{}>iron-carrier[{pid}]: [{}] {}: {}",
+        FACILITY_DAEMON * 8 + severity,
+        thread.name().unwrap_or("?"),
+        target,
+        record.args()
+    )
 }
 
 fn format_line(record: &Record<'_>, now: SystemTime) -> String {
@@ -48,8 +112,18 @@ fn format_line(record: &Record<'_>, now: SystemTime) -> String {
 }
 
 /// Installs the logger. Calling it twice keeps the first one (tests may race to install).
-pub fn init(level: LevelFilter) {
-    let logger = Box::new(StderrLogger { level });
+pub fn init(level: LevelFilter, sink: Sink) {
+    let syslog = match sink {
+        Sink::Stderr => None,
+        Sink::Syslog => {
+            let mut sock = None;
+            if !send_syslog(&mut sock, b"<30>iron-carrier: logging to syslog") {
+                eprintln!("iron-carrier: {SYSLOG_SOCKET} is not reachable; logging to stderr");
+            }
+            Some(Mutex::new(sock))
+        }
+    };
+    let logger = Box::new(Logger { level, syslog });
     if log::set_boxed_logger(logger).is_ok() {
         log::set_max_level(level);
     }
@@ -122,6 +196,37 @@ mod tests {
         }
         let before = UNIX_EPOCH - Duration::from_millis(1);
         assert_eq!(utc_timestamp(before), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn syslog_lines_carry_priority_tag_and_pid() {
+        let record = Record::builder()
+            .level(Level::Warn)
+            .target("iron_carrier::sync")
+            .args(format_args!("disk full"))
+            .build();
+        let line = format_syslog(&record, 42);
+        // daemon (3) * 8 + warning (4) = 28
+        assert!(line.starts_with("<28>iron-carrier[42]: ["), "{line}");
+        assert!(line.ends_with("] sync: disk full"), "{line}");
+    }
+
+    #[test]
+    fn syslog_datagrams_reach_a_listening_socket() {
+        // A stand-in syslog: a datagram socket we bind ourselves.
+        let dir = std::env::temp_dir().join(format!("ic-syslog-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("log");
+        let _ = std::fs::remove_file(&path);
+        let server = UnixDatagram::bind(&path).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client.connect(&path).unwrap();
+        let mut sock = Some(client);
+        assert!(send_syslog(&mut sock, b"<30>iron-carrier[1]: hello"));
+        let mut buf = [0u8; 64];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<30>iron-carrier[1]: hello");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

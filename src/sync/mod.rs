@@ -133,6 +133,7 @@ pub fn run(
             let _ = done.send(Outcome {
                 ok: false,
                 summary: vec![e],
+                reload: false,
             });
             // Stay until told to stop so shutdown stays ordered.
             let _ = ctl.recv();
@@ -622,6 +623,7 @@ impl SyncThread {
             Outcome {
                 ok: false,
                 summary: vec![msg],
+                reload: false,
             }
         } else {
             let mut ok = true;
@@ -663,7 +665,11 @@ impl SyncThread {
                 human_bytes(sent),
                 human_bytes(received)
             ));
-            Outcome { ok, summary }
+            Outcome {
+                ok,
+                summary,
+                reload: false,
+            }
         };
         self.oneshot = None;
         Some(outcome)
