@@ -163,6 +163,7 @@ fn split_eq(argv: Vec<OsString>) -> Vec<OsString> {
 
 /// Runs the program for `argv` (without the program name) and returns the exit code.
 pub fn run(argv: Vec<OsString>) -> i32 {
+    set_process_name();
     let again = argv.clone();
     let args = match parse_args(argv) {
         Ok(a) => a,
@@ -217,6 +218,15 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             exit::STARTUP
         }
     }
+}
+
+/// Names the process "iron-carrier" for ps, top, pgrep and start-stop-daemon: after a reload
+/// the process runs from `/proc/self/exe`, which would otherwise make its name "exe".
+fn set_process_name() {
+    let name = b"iron-carrier\0";
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the pointer;
+    // `name` is 13 bytes including the NUL and lives for the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 /// Replaces this process with a fresh run of the same binary and arguments: a reload that

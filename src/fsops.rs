@@ -32,7 +32,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use crate::model::{mtime_ns_from_parts, mtime_ns_to_parts, RelPath, INTERNAL_PREFIX, MODE_MASK};
@@ -632,8 +632,10 @@ fn describe(found: Option<Stat>) -> String {
 /// unique within this boot's processes; the random part avoids colliding with a leftover of
 /// an earlier process that had the same pid.
 fn next_temp_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // usize, not u64: 32-bit MIPS and PowerPC have no 64-bit atomics. A wrap after 4 billion
+    // temp files only repeats the counter; the random part still tells names apart.
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u64;
     let r = splitmix64(random_seed() ^ n) & 0xff_ffff;
     format!("{INTERNAL_PREFIX}tmp.{}.{n}.{r:06x}", std::process::id())
 }

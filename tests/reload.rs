@@ -39,6 +39,12 @@ fn sighup_applies_a_valid_config_in_place_and_ignores_an_invalid_one() {
     );
     assert!(d.is_running(), "{}", d.log());
     assert!(!listening(old_port), "still listening on the old port");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(
+        comm.trim(),
+        "iron-carrier",
+        "the process keeps its name after a reload"
+    );
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
         String::from_utf8_lossy(&cmdline).contains("--daemon"),
