@@ -7,7 +7,17 @@ MSRV_CARGO ?= /usr/bin/cargo
 MSRV_RUSTC ?= /usr/bin/rustc
 BIN := target/release/iron-carrier
 
-.PHONY: all build release test test-only lint fmt fmt-check clippy msrv deps demo size bench bench-small clean
+# cross-rs, its config (kept in cross/, not at the root) and the targets it builds.
+CROSS ?= cross
+CROSS_CONFIG ?= $(CURDIR)/cross/Cross.toml
+CROSS_TARGETS := arm-unknown-linux-gnueabihf armv7-unknown-linux-gnueabihf \
+	aarch64-unknown-linux-gnu arm-unknown-linux-musleabihf armv7-unknown-linux-musleabihf \
+	aarch64-unknown-linux-musl
+# What `make cross-test` builds and runs under qemu (Debian has a Rust std for these two).
+CROSS_TEST_TARGETS ?= armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
+
+.PHONY: all build release test test-only lint shellcheck fmt fmt-check clippy msrv deps demo size bench \
+	bench-small bench-full clean cross-test cross-rss dist $(CROSS_TARGETS:%=cross-%)
 
 all: build
 
@@ -17,13 +27,18 @@ build:
 release:
 	$(CARGO) build --release --locked
 
-## test: formatting, clippy, the Rust 1.85 build check, then every test.
-test: deps fmt-check clippy msrv test-only
+## test: formatting, clippy, shellcheck, the Rust 1.85 build check, then every test.
+test: deps fmt-check clippy shellcheck msrv test-only
 
 test-only:
 	$(CARGO) test --locked --all-targets
 
-lint: fmt-check clippy msrv
+lint: fmt-check clippy shellcheck msrv
+
+## shellcheck: the shell scripts of the build, CI and tests (the init scripts are checked by
+## tests/init_script.rs, with the exclusions an rc.common script needs).
+shellcheck:
+	shellcheck -x .ci/run cross/*.sh tests/*.sh
 
 fmt:
 	$(CARGO) fmt
@@ -50,12 +65,41 @@ demo: release
 size: release
 	@ls -l $(BIN) | awk '{ printf "stripped x86_64 release binary: %d bytes (%.2f MiB)\n", $$5, $$5/1048576 }'
 
-## bench: the measured scenarios (see tests/bench.sh); `make bench-small` for a quick run.
+## bench: the measured scenarios side by side with rsync, Unison and Syncthing (see
+## tests/bench.sh); `make bench-small` for a quick run, `make bench-full` adds the 100,000-file
+## five-node scale scenario.
 bench: release
 	./tests/bench.sh $(BIN)
 
+bench-full: release
+	./tests/bench.sh $(BIN) --full
+
 bench-small: release
 	./tests/bench.sh $(BIN) --small
+
+## cross-test: builds the project and its tests for armv7 and aarch64 with Debian's Rust 1.85
+## (multiarch std, Debian's cross gcc) and runs them under qemu-user: no Docker needed.
+## Installs that toolchain first (cross/toolchain.sh cross, needs root). The tests it leaves
+## out under qemu, each with its reason, are listed in cross/qemu-skip.txt. Prints the test
+## counts per architecture.
+cross-test:
+	./cross/cross-test.sh $(CROSS_TEST_TARGETS)
+
+## cross-rss: peak RSS of a two-node sync with the armv7 and aarch64 binaries of `make dist`
+## under qemu-user, next to the native binary (cross/qemu-rss.sh).
+cross-rss: dist
+	./cross/qemu-rss.sh
+
+## cross-<target>: release build with cross-rs (cross/Cross.toml) for one of CROSS_TARGETS,
+## into target/<target>/release/. cross needs Docker or Podman: fails saying so without.
+$(CROSS_TARGETS:%=cross-%): cross-%:
+	CROSS=$(CROSS) CROSS_CONFIG=$(CROSS_CONFIG) ./cross/cross-build.sh $*
+
+## dist: stripped release binaries for every target this machine can build (x86_64 natively,
+## armv7/aarch64 with Debian's toolchain, the rest with cross-rs when a container engine
+## works) into target/dist/, with a size table (target/dist/SIZES.txt).
+dist:
+	CARGO=$(CARGO) CROSS=$(CROSS) CROSS_CONFIG=$(CROSS_CONFIG) ./cross/dist.sh
 
 clean:
 	$(CARGO) clean

@@ -1,22 +1,71 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what builds and tests need beyond rustup's toolchain:
-#   deps  — system packages the test suite uses (iproute2 for network namespaces, procps)
+#   deps  — system packages the test suite uses (iproute2 for network namespaces, procps,
+#           the linter of the shell scripts, shellcheck, BusyBox for the init-script test,
+#           GNU time for cross/qemu-rss.sh)
 #   host  — Debian's rustc-web/cargo-web 1.85, the MSRV toolchain, as /usr/bin/{rustc,cargo}
-# Versions are pinned so every machine checks against the same compiler. The apt index is
+#   cross — host, plus what `make cross-test` and `make dist` need to build for and run on
+#           armv7 (Debian armhf) and aarch64 (Debian arm64) without Docker: the 1.85 standard
+#           library of both architectures (multiarch libstd-rust-web-dev), their C cross
+#           compilers (linkers, and bundled SQLite's C compiler), their C libraries (so
+#           qemu finds the dynamic loader at /lib/ld-linux-*.so without -L) and qemu-user-static
+# Versions are pinned so every machine checks against the same compiler; the Rust standard
+# library must be the same version for every architecture as rustc itself. The apt index is
 # refreshed once more if the first attempt fails (a mirror in the middle of a sync).
 set -euo pipefail
 
 RUST_DEB_VERSION="1.85.0+dfsg3-1~deb12u3"
+# Multiarch packages ("Multi-Arch: same", e.g. libc6, liblzma5) must have the same version on
+# every architecture. Resolving everything from this one suite keeps them in step even when
+# another suite (bookworm-security) has an index for amd64 but not, or not yet, for armhf.
+CROSS_SUITE="bookworm"
+CROSS_ARCHES=(armhf arm64)
 
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then
-    echo "toolchain.sh: need root to install: $*" >&2
-    exit 1
+die() {
+  echo "toolchain.sh: $*" >&2
+  exit 1
+}
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "need root to install: $*"
+}
+
+# Refreshes the apt index; once more after a pause if the first attempt fails. A suite that
+# still fails is only a warning: the packages may well come from the others.
+apt_update() {
+  if ! apt-get update -qq; then
+    echo "toolchain.sh: apt-get update failed (mirror mid-sync?); retrying once in 5 s" >&2
+    sleep 5
+    apt-get update -qq ||
+      echo "toolchain.sh: warning: apt-get update failed twice; using the index as it is" >&2
   fi
+}
+
+# apt_install [apt options --] PACKAGE... — installs, refreshing the index first if the
+# install fails (an index too old to know the pinned versions).
+apt_install() {
+  local opts=()
+  if [ "${1:-}" = "-t" ]; then
+    opts=(-t "$2")
+    shift 3
+  fi
+  need_root "$*"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -qq --allow-downgrades "$@" >/dev/null 2>&1; then
-    apt-get update -qq || { sleep 5; apt-get update -qq; }
-    apt-get install -y -qq --allow-downgrades "$@" >/dev/null
+  if ! apt-get install -y -qq --no-remove --allow-downgrades "${opts[@]}" "$@" >/dev/null 2>&1; then
+    apt_update
+    apt-get install -y -qq --no-remove --allow-downgrades "${opts[@]}" "$@" >/dev/null ||
+      die "could not install: $* (see the apt messages above)"
+  fi
+}
+
+# Whether package $1 (name[:arch]) is installed, at version $2 if given.
+installed() {
+  local v
+  v=$(dpkg-query -W -f='${db:Status-Status} ${Version}' "$1" 2>/dev/null) || return 1
+  if [ -n "${2:-}" ]; then
+    [ "$v" = "installed $2" ]
+  else
+    [ "${v%% *}" = installed ]
   fi
 }
 
@@ -26,22 +75,80 @@ have_msrv() {
     /usr/bin/cargo --version 2>/dev/null | grep -q '^cargo 1\.85\.'
 }
 
+install_host() {
+  if ! have_msrv; then
+    apt_install "rustc-web=$RUST_DEB_VERSION" "cargo-web=$RUST_DEB_VERSION" \
+      "libstd-rust-web-dev=$RUST_DEB_VERSION"
+  fi
+  have_msrv || die "Rust 1.85 not available as /usr/bin/rustc"
+}
+
+# The Rust target each Debian architecture's libstd-rust-web-dev provides.
+rust_target() {
+  case "$1" in
+    armhf) echo armv7-unknown-linux-gnueabihf ;;
+    arm64) echo aarch64-unknown-linux-gnu ;;
+  esac
+}
+
+have_cross() {
+  local a libdir
+  command -v arm-linux-gnueabihf-gcc >/dev/null || return 1
+  command -v aarch64-linux-gnu-gcc >/dev/null || return 1
+  command -v qemu-arm-static >/dev/null || return 1
+  command -v qemu-aarch64-static >/dev/null || return 1
+  [ -e /lib/ld-linux-armhf.so.3 ] || return 1
+  [ -e /lib/ld-linux-aarch64.so.1 ] || return 1
+  for a in "${CROSS_ARCHES[@]}"; do
+    installed "libstd-rust-web-dev:$a" "$RUST_DEB_VERSION" || return 1
+    libdir=$(/usr/bin/rustc --print target-libdir --target "$(rust_target "$a")" 2>/dev/null) ||
+      return 1
+    compgen -G "$libdir/libstd-*.rlib" >/dev/null || return 1
+  done
+}
+
+install_cross() {
+  install_host
+  have_cross && return 0
+  need_root "the armhf/arm64 cross toolchain"
+  local a added=0 host_libc pkgs=()
+  for a in "${CROSS_ARCHES[@]}"; do
+    if ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+      dpkg --add-architecture "$a"
+      added=1
+    fi
+  done
+  # A new architecture has no index yet: refresh before the first install attempt.
+  if [ "$added" = 1 ]; then apt_update; fi
+  host_libc=$(dpkg-query -W -f='${Version}' "libc6:$(dpkg --print-architecture)")
+  for a in "${CROSS_ARCHES[@]}"; do
+    pkgs+=("libstd-rust-web-dev:$a=$RUST_DEB_VERSION" "libc6:$a=$host_libc")
+  done
+  pkgs+=(gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu qemu-user-static)
+  apt_install -t "$CROSS_SUITE" -- "${pkgs[@]}"
+  have_cross || die "the cross toolchain is incomplete after installing: ${pkgs[*]}
+  (want arm-linux-gnueabihf-gcc, aarch64-linux-gnu-gcc, qemu-arm-static, qemu-aarch64-static,
+  /lib/ld-linux-armhf.so.3, /lib/ld-linux-aarch64.so.1 and the 1.85 std for both targets)"
+}
+
 case "${1:-}" in
   deps)
     missing=()
     command -v ip >/dev/null || missing+=(iproute2)
     command -v pkill >/dev/null || missing+=(procps)
+    command -v shellcheck >/dev/null || missing+=(shellcheck)
+    command -v busybox >/dev/null || missing+=(busybox)
+    [ -x /usr/bin/time ] || missing+=(time)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
     ;;
   host)
-    if ! have_msrv; then
-      apt_install "rustc-web=$RUST_DEB_VERSION" "cargo-web=$RUST_DEB_VERSION" \
-        "libstd-rust-web-dev=$RUST_DEB_VERSION"
-    fi
-    have_msrv || { echo "toolchain.sh: Rust 1.85 not available as /usr/bin/rustc" >&2; exit 1; }
+    install_host
+    ;;
+  cross)
+    install_cross
     ;;
   *)
-    echo "usage: $0 deps|host" >&2
+    echo "usage: $0 deps|host|cross" >&2
     exit 2
     ;;
 esac

@@ -2,15 +2,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::TestDir;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_iron-carrier"));
-    c.env_remove("RUST_LOG");
-    c
-}
+use common::{bin, TestDir};
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run iron-carrier")

@@ -430,7 +430,8 @@ fn unreadable_file_and_directory_are_skipped_and_the_scan_goes_on() {
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     chmod(&exe, 0o755);
 
-    let out = std::process::Command::new(&exe)
+    // Through IC_TEST_RUNNER (qemu) when the tests run under it: no binfmt_misc there.
+    let out = common::runner_command(&exe)
         .args([
             "--exact",
             UNREADABLE_INNER,

@@ -69,11 +69,29 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
+/// The binary under test, started through `IC_TEST_RUNNER` when that is set.
 pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_iron-carrier"));
+    let mut c = runner_command(env!("CARGO_BIN_EXE_iron-carrier"));
     c.env_remove("RUST_LOG");
     c
+}
+
+/// A command running `program`; when the environment variable `IC_TEST_RUNNER` is set (e.g.
+/// `qemu-arm-static`, by `make cross-test`), it runs `$IC_TEST_RUNNER program` instead. Tests
+/// that run under qemu without binfmt_misc cannot exec a foreign binary directly, and this is
+/// how they start the binary under test (or themselves). The variable is split on
+/// whitespace, so it may carry options (`qemu-arm-static -cpu cortex-a7`).
+pub fn runner_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let runner = std::env::var("IC_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(words).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
