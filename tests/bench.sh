@@ -1,311 +1,819 @@
 #!/usr/bin/env bash
-# make bench: measured scenarios on 127.0.0.1 with generated, seeded data.
+# make bench: iron-carrier measured side by side with rsync, Unison and Syncthing, on the same
+# generated, seeded data, in the same run.
 #
-# For each scenario node B starts as an empty daemon (the receiver) and node A, which holds
-# the data, runs one-shot against it; A leads and sends. Both run under /usr/bin/time -v,
-# which gives peak RSS (VmHWM) and CPU seconds. "wall" is A's run from start to exit: A only
-# exits after B has committed (fsynced and renamed) every file, so it is the time to
-# converge. Convergence is then checked by comparing path+size+SHA-256 manifests.
+# Usage: tests/bench.sh BIN [--small|--full]
+#   (none)   scenarios 1-6 of issue 7 at full size, plus iron-carrier's own five-node, fan-out
+#            and delta-throughput measurements
+#   --small  the same at small sizes, about a minute; Syncthing is skipped (its start-up and
+#            hashing alone take longer than that), which the table says
+#   --full   the default set plus scenario 7 (100,000 files over five nodes)
+# BENCH_ONLY=word,... limits the run to scenarios/tools matching a word (a scenario such as
+# small-files, a tool such as syncthing, or scenario/tool), for development.
+# Prints a table (each of our figures as a ratio to each other tool's, every target met or
+# missed) and writes target/bench/results.json (and results.txt, the table).
 #
-# Usage: tests/bench.sh BIN [--small]      (results also written to target/bench/results.json)
+# Method, the same for every tool:
+# - Every measured run gets a fresh private network namespace (ip netns) with only `lo` up.
+#   Both ends run inside it and talk over its 127.0.0.1; no packet can leave the machine.
+# - Bytes on the wire: the namespace's lo tx_bytes before and after the measured part. On
+#   loopback each packet is counted once as tx (and once as rx), so tx_bytes is the traffic
+#   of both directions; it includes the Ethernet (14 B), IP and TCP headers and the ACKs.
+#   Syncthing's REST API traffic (our own polling) is counted by nftables rules on its GUI
+#   ports inside the namespace and subtracted.
+# - Peak RSS and CPU seconds: /usr/bin/time -v around every process: the peak RSS of the
+#   process or of the largest child it reaped (rsync's daemon forks per connection), and the
+#   CPU of all of them.
+# - Wall time to converge: receivers are started (and listening) first; the clock runs from
+#   the start of the sender (iron-carrier's one-shot run, the rsync/Unison client, the sending
+#   Syncthing instance or, for deltas, its rescan) until it exits (one-shot tools) or until
+#   the replicas agree (daemons). Convergence is then checked by comparing path + size +
+#   SHA-256 manifests of all replicas; a mismatch fails that tool's run.
+# - A tool that fails is reported as "failed: <reason>" and the run goes on.
 set -euo pipefail
 
-bin=$(realpath "${1:-target/release/iron-carrier}")
-preset=${2:-full}
-if [ "$preset" = "--small" ]; then
-  n_small=1000; n_big=4; big_mib=16; n_five=200; fan_mib=16
-  delta_big=32; delta_small=8; speed_mib=64
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+helper=$here/bench/bench.py
+
+usage() { echo "usage: tests/bench.sh BIN [--small|--full]" >&2; exit 2; }
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
+bin=$(realpath "$1")
+[ -x "$bin" ] || { echo "bench: $1 is not an executable" >&2; exit 2; }
+preset=default
+case "${2:-}" in
+  "") ;;
+  --small) preset=small ;;
+  --full) preset=full ;;
+  *) usage ;;
+esac
+
+if [ "$preset" = small ]; then
+  n_small=1000; n_big=4; big_mib=16; delta_over_mib=32; delta_ins_mib=8
+  idle_s=10; n_five=200; fan_mib=16; speed_mib=64; with_syncthing=0; n_scale=0
 else
-  n_small=10000; n_big=4; big_mib=256; n_five=2000; fan_mib=100
-  delta_big=256; delta_small=64; speed_mib=1024
+  n_small=10000; n_big=4; big_mib=256; delta_over_mib=256; delta_ins_mib=64
+  idle_s=60; n_five=2000; fan_mib=100; speed_mib=1024; with_syncthing=1; n_scale=0
+  [ "$preset" = full ] && n_scale=100000
 fi
+latency_samples=3
+st_key=ic-bench-api-key
 
-if ! [ -x /usr/bin/time ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq time >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-  else
-    echo "bench: /usr/bin/time is missing (apt-get install time)" >&2; exit 1
-  fi
-fi
+[ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces, apt-get)" >&2; exit 1; }
 
-root=$(mktemp -d /tmp/iron-carrier-bench.XXXXXX)
-outdir=target/bench
-mkdir -p "$outdir"
-results="$outdir/results.json"
-daemon_pid=
+# Installs the tools compared against, and what the measurements need, from Debian's
+# packages when they are missing.
+install_tools() {
+  local want=() p
+  for p in time:/usr/bin/time rsync:rsync unison:unison nftables:nft iproute2:ip \
+           procps:pgrep openssl:openssl coreutils:stdbuf python3:python3; do
+    command -v "${p#*:}" > /dev/null || want+=("${p%%:*}")
+  done
+  [ "$with_syncthing" = 1 ] && ! command -v syncthing > /dev/null && want+=(syncthing)
+  [ ${#want[@]} = 0 ] && return
+  echo "bench: installing ${want[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" > /dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" > /dev/null
+  }
+}
+install_tools
+
+namespaces=()   # every namespace this run made: deleted on exit, whatever happens
+ns=             # the namespace of the measurement in progress
+ns_count=0
+root=
+
+# Kills every process inside namespace $1 (all of them are ours: we made the namespace).
+ns_kill() {
+  local pids i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    pids=$(ip netns pids "$1" 2> /dev/null || true)
+    [ -z "$pids" ] && return 0
+    # shellcheck disable=SC2086 # one argument per PID
+    if [ "$i" -lt 8 ]; then kill $pids 2> /dev/null || true; else kill -9 $pids 2> /dev/null || true; fi
+    sleep 0.2
+  done
+}
+
 cleanup() {
-  if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
-  rm -rf "$root"
+  local n
+  for n in "${namespaces[@]}"; do
+    ns_kill "$n"
+    ip netns del "$n" 2> /dev/null || true
+  done
+  [ -z "$root" ] || rm -rf "$root"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-base=$((22000 + ($$ % 400) * 10))
+root=$(mktemp -d /tmp/iron-carrier-bench.XXXXXX)
+# A copy, so that a rebuild during the run (cargo test of delta_speed builds the binary too)
+# cannot change what is measured.
+bin_src=$bin
+cp "$bin_src" "$root/iron-carrier"
+bin=$root/iron-carrier
+outdir=$repo/target/bench
+mkdir -p "$outdir"
+rows=$root/rows.jsonl
+: > "$rows"
 
-gen_small() { # dir count seed: files of 1–16 KiB in nested directories
-  python3 - "$1" "$2" "$3" <<'PY'
-import os, random, sys
-root, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(seed)
-for i in range(n):
-    d = os.path.join(root, f"d{i % 50:02d}", f"e{(i // 50) % 20:02d}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:05d}.bin"), "wb") as f:
-        f.write(rng.randbytes(rng.randint(1024, 16384)))
-PY
+log() { printf 'bench: %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+py() { python3 "$helper" "$@"; }
+in_ns() { ip netns exec "$ns" "$@"; }
+# Appends one result object (scenario, tool, variant and figures) to the rows file.
+rec() { py record "$rows" "$@"; }
+
+# A fresh namespace with lo up and the nftables counter of Syncthing's REST traffic.
+ns_new() {
+  ns_count=$((ns_count + 1))
+  ns=ic-bench-$$-$ns_count
+  ip netns add "$ns"
+  namespaces+=("$ns")
+  ip -n "$ns" link set lo up
+  in_ns nft -f - <<'EOF'
+table inet bench {
+  counter api {}
+  chain out {
+    type filter hook output priority 0; policy accept;
+    tcp sport { 8384, 8385 } counter name api
+    tcp dport { 8384, 8385 } counter name api
+  }
 }
+EOF
+}
+
+ns_del() {
+  ns_kill "$ns"
+  ip netns del "$ns"
+  local keep=() n
+  for n in "${namespaces[@]}"; do [ "$n" = "$ns" ] || keep+=("$n"); done
+  namespaces=("${keep[@]}")
+}
+
+# Bytes of Syncthing's REST API traffic so far in $ns, as lo counts them.
+api_now() { in_ns nft list counter inet bench api | awk '/packets/ { print $4 + 14 * $2 }'; }
+
+# Bytes on the wire so far in $ns: lo tx_bytes minus the REST API's packets (nftables counts
+# IP bytes; lo adds 14 bytes of Ethernet header per packet).
+wire_now() {
+  local lo api
+  lo=$(in_ns cat /sys/class/net/lo/statistics/tx_bytes)
+  api=$(api_now)
+  echo $((lo - api))
+}
+
+# --- processes: everything runs inside $ns under /usr/bin/time -v ------------------------
+declare -A tpid cpid   # name → PID of `time`, PID of the measured program (time's child)
+run=                   # directory of the measurement in progress
+wall=                  # set by run_timed
+
+# Starts "name" in the background; its time report is $run/name.time, its output
+# $run/name.log. Returns once the program itself is running.
+start() { # name command...
+  local name=$1 c=
+  shift
+  ip netns exec "$ns" /usr/bin/time -v -o "$run/$name.time" "$@" > "$run/$name.log" 2>&1 &
+  tpid[$name]=$!
+  for _ in $(seq 1 250); do
+    c=$(pgrep -P "${tpid[$name]}" || true)
+    [ -n "$c" ] && break
+    sleep 0.02
+  done
+  [ -n "$c" ] || fail "$name did not start: $(tail -2 "$run/$name.log" | tr '\n' ' ')"
+  cpid[$name]=$c
+}
+
+# Stops "name" with SIGTERM to the program (time then writes its report) and waits for it.
+stop() { # name
+  kill -TERM "${cpid[$1]}" 2> /dev/null || true
+  wait "${tpid[$1]}" 2> /dev/null || true
+}
+
+# Runs "name" in the foreground (at most $limit seconds); sets $wall. Fails on a non-zero exit.
+run_timed() { # name limit command...
+  local name=$1 limit=$2 t0 t1 rc=0
+  shift 2
+  t0=$(now)
+  timeout "$limit" ip netns exec "$ns" /usr/bin/time -v -o "$run/$name.time" "$@" > "$run/$name.log" 2>&1 || rc=$?
+  t1=$(now)
+  [ "$rc" = 124 ] && fail "$name: timed out after $limit s"
+  [ "$rc" = 0 ] || fail "$name exited with status $rc: $(grep -v '^ *[0-9]*%' "$run/$name.log" | tail -2 | tr '\n' ' ')"
+  wall=$(minus "$t1" "$t0")
+}
+
+# "key: value" from a /usr/bin/time -v report; peak RSS in KiB; CPU seconds (user + system).
+tv() { grep -F "$2" "$1" | head -1 | awk -F': ' '{ print $2 }'; }
+rss() { tv "$run/$1.time" "Maximum resident set size"; }
+cpu() { awk -v u="$(tv "$run/$1.time" "User time")" -v s="$(tv "$run/$1.time" "System time")" 'BEGIN { printf "%.2f", u + s }'; }
+
+# Waits until something listens on 127.0.0.1:port inside $ns (checked with ss, no probe
+# connection that would count as traffic).
+wait_listen() { # port
+  for _ in $(seq 1 300); do
+    [ -n "$(in_ns ss -Htln "sport = :$1")" ] && return 0
+    sleep 0.05
+  done
+  fail "nothing listens on port $1 after 15 s"
+}
+
+# Fails the run unless the replicas' path+size+SHA-256 manifests are equal.
+check_same() { # dir...
+  local why
+  why=$(py same "$@" 2>&1 > /dev/null) || fail "${why:-replicas differ after the run}"
+}
+
+# Is scenario $1 / tool $2 part of this run (BENCH_ONLY)?
+selected() { # scenario tool
+  [ -z "${BENCH_ONLY:-}" ] && return 0
+  local w
+  for w in ${BENCH_ONLY//,/ }; do
+    { [ "$w" = "$1" ] || [ "$w" = "$2" ] || [ "$w" = "$1/$2" ]; } && return 0
+  done
+  return 1
+}
+
+fail() { echo "$*" > "$root/reason"; exit 1; }
+on_err() { [ -e "$root/reason" ] || echo "line $2: '$3' exited with status $1" > "$root/reason"; }
+
+# Runs one measurement (a function and its arguments) for scenario × tool × variant in a
+# fresh namespace and directory; a failure anywhere in it becomes a "failed" row.
+ids=()
+measure() { # scenario tool variant function args...
+  selected "$1" "$2" || return 0
+  ids=(scenario="$1" tool="$2" variant="$3")
+  local what="$1 / $2 / $3"
+  shift 3
+  run=$root/run
+  rm -rf "$run" "$root/reason"
+  mkdir -p "$run"
+  ns_new
+  log "$what"
+  local rc=0
+  set +e
+  ( set -eE; trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR; "$@" )
+  rc=$?
+  set -e
+  ns_del
+  if [ "$rc" != 0 ]; then
+    local reason
+    reason=$(cat "$root/reason" 2> /dev/null || echo "exit status $rc")
+    log "$what failed: $reason"
+    rec "${ids[@]}" status=failed reason="$reason"
+  fi
+  rm -rf "$run"
+}
+
+na() { # scenario tool variant reason: a row that cannot be measured, and why
+  selected "$1" "$2" || return 0
+  rec scenario="$1" tool="$2" variant="$3" status=n/a reason="$4"
+}
+
+# --- data ------------------------------------------------------------------------------------
+
+gen_small() { py gen-small "$@"; } # dir count seed: files of 1–16 KiB in nested directories
+tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
 
 gen_big() { # file MiB seed: AES-CTR keystream, fast and reproducible
   # openssl dies of SIGPIPE when head has enough: that is the expected way to stop it.
   { openssl enc -aes-128-ctr -nosalt -K 000102030405060708090a0b0c0d0e0f \
-    -iv "$(printf '%032x' "$3")" < /dev/zero 2>/dev/null || true; } | head -c "$(( $2 * 1024 * 1024 ))" > "$1"
+    -iv "$(printf '%032x' "$3")" < /dev/zero 2> /dev/null || true; } | head -c "$(($2 * 1024 * 1024))" > "$1"
 }
 
-manifest() {
-  (cd "$1" && find . -type f -not -name '*.db*' -print0 | sort -z | xargs -0 sha256sum)
+# A base version (mtime 2020) and a new one (mtime 2021) of disk.img for the delta scenarios.
+gen_delta() { # dir MiB overwrite|insert
+  local d=$1 mib=$2
+  mkdir -p "$d"
+  gen_big "$d/base" "$mib" 3
+  if [ "$3" = overwrite ]; then
+    # 1 MiB at a non-aligned offset in the middle.
+    cp "$d/base" "$d/new"
+    head -c 1048576 /dev/zero | tr '\0' 'x' |
+      dd of="$d/new" bs=1M seek=$((mib * 524288 + 12345)) oflag=seek_bytes conv=notrunc status=none
+  else
+    # 100 bytes inserted at offset 4096.
+    { head -c 4096 "$d/base"; head -c 100 /dev/zero | tr '\0' 'y'; tail -c +4097 "$d/base"; } > "$d/new"
+  fi
+  touch -d '2020-01-01' "$d/base"
+  touch -d '2021-01-01' "$d/new"
 }
 
-config() { # name port peer dir
-  cat > "$root/$1.toml" <<EOF
+# --- iron-carrier ------------------------------------------------------------------------
+
+# Config of node NAME listening on PORT inside the namespace, dialling PEER_PORTS.
+ic_config() { # name port "peer ports" dir
+  local peers="" p
+  for p in $3; do peers="$peers\"127.0.0.1:$p\", "; done
+  cat > "$run/$1.toml" <<EOF
 node_id = "$1"
 port = $2
 listen_address = "127.0.0.1"
-peers = ["127.0.0.1:$3"]
+peers = [${peers%, }]
 enable_service_discovery = false
 encryption = false
-log_path = "$root/$1.db"
+delay_watcher_events = 1
+log_path = "$run/$1.db"
 
 [storages]
 data = "$4"
 EOF
 }
 
-# "key: value" from a /usr/bin/time -v report.
-tv() { grep -F "$2" "$1" | head -1 | awk -F': ' '{print $2}'; }
-
-json_rows=()
-printf '%-28s %10s %12s %12s %10s %10s\n' scenario wall_s A_rss_KiB B_rss_KiB A_cpu_s B_cpu_s
-run_scenario() { # name
-  local name=$1 a=$root/$1/a b=$root/$1/b
-  config "a-$name" $((base + 1)) $((base + 2)) "$a"
-  config "b-$name" $((base + 2)) $((base + 1)) "$b"
-  /usr/bin/time -v -o "$root/b.time" "$bin" --daemon -q --config "$root/b-$name.toml" &
-  local time_pid=$!
-  # Signals go to the daemon itself; `time` then reports and exits with it.
-  for _ in $(seq 1 100); do
-    daemon_pid=$(pgrep -P "$time_pid" || true)
-    [ -n "$daemon_pid" ] && break
-    sleep 0.05
-  done
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$((base + 2))") 2>/dev/null && break
-    sleep 0.05
-  done
-  local t0 t1
-  t0=$(date +%s.%N)
-  /usr/bin/time -v -o "$root/a.time" "$bin" -q --config "$root/a-$name.toml" > "$root/a.out"
-  t1=$(date +%s.%N)
-  kill "$daemon_pid"; wait "$time_pid" || true; daemon_pid=
-  if ! diff <(manifest "$a") <(manifest "$b") > /dev/null; then
-    echo "bench: $name did not converge" >&2; exit 1
+# Scenarios 1-4: B is a daemon (empty, or holding the old disk.img), A runs one-shot and
+# leads. A exits only after B committed (fsynced, renamed) every file: its run is the time to
+# converge. Besides the namespace's lo counter, two more counts of the same traffic: A's own
+# (the summary's last line) and the kernel's per-socket counters of A's connections
+# (bytes_sent / bytes_received from tcp_info, reported by `ss -E` as each socket is destroyed).
+ic_pair() { # source-dir|delta-dir kind(oneway|delta)
+  local a=$run/a b=$run/b w0 w1 size
+  if [ "$2" = oneway ]; then
+    cp -al "$1" "$a"
+    mkdir "$b"
+    size=$(tree_bytes "$1")
+  else
+    mkdir "$a" "$b"
+    cp --preserve=timestamps "$1/base" "$b/disk.img"
+    cp --preserve=timestamps "$1/new" "$a/disk.img"
+    size=$(stat -c %s "$1/new")
   fi
-  local wall a_rss b_rss a_cpu b_cpu
-  wall=$(echo "$t1 - $t0" | bc)
-  a_rss=$(tv "$root/a.time" "Maximum resident set size")
-  b_rss=$(tv "$root/b.time" "Maximum resident set size")
-  a_cpu=$(echo "$(tv "$root/a.time" "User time") + $(tv "$root/a.time" "System time")" | bc)
-  b_cpu=$(echo "$(tv "$root/b.time" "User time") + $(tv "$root/b.time" "System time")" | bc)
-  printf '%-28s %10.2f %12s %12s %10.2f %10.2f\n' "$name" "$wall" "$a_rss" "$b_rss" "$a_cpu" "$b_cpu"
-  json_rows+=("{\"scenario\":\"$name\",\"wall_s\":$wall,\"a_peak_rss_kib\":$a_rss,\"b_peak_rss_kib\":$b_rss,\"a_cpu_s\":$a_cpu,\"b_cpu_s\":$b_cpu}")
-  base=$((base + 3))
+  ic_config a 25231 25232 "$a"
+  ic_config b 25232 25231 "$b"
+  start b "$bin" --daemon -q --config "$run/b.toml"
+  wait_listen 25232
+  ip netns exec "$ns" stdbuf -oL ss -E -tinH > "$run/ss.events" 2>&1 &
+  local ss_pid=$!
+  sleep 0.2
+  w0=$(wire_now)
+  run_timed a 1800 "$bin" -q --config "$run/a.toml"
+  w1=$(wire_now)
+  stop b
+  sleep 0.3
+  kill "$ss_pid" 2> /dev/null || true
+  wait "$ss_pid" 2> /dev/null || true
+  check_same "$a" "$b"
+  local sent received ksent krecv
+  read -r sent received < <(grep '^network:' "$run/a.log" | sed 's/.*sent \([0-9]*\) bytes, received \([0-9]*\) bytes.*/\1 \2/') || true
+  # A's sockets: the one it dialled (peer port 25232) and the one it accepted (local 25231).
+  read -r ksent krecv < <(awk '
+    /^[A-Z]/ { mine = ($4 ~ /:25231$/ || $5 ~ /:25232$/); next }
+    mine { for (i = 1; i <= NF; i++) { split($i, kv, ":");
+             if (kv[1] == "bytes_sent") s += kv[2]; if (kv[1] == "bytes_received") r += kv[2] } }
+    END { print s + 0, r + 0 }' "$run/ss.events")
+  rec "${ids[@]}" status=ok wall_s="$wall" bytes="$size" wire_bytes=$((w1 - w0)) \
+    a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" b_cpu_s="$(cpu b)" \
+    ic_sent="${sent:-0}" ic_received="${received:-0}" kernel_bytes_sent="$ksent" \
+    kernel_bytes_received="$krecv"
 }
 
-# Writes the config of node i of a five-node full mesh: name, i, storage dir.
-five_config() { # name i dir
-  local name=$1 i=$2 dir=$3 peers="" j
-  for j in 1 2 3 4 5; do
-    [ "$i" = "$j" ] && continue
-    peers="$peers\"127.0.0.1:$((base + j))\", "
-  done
-  cat > "$root/$name-n$i.toml" <<EOF
-node_id = "n$i"
-port = $((base + i))
-listen_address = "127.0.0.1"
-peers = [${peers%, }]
-enable_service_discovery = false
-encryption = false
-log_path = "$root/$name-n$i.db"
-
-[storages]
-data = "$dir"
-EOF
+# Samples CPU (utime+stime and schedstat) and memory of the named processes over $idle_s
+# seconds and records the idle row (CPU as % of one core, VmRSS and VmHWM at the end).
+idle_window() { # name-a name-b
+  local s0a s0b s1a s1b w0 w1
+  s0a=$(py proc-sample "${cpid[$1]}")
+  s0b=$(py proc-sample "${cpid[$2]}")
+  w0=$(wire_now)
+  sleep "$idle_s"
+  s1a=$(py proc-sample "${cpid[$1]}")
+  s1b=$(py proc-sample "${cpid[$2]}")
+  w1=$(wire_now)
+  local fig
+  fig=$(python3 - "$idle_s" "$s0a" "$s1a" "$s0b" "$s1b" <<'PY'
+import json, sys
+t = float(sys.argv[1])
+a0, a1, b0, b1 = (json.loads(x) for x in sys.argv[2:])
+out = []
+for side, x0, x1 in (("a", a0, a1), ("b", b0, b1)):
+    cpu = x1["cpu_s"] - x0["cpu_s"]
+    out += [f"{side}_cpu_s={cpu:.2f}", f"{side}_cpu_pct={100 * cpu / t:.4f}",
+            f"{side}_sched_s={x1['sched_s'] - x0['sched_s']:.4f}",
+            f"{side}_sched_pct={100 * (x1['sched_s'] - x0['sched_s']) / t:.4f}",
+            f"{side}_rss_kib={x1['rss_kib']}", f"{side}_hwm_kib={x1['hwm_kib']}",
+            f"{side}_threads={x1['threads']}"]
+print(" ".join(out))
+PY
+)
+  # shellcheck disable=SC2086 # one key=value per word
+  rec "${ids[@]}" status=ok idle_s="$idle_s" wire_bytes=$((w1 - w0)) $fig
 }
 
-# Five nodes, full mesh, every node with its own files, all started at once as one-shot runs:
-# wall time until the last one exits; per node peak RSS and CPU.
-run_five() { # name files-per-node
-  local name=$1 per=$2 i pids=()
+# Scenario 5: two daemons; A holds the small-file set, B is empty; once they agree (their
+# initial session) and 5 s later, $idle_s seconds of CPU and the memory at the end.
+ic_idle() { # source-dir
+  local a=$run/a b=$run/b
+  cp -al "$1" "$a"
+  mkdir "$b"
+  ic_config a 25231 25232 "$a"
+  ic_config b 25232 25231 "$b"
+  start b "$bin" --daemon -q --config "$run/b.toml"
+  wait_listen 25232
+  start a "$bin" --daemon -q --config "$run/a.toml"
+  py wait-same "$a" "$b" --timeout 900 --interval 0.5 > /dev/null || fail "initial sync did not finish"
+  sleep 5
+  idle_window a b
+  stop a
+  stop b
+  check_same "$a" "$b"
+}
+
+# Writes the config of node i of a five-node full mesh.
+mesh_config() { # i dir
+  local j peers=""
+  for j in 1 2 3 4 5; do [ "$j" = "$1" ] || peers="$peers $((25230 + j))"; done
+  ic_config "n$1" $((25230 + $1)) "$peers" "$2"
+}
+
+# Five nodes, full mesh, each with its own files, all started at once as one-shot runs:
+# wall time until the last one exits; per node peak RSS and CPU (five-nodes, scenario 7).
+ic_mesh() { # data-dir (holding n1..n5)
+  local i pids=() t0 t1 w0 w1 rc
   for i in 1 2 3 4 5; do
-    mkdir -p "$root/$name/n$i"
-    gen_small "$root/$name/n$i/n$i" "$per" $((100 + i))
-    five_config "$name" "$i" "$root/$name/n$i"
+    cp -al "$1/n$i" "$run/n$i"
+    mesh_config "$i" "$run/n$i"
   done
-  sync
-  local t0 t1
-  t0=$(date +%s.%N)
+  w0=$(wire_now)
+  t0=$(now)
   for i in 1 2 3 4 5; do
-    /usr/bin/time -v -o "$root/$name-n$i.time" "$bin" -q --config "$root/$name-n$i.toml" > /dev/null &
+    timeout 3600 ip netns exec "$ns" /usr/bin/time -v -o "$run/n$i.time" "$bin" -q --config "$run/n$i.toml" > "$run/n$i.log" 2>&1 &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do wait "$p"; done
-  t1=$(date +%s.%N)
-  for i in 2 3 4 5; do
-    if ! diff <(manifest "$root/$name/n1") <(manifest "$root/$name/n$i") > /dev/null; then
-      echo "bench: $name did not converge (n$i)" >&2; exit 1
-    fi
+  local bad=""
+  for i in "${!pids[@]}"; do
+    rc=0
+    wait "${pids[$i]}" || rc=$?
+    [ "$rc" = 0 ] || bad="$bad n$((i + 1)) exited with status $rc ($(grep -v '^network:' "$run/n$((i + 1)).log" | tail -1));"
   done
-  local wall rss="" cpu=""
-  wall=$(echo "$t1 - $t0" | bc)
+  t1=$(now)
+  w1=$(wire_now)
+  # A node that failed or replicas that differ fail the run, but the figures are kept.
+  local why=$bad r="" c="" status=ok
+  [ -n "$why" ] || why=$(py same "$run"/n{1,2,3,4,5} 2>&1 > /dev/null) || true
   for i in 1 2 3 4 5; do
-    rss="$rss $(tv "$root/$name-n$i.time" "Maximum resident set size")"
-    cpu="$cpu $(echo "$(tv "$root/$name-n$i.time" "User time") + $(tv "$root/$name-n$i.time" "System time")" | bc)"
+    r="$r,$(rss "n$i")"
+    c="$c,$(cpu "n$i")"
   done
-  printf '%-28s %10.2f   peak RSS KiB per node:%s   CPU s:%s\n' "$name" "$wall" "$rss" "$cpu"
-  json_rows+=("{\"scenario\":\"$name\",\"wall_s\":$wall,\"peak_rss_kib\":[$(echo $rss | tr ' ' ,)],\"cpu_s\":[$(echo $cpu | tr ' ' ,)]}")
-  base=$((base + 6))
+  [ -z "$why" ] || status=failed
+  rec "${ids[@]}" status="$status" reason="${why# }" wall_s="$(minus "$t1" "$t0")" \
+    wire_bytes=$((w1 - w0)) rss_kib:="[${r#,}]" cpu_s:="[${c#,}]"
 }
 
 # One node holds a file four others lack: how many bytes does it read? (rchar of the holder,
 # a daemon, read from /proc after convergence; and the node's own counter from its log.)
-run_fanout() { # name MiB
-  local name=$1 mib=$2 i pids=()
+ic_fanout() { # MiB
+  local mib=$1 i t0 t1 w0 w1
   for i in 1 2 3 4 5; do
-    mkdir -p "$root/$name/n$i"
-    five_config "$name" "$i" "$root/$name/n$i"
+    mkdir "$run/n$i"
+    mesh_config "$i" "$run/n$i"
   done
-  gen_big "$root/$name/n1/movie.bin" "$mib" 7
+  gen_big "$run/n1/movie.bin" "$mib" 7
   sync
   for i in 2 3 4 5; do
-    "$bin" --daemon -q --config "$root/$name-n$i.toml" &
-    pids+=($!)
+    start "n$i" "$bin" --daemon -q --config "$run/n$i.toml"
+    wait_listen $((25230 + i))
   done
-  sleep 1
-  "$bin" --daemon -v --config "$root/$name-n1.toml" 2> "$root/$name-n1.log" &
-  local holder=$!
-  pids+=($holder)
-  local want=$((mib * 1048576)) done
-  for _ in $(seq 1 600); do
+  w0=$(wire_now)
+  t0=$(now)
+  start n1 "$bin" --daemon -v --config "$run/n1.toml"
+  local size=$((mib * 1048576)) done=0
+  for _ in $(seq 1 3000); do
     done=1
     for i in 2 3 4 5; do
-      [ "$(stat -c %s "$root/$name/n$i/movie.bin" 2>/dev/null || echo 0)" = "$want" ] || done=0
+      [ "$(stat -c %s "$run/n$i/movie.bin" 2> /dev/null || echo 0)" = "$size" ] || done=0
     done
     [ $done = 1 ] && break
     sleep 0.1
   done
+  t1=$(now)
+  [ $done = 1 ] || fail "the four receivers did not get the file within 300 s"
   # Let the session end so the holder logs its counter.
-  for _ in $(seq 1 100); do grep -q 'session done' "$root/$name-n1.log" && break; sleep 0.1; done
+  for _ in $(seq 1 100); do grep -q 'session done' "$run/n1.log" && break; sleep 0.1; done
+  w1=$(wire_now)
   local rchar reported
-  rchar=$(awk '/^rchar/ {print $2}' "/proc/$holder/io")
-  for p in "${pids[@]}"; do kill "$p"; done
-  for p in "${pids[@]}"; do wait "$p" || true; done
-  reported=$(grep -o 'read [0-9]* bytes' "$root/$name-n1.log" | awk '{s += $2} END {print s + 0}')
-  printf '%-28s %d MiB to 4 nodes: holder read %s bytes (its counter); rchar %s\n' "$name" "$mib" "$reported" "$rchar"
-  json_rows+=("{\"scenario\":\"$name\",\"file_bytes\":$want,\"holder_read_bytes\":$reported,\"holder_rchar\":$rchar}")
-  base=$((base + 6))
+  rchar=$(awk '/^rchar/ { print $2 }' "/proc/${cpid[n1]}/io")
+  for i in 1 2 3 4 5; do stop "n$i"; done
+  check_same "$run"/n{1,2,3,4,5}
+  reported=$(grep -o 'read [0-9]* bytes' "$run/n1.log" | awk '{ s += $2 } END { print s + 0 }')
+  rec "${ids[@]}" status=ok file_bytes="$size" holder_read_bytes="$reported" \
+    holder_rchar="$rchar" wire_bytes=$((w1 - w0)) wall_s="$(minus "$t1" "$t0")"
 }
 
-# A file present on both nodes, changed on A, sent as a delta to B. Both run as daemons so
-# that A's sockets can be inspected once B has converged: the kernel's per-socket counters
-# (ss -ti: bytes_sent, bytes_received of A's connections) next to A's own count (its
-# "network so far" log line).
-run_delta() { # name MiB overwrite|insert
-  local name=$1 mib=$2 kind=$3
-  mkdir -p "$root/$name/a" "$root/$name/b"
-  config "a-$name" $((base + 1)) $((base + 2)) "$root/$name/a"
-  config "b-$name" $((base + 2)) $((base + 1)) "$root/$name/b"
-  gen_big "$root/$name/b/disk.img" "$mib" 3
-  touch -d '2020-01-01' "$root/$name/b/disk.img"
-  if [ "$kind" = overwrite ]; then
-    # 1 MiB at a non-aligned offset in the middle.
-    cp "$root/$name/b/disk.img" "$root/$name/a/disk.img"
-    head -c 1048576 /dev/zero | tr '\0' 'x' |
-      dd of="$root/$name/a/disk.img" bs=1M seek=$((mib * 524288 + 12345)) oflag=seek_bytes conv=notrunc status=none
-  else
-    # 100 bytes inserted at offset 4096.
-    { head -c 4096 "$root/$name/b/disk.img"; head -c 100 /dev/zero | tr '\0' 'y';
-      tail -c +4097 "$root/$name/b/disk.img"; } > "$root/$name/a/disk.img"
-  fi
-  touch -d '2021-01-01' "$root/$name/a/disk.img"
-  sync
-  "$bin" --daemon -q --config "$root/b-$name.toml" &
-  local bpid=$!
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$((base + 2))") 2>/dev/null && break
-    sleep 0.05
-  done
-  local t0 t1
-  t0=$(date +%s.%N)
-  "$bin" --daemon --config "$root/a-$name.toml" 2> "$root/a.log" &
-  local apid=$!
-  for _ in $(seq 1 1200); do
-    cmp -s "$root/$name/a/disk.img" "$root/$name/b/disk.img" && break
-    sleep 0.05
-  done
-  t1=$(date +%s.%N)
-  for _ in $(seq 1 100); do grep -q 'network so far' "$root/a.log" && break; sleep 0.05; done
-  local kernel
-  kernel=$(ss -tinpH state established | awk -v pid="pid=$apid," '
-    index($0, pid) { mine = 1; next }
-    mine { for (i = 1; i <= NF; i++) { split($i, kv, ":");
-             if (kv[1] == "bytes_sent") s += kv[2]; if (kv[1] == "bytes_received") r += kv[2] }
-           mine = 0 }
-    END { print s + 0, r + 0 }')
-  kill "$apid" "$bpid"; wait "$apid" "$bpid" || true
-  if ! cmp -s "$root/$name/a/disk.img" "$root/$name/b/disk.img"; then
-    echo "bench: $name did not converge" >&2; exit 1
-  fi
-  local sent received wall
-  read -r sent received < <(grep 'network so far' "$root/a.log" | tail -1 | sed 's/.*sent \([0-9]*\) bytes, received \([0-9]*\) bytes.*/\1 \2/')
-  wall=$(echo "$t1 - $t0" | bc)
-  local ksent krecv
-  read -r ksent krecv <<< "$kernel"
-  printf '%-28s %10.2f   %s MiB file: %d bytes on the wire = %.3f MiB (A sent %d, received %d; kernel sockets: %d, %d)\n' \
-    "$name" "$wall" "$mib" $((sent + received)) "$(echo "($sent + $received) / 1048576" | bc -l)" "$sent" "$received" "$ksent" "$krecv"
-  json_rows+=("{\"scenario\":\"$name\",\"wall_s\":$wall,\"file_mib\":$mib,\"wire_sent\":$sent,\"wire_received\":$received,\"kernel_bytes_sent\":$ksent,\"kernel_bytes_received\":$krecv}")
-  base=$((base + 3))
-}
-
-# Signature + delta throughput over an unchanged file (in-process, release build).
-run_delta_speed() { # MiB
-  gen_big "$root/speed.bin" "$1" 9
-  local line
-  local out
-  out=$(IC_DELTA_FILE="$root/speed.bin" IC_DELTA_MIB="$(( $1 < 256 ? $1 : 256 ))" cargo test -q --release --test delta_speed -- --ignored --nocapture --test-threads 1 2>/dev/null)
+# Signature + delta throughput over an unchanged file (in-process, release build, through
+# `cargo test --release --test delta_speed -- --ignored`).
+ic_delta_speed() { # MiB
+  gen_big "$run/speed.bin" "$1" 9
+  local out line nomatch
+  out=$(cd "$repo" && IC_DELTA_FILE="$run/speed.bin" IC_DELTA_MIB="$(($1 < 256 ? $1 : 256))" \
+    cargo test -q --release --test delta_speed -- --ignored --nocapture --test-threads 1 2> "$run/cargo.err") ||
+    fail "cargo test --test delta_speed failed: $(grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
   # The test harness prints progress dots on the same lines: take the labelled parts.
   line=$(grep -o 'delta-speed: .*' <<< "$out")
-  local nomatch
   nomatch=$(grep -o 'delta-speed-nomatch: .*' <<< "$out")
-  printf '%-28s %s\n' delta-speed "${line#delta-speed: }" delta-speed-nomatch "${nomatch#delta-speed-nomatch: }"
-  json_rows+=("{\"scenario\":\"delta-speed\",\"result\":\"${line#delta-speed: }\",\"no_match\":\"${nomatch#delta-speed-nomatch: }\"}")
-  rm -f "$root/speed.bin"
+  rec "${ids[@]}" status=ok result="${line#delta-speed: }" no_match="${nomatch#delta-speed-nomatch: }"
 }
 
-echo "bench: $(nproc) cores, $(uname -m), preset $preset, binary $(stat -c %s "$bin") bytes" >&2
-mkdir -p "$root/small-files/a" "$root/small-files/b" "$root/big-files/a" "$root/big-files/b"
-gen_small "$root/small-files/a" "$n_small" 1
-for i in $(seq 1 "$n_big"); do gen_big "$root/big-files/a/big$i.bin" "$big_mib" "$i"; done
+# --- rsync ---------------------------------------------------------------------------------
+
+# rsync daemon (the receiver) on 127.0.0.1:8730 with one writable module on $1.
+rsync_daemon() { # receiver-dir
+  cat > "$run/rsyncd.conf" <<EOF
+port = 8730
+address = 127.0.0.1
+use chroot = no
+log file = $run/rsyncd.log
+[bench]
+path = $1
+read only = false
+uid = root
+gid = root
+EOF
+  start b rsync --daemon --no-detach --config="$run/rsyncd.conf"
+  wait_listen 8730
+}
+
+# Scenarios 1-4: a client push `rsync -a --no-whole-file` (delta algorithm on) into the
+# daemon. One way only: the lower bound of what a sync tool must do. rsync does not fsync.
+rsync_push() { # source-dir|delta-dir kind(oneway|delta)
+  local a=$run/a b=$run/b w0 w1 size
+  if [ "$2" = oneway ]; then
+    cp -al "$1" "$a"
+    mkdir "$b"
+    size=$(tree_bytes "$1")
+  else
+    mkdir "$a" "$b"
+    cp --preserve=timestamps "$1/base" "$b/disk.img"
+    cp --preserve=timestamps "$1/new" "$a/disk.img"
+    size=$(stat -c %s "$1/new")
+  fi
+  rsync_daemon "$b"
+  w0=$(wire_now)
+  run_timed a 1800 rsync -a --no-whole-file "$a/" rsync://127.0.0.1:8730/bench/
+  w1=$(wire_now)
+  stop b
+  check_same "$a" "$b"
+  rec "${ids[@]}" status=ok wall_s="$wall" bytes="$size" wire_bytes=$((w1 - w0)) \
+    a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" b_cpu_s="$(cpu b)"
+}
+
+# --- Unison --------------------------------------------------------------------------------
+
+unison_client() { # name: one `unison a socket://…/b` run, archives in $run/ua
+  run_timed "$1" 1800 env UNISON="$run/ua" unison "$run/a" "socket://127.0.0.1:8740/$run/b" \
+    -batch -auto -times -perms 0 -ui text
+}
+
+# Scenarios 1-4: `unison -socket 8740` (B's side, archives in $run/ub) and a client run on A,
+# each with a fresh archive directory. For deltas a first, unmeasured run builds both
+# archives over the identical base, then A's file is replaced and the second run measured.
+unison_sync() { # source-dir|delta-dir kind(oneway|delta)
+  local a=$run/a b=$run/b w0 w1 size
+  mkdir "$run/ua" "$run/ub"
+  if [ "$2" = oneway ]; then
+    cp -al "$1" "$a"
+    mkdir "$b"
+    size=$(tree_bytes "$1")
+  else
+    mkdir "$a" "$b"
+    cp --preserve=timestamps "$1/base" "$b/disk.img"
+    cp --preserve=timestamps "$1/base" "$a/disk.img"
+    size=$(stat -c %s "$1/new")
+  fi
+  start b env UNISON="$run/ub" unison -socket 8740
+  wait_listen 8740
+  if [ "$2" = delta ]; then
+    unison_client first
+    cp --preserve=timestamps "$1/new" "$a/disk.img"
+  fi
+  w0=$(wire_now)
+  unison_client a
+  w1=$(wire_now)
+  stop b
+  check_same "$a" "$b"
+  rec "${ids[@]}" status=ok wall_s="$wall" bytes="$size" wire_bytes=$((w1 - w0)) \
+    a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" b_cpu_s="$(cpu b)"
+}
+
+# --- Syncthing -----------------------------------------------------------------------------
+
+# Two instances: keys from `syncthing generate`, config patched by bench.py st-config (REST
+# on 127.0.0.1:8384/8385 with a known API key, sync on tcp://127.0.0.1:22001/22002, global
+# and local discovery, relays, NAT, upgrades, usage and crash reporting off, each device
+# known to the other by id with a static address, one sendreceive folder "bench").
+st_id_a=
+st_id_b=
+st_setup() { # watch(0|1)
+  local s
+  for s in a b; do
+    syncthing generate --home="$run/st-$s" --no-default-folder --skip-port-probing > /dev/null 2>&1 ||
+      fail "syncthing generate failed"
+    mkdir -p "$run/$s/.stfolder"
+  done
+  st_id_a=$(syncthing --home="$run/st-a" --device-id)
+  st_id_b=$(syncthing --home="$run/st-b" --device-id)
+  local watch=()
+  [ "$1" = 1 ] && watch=(--watch)
+  py st-config "$run/st-a" a 22001 8384 "$st_key" "$run/a" "$st_id_b" b 22002 "${watch[@]}"
+  py st-config "$run/st-b" b 22002 8385 "$st_key" "$run/b" "$st_id_a" a 22001 "${watch[@]}"
+}
+
+st_start() { # a|b
+  start "$1" env STNODEFAULTFOLDER=1 STNOUPGRADE=1 syncthing serve --home="$run/st-$1" \
+    --no-browser --no-restart
+}
+
+# Until both instances are idle, 100 % complete for each other and the trees agree; prints the
+# time it saw that. Syncthing gets generous deadlines (start-up, hashing).
+st_wait() { # timeout
+  in_ns python3 "$helper" st-wait 8384 8385 "$st_key" "$st_id_a" "$st_id_b" "$run/a" "$run/b" \
+    --timeout "$1"
+}
+
+# Scenarios 1, 2: B started and its REST API up, then A started: the clock runs from A's start
+# (its scan and hashing included) until B has everything. Watcher off.
+st_oneway() { # source-dir
+  local w0 w1 t0 t1 a0 a1
+  cp -al "$1" "$run/a"
+  mkdir "$run/b"
+  st_setup 0
+  st_start b
+  in_ns python3 "$helper" st-ready 8385 "$st_key" --timeout 120 || fail "REST API of B not up"
+  w0=$(wire_now)
+  a0=$(api_now)
+  t0=$(now)
+  st_start a
+  t1=$(st_wait 1800) || fail "did not converge within 1800 s"
+  w1=$(wire_now)
+  a1=$(api_now)
+  stop a
+  stop b
+  check_same "$run/a" "$run/b"
+  rec "${ids[@]}" status=ok wall_s="$(minus "$t1" "$t0")" bytes="$(tree_bytes "$1")" \
+    wire_bytes=$((w1 - w0)) a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" \
+    b_cpu_s="$(cpu b)" rest_api_bytes_subtracted=$((a1 - a0))
+}
+
+# Scenarios 3, 4: the base on both, both instances in sync; then A's file is replaced (watcher
+# off) and the clock runs from the rescan request on A until B has the new version.
+st_delta() { # delta-dir
+  local w0 w1 t0 t1 a0 a1
+  mkdir "$run/a" "$run/b"
+  cp --preserve=timestamps "$1/base" "$run/b/disk.img"
+  cp --preserve=timestamps "$1/base" "$run/a/disk.img"
+  st_setup 0
+  st_start b
+  st_start a
+  st_wait 600 > /dev/null || fail "the base did not get in sync within 600 s"
+  cp --preserve=timestamps "$1/new" "$run/a/disk.img"
+  w0=$(wire_now)
+  a0=$(api_now)
+  t0=$(now)
+  in_ns python3 "$helper" st-scan 8384 "$st_key"
+  t1=$(st_wait 600) || fail "did not converge within 600 s"
+  w1=$(wire_now)
+  a1=$(api_now)
+  stop a
+  stop b
+  check_same "$run/a" "$run/b"
+  rec "${ids[@]}" status=ok wall_s="$(minus "$t1" "$t0")" bytes="$(stat -c %s "$1/new")" \
+    wire_bytes=$((w1 - w0)) a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" \
+    b_cpu_s="$(cpu b)" rest_api_bytes_subtracted=$((a1 - a0))
+}
+
+# Scenarios 5 and 6 on one pair: watcher on (fsWatcherDelayS=1); A holds the small-file set,
+# B is empty; once in sync and 10 s later, the idle window; then $latency_samples times a new
+# 4 KiB file on A and the time until it is on B (polled every 5 ms).
+st_idle_latency() { # source-dir
+  cp -al "$1" "$run/a"
+  mkdir "$run/b"
+  st_setup 1
+  st_start b
+  st_start a
+  st_wait 1800 > /dev/null || fail "initial sync did not finish within 1800 s"
+  sleep 10
+  idle_window a b
+  local out med samples
+  ids=(scenario=latency tool=syncthing variant=-)
+  if out=$(py latency "$run/a" "$run/b" "$latency_samples" --timeout 60 --gap 3 2>&1); then
+    read -r med samples <<< "$out"
+    rec "${ids[@]}" status=ok latency_s="$med" samples_s:="$samples" watcher_delay_s=1
+  else
+    rec "${ids[@]}" status=failed reason="$out"
+  fi
+  stop a
+  stop b
+}
+
+# --- the run -------------------------------------------------------------------------------
+
+started=$(date +%s)
+date_start=$(date -u '+%Y-%m-%d %H:%M UTC')
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+versions="iron-carrier $("$bin" --version 2> /dev/null | awk '{ print $NF }'); $(rsync --version | head -1 | awk '{ print "rsync " $3 }'); $(unison -version | awk '{ print "unison " $3 }')"
+if [ "$with_syncthing" = 1 ]; then versions="$versions; syncthing $(syncthing --version | awk '{ print $2 }')"; fi
+log "$(nproc) cores, $(uname -m), preset $preset, load $load_start, binary $(stat -c %s "$bin") bytes"
+
+fsync_ms_start=$(py fsync-probe "$root/fsync-probe")
+log "generating data"
+data=$root/data
+gen_small "$data/small" "$n_small" 1
+mkdir -p "$data/big"
+for i in $(seq 1 "$n_big"); do gen_big "$data/big/big$i.bin" "$big_mib" "$i"; done
+gen_delta "$data/delta-overwrite" "$delta_over_mib" overwrite
+gen_delta "$data/delta-insert" "$delta_ins_mib" insert
+for i in 1 2 3 4 5; do gen_small "$data/five/n$i/n$i" "$n_five" $((100 + i)); done
+if [ "$n_scale" -gt 0 ]; then
+  for i in 1 2 3 4 5; do gen_small "$data/scale/n$i/n$i" $((n_scale / 5)) $((200 + i)); done
+fi
 sync
 
-run_scenario small-files
-run_scenario big-files
-run_five five-nodes "$n_five"
-run_fanout fan-out "$fan_mib"
-run_delta delta-overwrite "$delta_big" overwrite
-run_delta delta-insert "$delta_small" insert
-run_delta_speed "$speed_mib"
+skip_st="skipped in --small (Syncthing's start-up and hashing alone take longer than the one-minute budget)"
 
-{
-  echo "{\"cores\":$(nproc),\"preset\":\"$preset\",\"scenarios\":["
-  (IFS=,; echo "${json_rows[*]}")
-  echo "]}"
-} > "$results"
-echo "bench: results in $results" >&2
+# 1. many small files; 2. large files (plaintext; encrypted where the tool has it).
+for scen in small-files big-files; do
+  src=$data/small
+  [ "$scen" = big-files ] && src=$data/big
+  variant=-
+  [ "$scen" = big-files ] && variant=plaintext
+  measure "$scen" iron-carrier "$variant" ic_pair "$src" oneway
+  measure "$scen" rsync "$variant" rsync_push "$src" oneway
+  measure "$scen" unison "$variant" unison_sync "$src" oneway
+  if [ "$with_syncthing" = 1 ]; then
+    measure "$scen" syncthing encrypted st_oneway "$src"
+  else
+    na "$scen" syncthing encrypted "$skip_st"
+  fi
+done
+na big-files iron-carrier encrypted "not implemented yet: traffic is plain text whatever \`encryption\` says"
+na big-files rsync encrypted "its daemon protocol has no encryption (rsync over ssh not measured)"
+na big-files unison encrypted "-socket is plain text (unison over ssh not measured)"
+
+# 3. 1 MiB overwritten; 4. 100 bytes inserted.
+for scen in delta-overwrite delta-insert; do
+  measure "$scen" iron-carrier - ic_pair "$data/$scen" delta
+  measure "$scen" rsync - rsync_push "$data/$scen" delta
+  measure "$scen" unison - unison_sync "$data/$scen" delta
+  if [ "$with_syncthing" = 1 ]; then
+    measure "$scen" syncthing encrypted st_delta "$data/$scen"
+  else
+    na "$scen" syncthing encrypted "$skip_st"
+  fi
+done
+
+# 5. idle; 6. latency.
+measure idle iron-carrier - ic_idle "$data/small"
+na latency iron-carrier - "not implemented yet: no file watcher (delay_watcher_events is accepted but unused)"
+for t in rsync unison; do
+  na idle "$t" - "no daemon: a one-shot tool uses nothing between runs"
+  na latency "$t" - "no watcher daemon: it syncs only when run"
+done
+if [ "$with_syncthing" = 1 ]; then
+  measure idle syncthing encrypted st_idle_latency "$data/small"
+  # A failure before the latency part leaves no latency row: say so.
+  grep -q '"scenario": "latency", "tool": "syncthing"' "$rows" ||
+    na latency syncthing - "not reached: the idle run before it failed"
+else
+  na idle syncthing encrypted "$skip_st"
+  na latency syncthing - "$skip_st"
+fi
+
+# 7. scale (--full only).
+if [ "$n_scale" -gt 0 ]; then
+  measure scale iron-carrier - ic_mesh "$data/scale"
+  na scale rsync - "not measured: one-way and pairwise, a five-node mesh would be 20 separate runs"
+  na scale unison - "not measured: pairwise, a five-node mesh needs a star of runs repeated until stable"
+  na scale syncthing - "not measured: five instances hashing and indexing 100,000 files each do not fit this 2-core machine's run"
+fi
+
+# iron-carrier alone.
+measure five-nodes iron-carrier - ic_mesh "$data/five"
+rm -rf "$data/small" "$data/big" "$data/scale"
+measure fan-out iron-carrier - ic_fanout "$fan_mib"
+measure delta-speed iron-carrier - ic_delta_speed "$speed_mib"
+
+# Binary size: the binary passed in (stripped copy), and an armv7 build in target/dist/.
+x86=$(stat -c %s "$bin")
+if strip -o "$root/stripped" "$bin" 2> /dev/null; then x86=$(stat -c %s "$root/stripped"); fi
+# make dist (cross/dist.sh) writes target/dist/iron-carrier-<TARGET>; the goal is armv7 gnueabihf.
+arm=$repo/target/dist/iron-carrier-armv7-unknown-linux-gnueabihf
+[ -f "$arm" ] || arm=$(find "$repo/target/dist" -type f -name 'iron-carrier*armv7*' ! -name '*.*' 2> /dev/null | sort | head -1 || true)
+if [ -n "$arm" ] && [ "$(head -c 4 "$arm" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+  arm_bytes=$(stat -c %s "$arm")
+  if command -v arm-linux-gnueabihf-strip > /dev/null &&
+     arm-linux-gnueabihf-strip -o "$root/arm-stripped" "$arm" 2> /dev/null; then
+    arm_bytes=$(stat -c %s "$root/arm-stripped")
+  fi
+  rec scenario=binary-size tool=iron-carrier variant=- status=ok x86_64_bytes="$x86" \
+    armv7_bytes="$arm_bytes" armv7_path="${arm#"$repo"/}"
+else
+  rec scenario=binary-size tool=iron-carrier variant=- status=ok x86_64_bytes="$x86" \
+    armv7_note="no armv7 binary in target/dist/ (make dist builds it)"
+fi
+
+py record "$root/meta.json" preset="$preset" cores="$(nproc)" machine="$(uname -m)" \
+  fsync_ms_start="$fsync_ms_start" fsync_ms_end="$(py fsync-probe "$root/fsync-probe")" \
+  date="$date_start" load_start="$load_start" \
+  load_end="$(cut -d' ' -f1-3 /proc/loadavg)" duration_s=$(($(date +%s) - started)) \
+  versions="$versions" binary="$bin_src" \
+  params:="{\"n_small\":$n_small,\"n_big\":$n_big,\"big_mib\":$big_mib,\"delta_over_mib\":$delta_over_mib,\"delta_ins_mib\":$delta_ins_mib,\"idle_s\":$idle_s,\"n_five\":$n_five,\"fan_mib\":$fan_mib,\"speed_mib\":$speed_mib,\"n_scale\":$n_scale,\"syncthing\":$with_syncthing}"
+echo
+py render "$rows" "$root/meta.json" "$outdir/results.json" --table "$outdir/results.txt"
+log "results in $outdir/results.json and $outdir/results.txt"
