@@ -164,6 +164,7 @@ fn split_eq(argv: Vec<OsString>) -> Vec<OsString> {
 /// Runs the program for `argv` (without the program name) and returns the exit code.
 pub fn run(argv: Vec<OsString>) -> i32 {
     set_process_name();
+    crate::mem::tune();
     let again = argv.clone();
     let args = match parse_args(argv) {
         Ok(a) => a,

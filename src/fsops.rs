@@ -216,6 +216,7 @@ impl StorageDir {
                         target,
                         written: 0,
                         live: true,
+                        opened: std::time::Instant::now(),
                     })
                 }
                 // A leftover of an earlier process that had our pid: pick another name.
@@ -304,6 +305,9 @@ pub struct TempFile {
     written: u64,
     /// The temp file still exists under `temp_name` and is ours to remove.
     live: bool,
+    /// When it was opened: a `syncfs` through the earliest-opened file of a batch reports
+    /// every write-back error since any of them was opened.
+    opened: std::time::Instant,
 }
 
 impl TempFile {
@@ -334,6 +338,17 @@ impl TempFile {
     /// Limitation: for [`Expect::File`], a change to the target between the check and the
     /// rename is overwritten; no system call can rename only if the target is unchanged.
     pub fn commit(mut self, mode: u32, mtime_ns: i64, expect: Expect) -> Result<(), CommitError> {
+        self.set_meta(mode, mtime_ns)?;
+        // After chmod and futimens, so one fsync makes the mode and mtime durable too.
+        self.file.sync_all()?;
+        self.place(expect)?;
+        // The rename is only durable once the directory entry is.
+        fsync_fd(&self.dir)?;
+        Ok(())
+    }
+
+    /// Applies `mode & 0o777` and `mtime_ns` to the temp file.
+    fn set_meta(&self, mode: u32, mtime_ns: i64) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
         let mode = mode & MODE_MASK;
         // SAFETY: `fd` is the open temp file.
@@ -344,9 +359,11 @@ impl TempFile {
         ];
         // SAFETY: `fd` is open and `times` points to the two timespecs futimens reads.
         retry(|| unsafe { libc::futimens(fd, times.as_ptr()) })?;
-        // After chmod and futimens, so one fsync makes the mode and mtime durable too.
-        self.file.sync_all()?;
+        Ok(())
+    }
 
+    /// Checks the target against `expect` and renames the (durable) temp file over it.
+    fn place(&mut self, expect: Expect) -> Result<(), CommitError> {
         let found = match stat_at(&self.dir, &self.target) {
             Ok(st) => Some(st),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
@@ -362,17 +379,21 @@ impl TempFile {
         if !matches {
             return Err(CommitError::Changed(describe(found)));
         }
-
         match expect {
-            Expect::Absent => self.rename_noreplace()?,
+            Expect::Absent => self.rename_noreplace(),
             Expect::File { .. } => {
                 rename_at(&self.dir, &self.temp_c, &self.target)?;
                 self.live = false;
+                Ok(())
             }
         }
-        // The rename is only durable once the directory entry is.
-        fsync_fd(&self.dir)?;
-        Ok(())
+    }
+
+    /// Gives the temp file its mode and mtime and queues it for [`commit_batch`], which
+    /// makes many files durable with a few file system syncs instead of two fsyncs each.
+    pub fn prepare(self, mode: u32, mtime_ns: i64, expect: Expect) -> io::Result<Prepared> {
+        self.set_meta(mode, mtime_ns)?;
+        Ok(Prepared { temp: self, expect })
     }
 
     /// Removes the temp file now, leaving the target untouched.
@@ -425,6 +446,119 @@ impl Drop for TempFile {
                 log::debug!("cannot remove temporary file {}: {e}", self.temp_name);
             }
         }
+    }
+}
+
+/// A verified temp file with its mode and mtime applied, waiting for [`commit_batch`].
+/// Dropping it removes the temp file, as for [`TempFile`].
+#[derive(Debug)]
+pub struct Prepared {
+    temp: TempFile,
+    expect: Expect,
+}
+
+impl Prepared {
+    /// The temp file's name within the target's directory.
+    pub fn temp_name(&self) -> &str {
+        self.temp.temp_name()
+    }
+}
+
+/// Commits many files at once, with the promise of [`TempFile::commit`] for each: a target
+/// is replaced only by contents that are durable, and holds its old or its new contents.
+///
+/// Per file, `commit` costs two fsyncs, each a journal commit and a device cache flush:
+/// about half a millisecond on an SSD, far more on an SD card, the floor of a small-file
+/// sync. Here one `syncfs` per file system makes every file of the batch durable before any
+/// rename; then the renames; then one more `syncfs` makes them durable. `syncfs` reports
+/// write-back errors only since Linux 5.8, and only those since the descriptor it is given
+/// was opened, so it is called through the earliest-opened file of the batch; on an older
+/// kernel, or when it fails, every file is fsynced on its own (each fsync reports that
+/// file's own errors), and after the renames every directory. Results are in batch order.
+pub fn commit_batch(batch: Vec<Prepared>) -> Vec<Result<(), CommitError>> {
+    let synced = syncfs_all(batch.iter());
+    let mut results: Vec<Result<(), CommitError>> = Vec::with_capacity(batch.len());
+    // Files renamed into place, with their index in `results`.
+    let mut placed: Vec<(usize, Prepared)> = Vec::with_capacity(batch.len());
+    for mut p in batch {
+        let durable = if synced {
+            Ok(())
+        } else {
+            p.temp.file.sync_all().map_err(CommitError::from)
+        };
+        match durable.and_then(|()| p.temp.place(p.expect)) {
+            Ok(()) => {
+                placed.push((results.len(), p));
+                results.push(Ok(()));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    if !syncfs_all(placed.iter().map(|(_, p)| p)) {
+        for (i, p) in &placed {
+            if let Err(e) = fsync_fd(&p.temp.dir) {
+                results[*i] = Err(e.into());
+            }
+        }
+    }
+    results
+}
+
+/// `syncfs` once per file system of `files`, through the earliest-opened file on each.
+/// True if every call succeeded on a kernel whose `syncfs` reports write-back errors.
+fn syncfs_all<'a>(files: impl Iterator<Item = &'a Prepared>) -> bool {
+    // (device, earliest-opened file on it)
+    let mut by_dev: Vec<(u64, &Prepared)> = Vec::new();
+    for p in files {
+        let dev = match p.temp.file.metadata() {
+            Ok(m) => m.dev(),
+            Err(_) => return false,
+        };
+        match by_dev.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, first)) if p.temp.opened < first.temp.opened => *first = p,
+            Some(_) => {}
+            None => by_dev.push((dev, p)),
+        }
+    }
+    let mut ok = syncfs_reports_errors();
+    for (_, p) in by_dev {
+        // SAFETY: the temp file's descriptor is open.
+        if let Err(e) = retry(|| unsafe { libc::syncfs(p.temp.file.as_raw_fd()) }) {
+            log::warn!("syncfs failed ({e}); fsyncing file by file");
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Whether this kernel's `syncfs` returns write-back errors (Linux 5.8 and later).
+fn syncfs_reports_errors() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        // SAFETY: all-zero bytes are a valid utsname; uname fills it.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a writable utsname.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return false;
+        }
+        let release: String = u
+            .release
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8 as char)
+            .collect();
+        kernel_at_least(&release, (5, 8))
+    })
+}
+
+/// Whether a kernel release string such as `6.1.0-18-arm64` is at least `want`.
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
     }
 }
 
@@ -664,4 +798,28 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_release_strings_compare_by_major_and_minor() {
+        for (release, want) in [
+            ("5.8.0", true),
+            ("5.10.0-28-arm64", true),
+            ("6.1.21-v7+", true),
+            ("6.18.44-fc-v669", true),
+            ("5.7.19", false),
+            ("4.19.0-6-armmp", false),
+            ("4.14.180", false),
+            ("3.10.0-1160.el7.x86_64", false),
+            ("", false),
+            ("garbage", false),
+            ("5", false),
+        ] {
+            assert_eq!(kernel_at_least(release, (5, 8)), want, "{release}");
+        }
+    }
 }

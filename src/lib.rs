@@ -13,6 +13,7 @@ pub mod diff;
 pub mod fsops;
 pub mod ignore;
 pub mod logger;
+pub mod mem;
 pub mod model;
 pub mod net;
 pub mod proto;

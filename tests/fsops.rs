@@ -613,3 +613,97 @@ fn commit_error_displays_what_was_found() {
     assert!(matches!(io, CommitError::Io(_)));
     assert!(std::error::Error::source(&io).is_some());
 }
+
+#[test]
+fn a_batch_commits_each_file_like_commit_and_refuses_only_the_stale_one() {
+    let t = TestDir::new("fsops-batch");
+    let st = open(&t);
+    std::fs::write(t.path().join("old.txt"), b"old").unwrap();
+    let old_expect = expect_now(&t.path().join("old.txt"));
+    std::fs::write(t.path().join("stale.txt"), b"theirs").unwrap();
+    let stale_expect = Expect::File {
+        size: 6,
+        mtime_ns: 1,
+    };
+    std::fs::write(t.path().join("taken.txt"), b"someone else's").unwrap();
+
+    // (path, new contents, mode, mtime, what the caller believes is there)
+    let files: Vec<(String, Vec<u8>, u32, i64, Expect)> = (0..100)
+        .map(|i| {
+            (
+                format!("d{}/f{i}.bin", i % 7),
+                vec![i as u8; 100 + i * 37],
+                0o600 + (i as u32 % 2) * 0o044,
+                1_600_000_000_000_000_000 + i as i64 * 1_000_000_007,
+                Expect::Absent,
+            )
+        })
+        .chain([
+            ("old.txt".into(), b"new".to_vec(), 0o644, 7, old_expect),
+            ("stale.txt".into(), b"ours".to_vec(), 0o644, 7, stale_expect),
+            (
+                "taken.txt".into(),
+                b"ours".to_vec(),
+                0o644,
+                7,
+                Expect::Absent,
+            ),
+        ])
+        .collect();
+    let batch: Vec<_> = files
+        .iter()
+        .map(|(path, data, mode, mtime, expect)| {
+            let mut tmp = st.begin_write(&rel(path)).expect("begin_write");
+            tmp.write_all(data).expect("write");
+            tmp.prepare(*mode, *mtime, *expect).expect("prepare")
+        })
+        .collect();
+    // Nothing is in place before the commit.
+    assert!(!t.path().join("d0/f0.bin").exists());
+    assert_eq!(std::fs::read(t.path().join("old.txt")).unwrap(), b"old");
+
+    let results = iron_carrier::fsops::commit_batch(batch);
+    assert_eq!(results.len(), files.len());
+    for ((path, data, m, mtime, _), r) in files.iter().zip(&results) {
+        let p = t.path().join(path);
+        match path.as_str() {
+            "stale.txt" | "taken.txt" => {
+                assert!(matches!(r, Err(CommitError::Changed(_))), "{path}: {r:?}");
+            }
+            _ => {
+                assert!(r.is_ok(), "{path}: {r:?}");
+                assert_eq!(&std::fs::read(&p).unwrap(), data, "{path}");
+                assert_eq!(mode(&p), *m, "{path}");
+                assert_eq!(mtime_ns(&p), *mtime, "{path}");
+            }
+        }
+    }
+    // The refused ones keep what was there; no temp file is left anywhere.
+    assert_eq!(
+        std::fs::read(t.path().join("stale.txt")).unwrap(),
+        b"theirs"
+    );
+    assert_eq!(
+        std::fs::read(t.path().join("taken.txt")).unwrap(),
+        b"someone else's"
+    );
+    assert_eq!(internal_files(t.path()), Vec::<String>::new());
+}
+
+#[test]
+fn dropping_a_prepared_file_removes_its_temp_and_keeps_the_target() {
+    let t = TestDir::new("fsops-prepared-drop");
+    let st = open(&t);
+    std::fs::write(t.path().join("a.txt"), b"old").unwrap();
+    let expect = expect_now(&t.path().join("a.txt"));
+    let mut tmp = st.begin_write(&rel("a.txt")).expect("begin_write");
+    tmp.write_all(b"new").unwrap();
+    let prepared = tmp.prepare(0o644, 5, expect).expect("prepare");
+    assert_eq!(
+        internal_files(t.path()),
+        vec![prepared.temp_name().to_owned()]
+    );
+    drop(prepared);
+    assert_eq!(internal_files(t.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read(t.path().join("a.txt")).unwrap(), b"old");
+}

@@ -31,8 +31,8 @@ use crate::scanner::{self, ScanOptions};
 
 use self::core::{Core, Io, Received, Refusal, Sent, StorageResult};
 use transfer::{
-    Dest, Incoming, IncomingMap, OutJob, RecvDone, SendDone, Sender as FileSender, SigJob, Signer,
-    WriteError,
+    commit_verified, Dest, Finished, Incoming, IncomingMap, OutJob, RecvDone, SendDone,
+    Sender as FileSender, SigJob, Signer, Verified, WriteError,
 };
 
 /// Control messages from the main thread.
@@ -51,6 +51,10 @@ const PUMP_BUDGET: usize = 2 * 1024 * 1024;
 const SIGN_BUDGET: usize = 4 * 1024 * 1024;
 /// Most signatures kept for sends not started yet: bounds what a peer can make us store.
 const MAX_PENDING_SIGNATURES: usize = 4096;
+/// Most received files waiting for one batched commit (each holds two descriptors).
+const MAX_COMMIT_BATCH: usize = 64;
+/// Longest a received file waits for its batch while more data is still arriving.
+const COMMIT_DELAY: Duration = Duration::from_millis(50);
 
 /// A connected peer, as announced by its handshake.
 struct Peer {
@@ -106,10 +110,20 @@ struct OneShot {
     finished: bool,
 }
 
+/// Received, verified files not committed yet (see [`SyncThread::commit_pending`]).
+#[derive(Default)]
+struct PendingCommits {
+    /// With the index of their storage.
+    files: Vec<(usize, Verified)>,
+    /// When the oldest arrived.
+    since: Option<Instant>,
+}
+
 struct SyncThread {
     config: Config,
     core: Core,
     shell: Shell,
+    pending: PendingCommits,
     oneshot: Option<OneShot>,
     configured_ok: Vec<String>,
     next_cron: Option<SystemTime>,
@@ -165,6 +179,7 @@ pub fn run(
         while let Ok(ev) = net_events.try_recv() {
             t.on_net_event(ev);
         }
+        t.commit_if_due();
         t.tick();
         if let Some(outcome) = t.oneshot_outcome() {
             if let Some(tx) = done.take() {
@@ -229,6 +244,7 @@ impl SyncThread {
             config,
             core,
             shell,
+            pending: PendingCommits::default(),
             oneshot,
             configured_ok: Vec::new(),
             next_cron,
@@ -362,21 +378,19 @@ impl SyncThread {
                 };
                 let st = &shell.storages[storage];
                 let (sid, path) = (inc.sid, inc.meta.path.clone());
-                let outcome = match inc.finish(&st.dir, &hash) {
-                    RecvDone::Committed { bytes } => {
-                        log::debug!("{}: received {path}", st.cfg.name);
-                        Received::Committed { bytes }
+                match inc.finish(&st.dir, &hash) {
+                    Finished::Ready(v) => {
+                        self.pending.since.get_or_insert(now);
+                        self.pending.files.push((storage, v));
+                        if self.pending.files.len() >= MAX_COMMIT_BATCH {
+                            self.commit_pending(now);
+                        }
                     }
-                    RecvDone::KeptLocal(why) => {
-                        log::info!("{}: {why}", st.cfg.name);
-                        Received::KeptLocal
+                    Finished::Done(done) => {
+                        let outcome = received(&st.cfg.name, &path, done);
+                        self.core.on_received(sid, &path, outcome, now, shell);
                     }
-                    RecvDone::Failed(why) => {
-                        log::warn!("{}: {why}", st.cfg.name);
-                        Received::Failed
-                    }
-                };
-                self.core.on_received(sid, &path, outcome, now, shell);
+                }
             }
             Message::FileAbort { xid, reason } => {
                 let Some(inc) = shell.incoming.remove(&(conn, xid)) else {
@@ -526,6 +540,9 @@ impl SyncThread {
         if let Some(d) = self.core.next_deadline() {
             at = at.min(d);
         }
+        if let Some(since) = self.pending.since {
+            at = at.min(since + COMMIT_DELAY);
+        }
         at.saturating_duration_since(now)
     }
 
@@ -550,6 +567,9 @@ impl SyncThread {
         if self.last_session.is_some() && current != self.last_session {
             let (sent, received) = self.shell.net.traffic.get();
             log::info!("network so far: sent {sent} bytes, received {received} bytes");
+            if current.is_none() {
+                crate::mem::release_free();
+            }
         }
         self.last_session = current;
     }
@@ -675,11 +695,61 @@ impl SyncThread {
         Some(outcome)
     }
 
+    /// Commits the received files now if nothing else is being received (the batch cannot
+    /// grow) or the oldest has waited long enough.
+    fn commit_if_due(&mut self) {
+        let Some(since) = self.pending.since else {
+            return;
+        };
+        let now = Instant::now();
+        if self.shell.incoming.is_empty() || now >= since + COMMIT_DELAY {
+            self.commit_pending(now);
+        }
+    }
+
+    /// Puts every pending received file in place in one batch ([`commit_verified`]) and
+    /// tells the core how each went. Files are committed even if their session has ended
+    /// meanwhile: their contents are complete and verified.
+    fn commit_pending(&mut self, now: Instant) {
+        self.pending.since = None;
+        let files = std::mem::take(&mut self.pending.files);
+        if files.is_empty() {
+            return;
+        }
+        let (storages, batch): (Vec<usize>, Vec<Verified>) = files.into_iter().unzip();
+        for (storage, (sid, path, done)) in storages.into_iter().zip(commit_verified(batch)) {
+            let name = &self.shell.storages[storage].cfg.name;
+            let outcome = received(name, &path, done);
+            self.core
+                .on_received(sid, &path, outcome, now, &mut self.shell);
+        }
+    }
+
     fn shutdown(&mut self) {
         let now = Instant::now();
+        // Complete, verified files are worth keeping.
+        self.commit_pending(now);
         self.core.abort("shutting down", now, &mut self.shell);
         // Dropping the incoming transfers removes their temporary files.
         self.shell.incoming.clear();
+    }
+}
+
+/// Logs how a received file ended and turns it into the core's outcome.
+fn received(storage: &str, path: &RelPath, done: RecvDone) -> Received {
+    match done {
+        RecvDone::Committed { bytes } => {
+            log::debug!("{storage}: received {path}");
+            Received::Committed { bytes }
+        }
+        RecvDone::KeptLocal(why) => {
+            log::info!("{storage}: {why}");
+            Received::KeptLocal
+        }
+        RecvDone::Failed(why) => {
+            log::warn!("{storage}: {why}");
+            Received::Failed
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::delta::{self, DeltaEncoder, DeltaOp, Signature, SignatureBuilder};
-use crate::fsops::{CommitError, Expect, StorageDir, TempFile};
+use crate::fsops::{self, CommitError, Expect, Prepared, StorageDir, TempFile};
 use crate::model::{FileMeta, RelPath};
 use crate::net::{ConnId, NetHandle, OUT_HIGH};
 use crate::proto::{Digest, Message, CHUNK_SIZE};
@@ -771,25 +771,26 @@ impl Incoming {
             .ok_or_else(|| "temporary file vanished".to_owned())
     }
 
-    /// Verifies length and hash, then commits over the target.
-    pub fn finish(mut self, storage: &StorageDir, hash: &Digest) -> RecvDone {
+    /// Verifies length and hash and gives the temp file its mode and mtime: the file is
+    /// then [`Finished::Ready`] for [`commit_verified`], which puts a batch of them in place.
+    pub fn finish(mut self, storage: &StorageDir, hash: &Digest) -> Finished {
         if self.received != self.meta.size {
-            return RecvDone::Failed(format!(
+            return Finished::Done(RecvDone::Failed(format!(
                 "{}: got {} of {} bytes",
                 self.meta.path, self.received, self.meta.size
-            ));
+            )));
         }
         if self.hasher.finalize().as_bytes() != hash {
-            return RecvDone::Failed(format!(
+            return Finished::Done(RecvDone::Failed(format!(
                 "{}: content hash mismatch; discarded",
                 self.meta.path
-            ));
+            )));
         }
         if let Err(e) = self.temp(storage) {
-            return RecvDone::Failed(e);
+            return Finished::Done(RecvDone::Failed(e));
         }
         let Some(temp) = self.temp.take() else {
-            return RecvDone::Failed("temporary file vanished".into());
+            return Finished::Done(RecvDone::Failed("temporary file vanished".into()));
         };
         // The base is read; release it before its path is replaced.
         self.base = None;
@@ -797,19 +798,61 @@ impl Incoming {
             None => Expect::Absent,
             Some((size, mtime_ns)) => Expect::File { size, mtime_ns },
         };
-        match temp.commit(self.meta.mode, self.meta.mtime_ns, expect) {
-            Ok(()) => RecvDone::Committed {
+        match temp.prepare(self.meta.mode, self.meta.mtime_ns, expect) {
+            Ok(prepared) => Finished::Ready(Verified {
+                sid: self.sid,
+                path: self.meta.path,
                 bytes: self.received,
-            },
-            Err(CommitError::Changed(what)) => RecvDone::KeptLocal(format!(
-                "{}: local copy changed during the sync ({what}); kept it",
+                prepared,
+            }),
+            Err(e) => Finished::Done(RecvDone::Failed(format!(
+                "cannot commit {}: {e}",
                 self.meta.path
-            )),
-            Err(CommitError::Io(e)) => {
-                RecvDone::Failed(format!("cannot commit {}: {e}", self.meta.path))
-            }
+            ))),
         }
     }
+}
+
+/// How [`Incoming::finish`] ended.
+pub enum Finished {
+    /// Complete and verified; to be committed.
+    Ready(Verified),
+    /// Nothing to commit (the transfer failed its checks).
+    Done(RecvDone),
+}
+
+/// A received file whose length and hash are right, waiting to be committed.
+pub struct Verified {
+    pub sid: u64,
+    pub path: RelPath,
+    pub bytes: u64,
+    prepared: Prepared,
+}
+
+/// Commits verified files in one batch (see [`fsops::commit_batch`]); one outcome per file,
+/// in order, with its session and path.
+pub fn commit_verified(batch: Vec<Verified>) -> Vec<(u64, RelPath, RecvDone)> {
+    let mut heads = Vec::with_capacity(batch.len());
+    let mut files = Vec::with_capacity(batch.len());
+    for v in batch {
+        heads.push((v.sid, v.path, v.bytes));
+        files.push(v.prepared);
+    }
+    let results = fsops::commit_batch(files);
+    heads
+        .into_iter()
+        .zip(results)
+        .map(|((sid, path, bytes), r)| {
+            let done = match r {
+                Ok(()) => RecvDone::Committed { bytes },
+                Err(CommitError::Changed(what)) => RecvDone::KeptLocal(format!(
+                    "{path}: local copy changed during the sync ({what}); kept it"
+                )),
+                Err(CommitError::Io(e)) => RecvDone::Failed(format!("cannot commit {path}: {e}")),
+            };
+            (sid, path, done)
+        })
+        .collect()
 }
 
 /// Receives keyed by (connection, transfer id).
