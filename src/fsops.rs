@@ -476,7 +476,14 @@ impl Prepared {
 /// kernel, or when it fails, every file is fsynced on its own (each fsync reports that
 /// file's own errors), and after the renames every directory. Results are in batch order.
 pub fn commit_batch(batch: Vec<Prepared>) -> Vec<Result<(), CommitError>> {
-    let synced = syncfs_all(batch.iter());
+    commit_batch_with(batch, syncfs_reports_errors())
+}
+
+/// [`commit_batch`], trusting `syncfs` for write-back errors only if `trust_syncfs`; with
+/// false it takes the path of kernels before 5.8 (public for the tests of that path).
+#[doc(hidden)]
+pub fn commit_batch_with(batch: Vec<Prepared>, trust_syncfs: bool) -> Vec<Result<(), CommitError>> {
+    let synced = syncfs_all(batch.iter()) && trust_syncfs;
     let mut results: Vec<Result<(), CommitError>> = Vec::with_capacity(batch.len());
     // Files renamed into place, with their index in `results`.
     let mut placed: Vec<(usize, Prepared)> = Vec::with_capacity(batch.len());
@@ -494,7 +501,7 @@ pub fn commit_batch(batch: Vec<Prepared>) -> Vec<Result<(), CommitError>> {
             Err(e) => results.push(Err(e)),
         }
     }
-    if !syncfs_all(placed.iter().map(|(_, p)| p)) {
+    if !(syncfs_all(placed.iter().map(|(_, p)| p)) && trust_syncfs) {
         for (i, p) in &placed {
             if let Err(e) = fsync_fd(&p.temp.dir) {
                 results[*i] = Err(e.into());
@@ -505,7 +512,7 @@ pub fn commit_batch(batch: Vec<Prepared>) -> Vec<Result<(), CommitError>> {
 }
 
 /// `syncfs` once per file system of `files`, through the earliest-opened file on each.
-/// True if every call succeeded on a kernel whose `syncfs` reports write-back errors.
+/// True if every call succeeded.
 fn syncfs_all<'a>(files: impl Iterator<Item = &'a Prepared>) -> bool {
     // (device, earliest-opened file on it)
     let mut by_dev: Vec<(u64, &Prepared)> = Vec::new();
@@ -520,7 +527,7 @@ fn syncfs_all<'a>(files: impl Iterator<Item = &'a Prepared>) -> bool {
             None => by_dev.push((dev, p)),
         }
     }
-    let mut ok = syncfs_reports_errors();
+    let mut ok = true;
     for (_, p) in by_dev {
         // SAFETY: the temp file's descriptor is open.
         if let Err(e) = retry(|| unsafe { libc::syncfs(p.temp.file.as_raw_fd()) }) {

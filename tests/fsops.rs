@@ -616,6 +616,12 @@ fn commit_error_displays_what_was_found() {
 
 #[test]
 fn a_batch_commits_each_file_like_commit_and_refuses_only_the_stale_one() {
+    // With syncfs trusted (Linux 5.8+), and file by file as on older kernels.
+    batch_commit_case(true);
+    batch_commit_case(false);
+}
+
+fn batch_commit_case(trust_syncfs: bool) {
     let t = TestDir::new("fsops-batch");
     let st = open(&t);
     std::fs::write(t.path().join("old.txt"), b"old").unwrap();
@@ -662,7 +668,7 @@ fn a_batch_commits_each_file_like_commit_and_refuses_only_the_stale_one() {
     assert!(!t.path().join("d0/f0.bin").exists());
     assert_eq!(std::fs::read(t.path().join("old.txt")).unwrap(), b"old");
 
-    let results = iron_carrier::fsops::commit_batch(batch);
+    let results = iron_carrier::fsops::commit_batch_with(batch, trust_syncfs);
     assert_eq!(results.len(), files.len());
     for ((path, data, m, mtime, _), r) in files.iter().zip(&results) {
         let p = t.path().join(path);
