@@ -531,9 +531,12 @@ EOF
 }
 
 # Scenarios 1-4: a client push `rsync -a --no-whole-file` (delta algorithm on) into the
-# daemon. One way only: the lower bound of what a sync tool must do. rsync does not fsync.
-rsync_push() { # source-dir|delta-dir kind(oneway|delta)
-  local a=$run/a b=$run/b w0 w1 size
+# daemon. One way only: the lower bound of what a sync tool must do. rsync does not fsync
+# unless asked: with a third argument `fsync`, `--fsync` makes the receiver fsync every file
+# (as durable as iron-carrier's receiver, minus the directory).
+rsync_push() { # source-dir|delta-dir kind(oneway|delta) [fsync]
+  local a=$run/a b=$run/b w0 w1 size opts=(-a --no-whole-file)
+  [ "${3:-}" = fsync ] && opts+=(--fsync)
   if [ "$2" = oneway ]; then
     cp -al "$1" "$a"
     mkdir "$b"
@@ -546,7 +549,7 @@ rsync_push() { # source-dir|delta-dir kind(oneway|delta)
   fi
   rsync_daemon "$b"
   w0=$(wire_now)
-  run_timed a 1800 rsync -a --no-whole-file "$a/" rsync://127.0.0.1:8730/bench/
+  run_timed a 1800 rsync "${opts[@]}" "$a/" rsync://127.0.0.1:8730/bench/
   w1=$(wire_now)
   stop b
   check_same "$a" "$b"
@@ -735,6 +738,7 @@ for scen in small-files big-files; do
   [ "$scen" = big-files ] && variant=plaintext
   measure "$scen" iron-carrier "$variant" ic_pair "$src" oneway
   measure "$scen" rsync "$variant" rsync_push "$src" oneway
+  measure "$scen" rsync-fsync "$variant" rsync_push "$src" oneway fsync
   measure "$scen" unison "$variant" unison_sync "$src" oneway
   if [ "$with_syncthing" = 1 ]; then
     measure "$scen" syncthing encrypted st_oneway "$src"
@@ -744,12 +748,14 @@ for scen in small-files big-files; do
 done
 na big-files iron-carrier encrypted "not implemented yet: traffic is plain text whatever \`encryption\` says"
 na big-files rsync encrypted "its daemon protocol has no encryption (rsync over ssh not measured)"
+na big-files rsync-fsync encrypted "its daemon protocol has no encryption (rsync over ssh not measured)"
 na big-files unison encrypted "-socket is plain text (unison over ssh not measured)"
 
 # 3. 1 MiB overwritten; 4. 100 bytes inserted.
 for scen in delta-overwrite delta-insert; do
   measure "$scen" iron-carrier - ic_pair "$data/$scen" delta
   measure "$scen" rsync - rsync_push "$data/$scen" delta
+  measure "$scen" rsync-fsync - rsync_push "$data/$scen" delta fsync
   measure "$scen" unison - unison_sync "$data/$scen" delta
   if [ "$with_syncthing" = 1 ]; then
     measure "$scen" syncthing encrypted st_delta "$data/$scen"
@@ -761,7 +767,7 @@ done
 # 5. idle; 6. latency.
 measure idle iron-carrier - ic_idle "$data/small"
 na latency iron-carrier - "not implemented yet: no file watcher (delay_watcher_events is accepted but unused)"
-for t in rsync unison; do
+for t in rsync rsync-fsync unison; do
   na idle "$t" - "no daemon: a one-shot tool uses nothing between runs"
   na latency "$t" - "no watcher daemon: it syncs only when run"
 done
