@@ -114,7 +114,9 @@ pub fn diff(indexes: &[&[FileMeta]]) -> Plan {
         }
         match first_kind {
             Some(EntryKind::Dir) => {
-                let targets: Vec<usize> = (0..here.len()).filter(|&i| here[i].is_none()).collect();
+                let mut targets: Vec<usize> =
+                    (0..here.len()).filter(|&i| here[i].is_none()).collect();
+                targets.shrink_to_fit();
                 if !targets.is_empty() {
                     let mode = here.iter().flatten().next().map_or(0o755, |m| m.mode);
                     plan.ops.push(Op::MakeDir {
@@ -147,8 +149,17 @@ fn file_op(here: &[Option<&FileMeta>]) -> Option<Op> {
         }
     }
     let winner = winner?;
-    let mut sources = Vec::new();
-    let mut targets = Vec::new();
+    // Exact capacities: a plan has one op per differing path, and a growing Vec's first
+    // allocation (four elements) would be most of each op's memory.
+    let holders = here
+        .iter()
+        .filter(|e| e.is_some_and(|m| m.same_content(winner)))
+        .count();
+    if holders == here.len() {
+        return None;
+    }
+    let mut sources = Vec::with_capacity(holders);
+    let mut targets = Vec::with_capacity(here.len() - holders);
     for (i, entry) in here.iter().enumerate() {
         match entry {
             Some(m) if m.same_content(winner) => sources.push(i),

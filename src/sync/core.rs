@@ -843,6 +843,12 @@ impl Core {
                 .collect();
             diff::diff(&indexes)
         };
+        // The plan holds what it needs of the indexes: free them before planning further (the
+        // leader's peak memory is indexes + plan otherwise).
+        s.local_index = Vec::new();
+        for p in &mut s.participants {
+            p.index = Vec::new();
+        }
         for c in &plan.conflicts {
             log::warn!("{name}: left {} alone: {}", c.path, c.reason);
         }
@@ -860,11 +866,7 @@ impl Core {
             links.contains(&(a.clone(), b.clone())) && links.contains(&(b.clone(), a.clone()))
         });
         log::info!("{name}: {} operation(s) planned", plan.ops.len());
-        // The indexes are no longer needed; free them before files start moving.
-        s.local_index = Vec::new();
-        for p in &mut s.participants {
-            p.index = Vec::new();
-        }
+        drop(plan);
         s.phase = Phase::Ready;
         let sid = s.sid;
         let mut local = Vec::new();
