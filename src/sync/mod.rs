@@ -568,6 +568,12 @@ impl SyncThread {
             let (sent, received) = self.shell.net.traffic.get();
             log::info!("network so far: sent {sent} bytes, received {received} bytes");
             if current.is_none() {
+                let sh = &mut self.shell;
+                sh.sender.shrink();
+                sh.incoming.shrink_to_fit();
+                sh.bases.shrink_to_fit();
+                sh.groups.shrink_to_fit();
+                sh.buf = Vec::new();
                 crate::mem::release_free();
             }
         }

@@ -129,6 +129,17 @@ impl Sender {
         self.queue.is_empty() && self.active.is_empty() && self.waiting.is_empty()
     }
 
+    /// Gives back the capacity a big session left in the queues (a queue of 10,000 jobs
+    /// keeps its 2 MiB after it drains); called when a session ends.
+    pub fn shrink(&mut self) {
+        self.queue.shrink_to_fit();
+        self.waiting.shrink_to_fit();
+        self.sigs.shrink_to_fit();
+        self.active.shrink_to_fit();
+        self.finished.shrink_to_fit();
+        self.buf = Vec::new();
+    }
+
     /// Signatures kept for delta jobs that have not started.
     pub fn pending_signatures(&self) -> usize {
         self.sigs.len()
