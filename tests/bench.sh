@@ -299,6 +299,23 @@ gen_delta() { # dir MiB overwrite|insert
   touch -d '2021-01-01' "$d/new"
 }
 
+# The two replicas of scenarios 1-4, $run/a (the source) and $run/b (the receiver); sets the
+# caller's $size (the bytes that must arrive). oneway: A holds a hard-linked copy of the tree
+# and B nothing; delta: B holds the base version of disk.img and A the version named by the
+# third argument (default new; Unison's unmeasured first run starts from the base).
+pair_dirs() { # source-dir|delta-dir kind(oneway|delta) [a-version]
+  if [ "$2" = oneway ]; then
+    cp -al "$1" "$run/a"
+    mkdir "$run/b"
+    size=$(tree_bytes "$1")
+  else
+    mkdir "$run/a" "$run/b"
+    cp --preserve=timestamps "$1/base" "$run/b/disk.img"
+    cp --preserve=timestamps "$1/${3:-new}" "$run/a/disk.img"
+    size=$(stat -c %s "$1/new")
+  fi
+}
+
 # --- iron-carrier ------------------------------------------------------------------------
 
 # Config of node NAME listening on PORT inside the namespace, dialling PEER_PORTS.
@@ -327,16 +344,7 @@ EOF
 # (bytes_sent / bytes_received from tcp_info, reported by `ss -E` as each socket is destroyed).
 ic_pair() { # source-dir|delta-dir kind(oneway|delta)
   local a=$run/a b=$run/b w0 w1 size
-  if [ "$2" = oneway ]; then
-    cp -al "$1" "$a"
-    mkdir "$b"
-    size=$(tree_bytes "$1")
-  else
-    mkdir "$a" "$b"
-    cp --preserve=timestamps "$1/base" "$b/disk.img"
-    cp --preserve=timestamps "$1/new" "$a/disk.img"
-    size=$(stat -c %s "$1/new")
-  fi
+  pair_dirs "$1" "$2"
   ic_config a 25231 25232 "$a"
   ic_config b 25232 25231 "$b"
   start b "$bin" --daemon -q --config "$run/b.toml"
@@ -537,16 +545,7 @@ EOF
 rsync_push() { # source-dir|delta-dir kind(oneway|delta) [fsync]
   local a=$run/a b=$run/b w0 w1 size opts=(-a --no-whole-file)
   [ "${3:-}" = fsync ] && opts+=(--fsync)
-  if [ "$2" = oneway ]; then
-    cp -al "$1" "$a"
-    mkdir "$b"
-    size=$(tree_bytes "$1")
-  else
-    mkdir "$a" "$b"
-    cp --preserve=timestamps "$1/base" "$b/disk.img"
-    cp --preserve=timestamps "$1/new" "$a/disk.img"
-    size=$(stat -c %s "$1/new")
-  fi
+  pair_dirs "$1" "$2"
   rsync_daemon "$b"
   w0=$(wire_now)
   run_timed a 1800 rsync "${opts[@]}" "$a/" rsync://127.0.0.1:8730/bench/
@@ -570,16 +569,7 @@ unison_client() { # name: one `unison a socket://…/b` run, archives in $run/ua
 unison_sync() { # source-dir|delta-dir kind(oneway|delta)
   local a=$run/a b=$run/b w0 w1 size
   mkdir "$run/ua" "$run/ub"
-  if [ "$2" = oneway ]; then
-    cp -al "$1" "$a"
-    mkdir "$b"
-    size=$(tree_bytes "$1")
-  else
-    mkdir "$a" "$b"
-    cp --preserve=timestamps "$1/base" "$b/disk.img"
-    cp --preserve=timestamps "$1/base" "$a/disk.img"
-    size=$(stat -c %s "$1/new")
-  fi
+  pair_dirs "$1" "$2" base
   start b env UNISON="$run/ub" unison -socket 8740
   wait_listen 8740
   if [ "$2" = delta ]; then

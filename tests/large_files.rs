@@ -13,7 +13,6 @@ mod common;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -246,27 +245,6 @@ fn free_bytes(p: &Path) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
-/// A one-shot run of `config` allowed `limit` (the common helper's deadline is too short to
-/// move 4.5 GiB under an emulator).
-fn long_oneshot(config: &Path, limit: Duration) -> std::process::Output {
-    let mut child = bin()
-        .args(["-v", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn one-shot");
-    let deadline = Instant::now() + limit;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("one-shot run did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    child.wait_with_output().expect("one-shot output")
-}
-
 /// Two real nodes synchronize a 4.5 GiB sparse file: first whole (B has none), then as a
 /// delta after A changed a few bytes past 4 GiB. Only with `IC_HEAVY=1`.
 #[test]
@@ -306,7 +284,7 @@ fn a_4_5_gib_file_syncs_whole_and_then_as_a_delta_between_two_nodes() {
         }
         let t = Instant::now();
         let daemon = Daemon::start(&cb);
-        let out = long_oneshot(&ca, limit);
+        let out = oneshot_within(&ca, limit);
         let (code, log) = daemon.stop();
         assert_eq!(out.status.code(), Some(0), "{}\nB:\n{log}", show(&out));
         assert_eq!(code, Some(0), "B's exit:\n{log}");

@@ -329,6 +329,11 @@ impl Drop for Daemon {
 
 /// Runs a one-shot sync with `config` (killed after `PATIENCE`).
 pub fn oneshot(config: &Path) -> Output {
+    oneshot_within(config, PATIENCE * 3)
+}
+
+/// Runs a one-shot sync with `config`, killed (and the test failed) after `limit`.
+pub fn oneshot_within(config: &Path, limit: Duration) -> Output {
     let child = bin()
         .args(["-v", "--config"])
         .arg(config)
@@ -341,12 +346,12 @@ pub fn oneshot(config: &Path) -> Output {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(PATIENCE * 3) {
+    match rx.recv_timeout(limit) {
         Ok(out) => out.expect("one-shot output"),
         Err(_) => {
             // SAFETY: kill(2) on our own child that outlived its deadline.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("one-shot run did not finish");
+            panic!("one-shot run did not finish within {limit:?}");
         }
     }
 }
