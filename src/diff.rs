@@ -72,8 +72,17 @@ pub struct Plan {
 /// Diffs the indexes of all participants. Each index must be sorted by path with unique
 /// paths (the scanner's output, or a peer's index after validation).
 pub fn diff(indexes: &[&[FileMeta]]) -> Plan {
+    let mut ops = Vec::new();
+    let conflicts = diff_each(indexes, &mut |op| ops.push(op));
+    Plan { ops, conflicts }
+}
+
+/// [`diff`] without holding the plan: hands each operation to `on_op` as soon as it is
+/// decided, in path order, and returns the conflicts. A leader turns operations into
+/// messages as they come, so its memory does not grow with the number of differences.
+pub fn diff_each(indexes: &[&[FileMeta]], on_op: &mut dyn FnMut(Op)) -> Vec<Conflict> {
     let mut cursors = vec![0usize; indexes.len()];
-    let mut plan = Plan::default();
+    let mut conflicts = Vec::new();
     // Paths where kinds disagree: their subtrees are left alone.
     let mut blocked: HashSet<&str> = HashSet::new();
     let mut here: Vec<Option<&FileMeta>> = vec![None; indexes.len()];
@@ -106,7 +115,7 @@ pub fn diff(indexes: &[&[FileMeta]]) -> Plan {
         let first_kind = kinds.next();
         if kinds.any(|k| Some(k) != first_kind) {
             blocked.insert(path.as_str());
-            plan.conflicts.push(Conflict {
+            conflicts.push(Conflict {
                 path: path.clone(),
                 reason: "a file on some nodes and a directory on others",
             });
@@ -119,7 +128,7 @@ pub fn diff(indexes: &[&[FileMeta]]) -> Plan {
                 targets.shrink_to_fit();
                 if !targets.is_empty() {
                     let mode = here.iter().flatten().next().map_or(0o755, |m| m.mode);
-                    plan.ops.push(Op::MakeDir {
+                    on_op(Op::MakeDir {
                         path: path.clone(),
                         mode,
                         targets,
@@ -128,13 +137,13 @@ pub fn diff(indexes: &[&[FileMeta]]) -> Plan {
             }
             Some(EntryKind::File) => {
                 if let Some(op) = file_op(&here) {
-                    plan.ops.push(op);
+                    on_op(op);
                 }
             }
             None => {}
         }
     }
-    plan
+    conflicts
 }
 
 fn file_op(here: &[Option<&FileMeta>]) -> Option<Op> {

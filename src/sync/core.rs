@@ -831,27 +831,6 @@ impl Core {
             nodes.push((p.node.clone(), Some(k)));
         }
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
-        let plan = {
-            let indexes: Vec<&[FileMeta]> = nodes
-                .iter()
-                .map(|(_, k)| match k {
-                    Some(k) if s.participants[*k].index_requested => {
-                        s.participants[*k].index.as_slice()
-                    }
-                    _ => s.local_index.as_slice(),
-                })
-                .collect();
-            diff::diff(&indexes)
-        };
-        // The plan holds what it needs of the indexes: free them before planning further (the
-        // leader's peak memory is indexes + plan otherwise).
-        s.local_index = Vec::new();
-        for p in &mut s.participants {
-            p.index = Vec::new();
-        }
-        for c in &plan.conflicts {
-            log::warn!("{name}: left {} alone: {}", c.path, c.reason);
-        }
         // Who can send to whom: the leader reaches everyone; participants said whom they see.
         let ids: Vec<NodeId> = nodes.iter().map(|(n, _)| n.clone()).collect();
         let mut links: HashSet<(NodeId, NodeId)> = HashSet::new();
@@ -862,29 +841,57 @@ impl Core {
                 links.insert((p.node.clone(), q.clone()));
             }
         }
-        let mut parts = plan_items(&plan.ops, &ids, &|a, b| {
+        let linked = |a: &NodeId, b: &NodeId| {
             links.contains(&(a.clone(), b.clone())) && links.contains(&(b.clone(), a.clone()))
-        });
-        log::info!("{name}: {} operation(s) planned", plan.ops.len());
-        drop(plan);
-        s.phase = Phase::Ready;
+        };
+        // The diff is streamed: each operation becomes plan items at once, and a remote
+        // node's items go out as soon as a message's worth has gathered, so the leader never
+        // holds the whole plan of its peers. Its own part is kept and registered at the end.
         let sid = s.sid;
+        let mut planner = Planner::new(&ids, &linked);
+        let mut parts: Vec<Vec<PlanItem>> = vec![Vec::new(); nodes.len()];
+        let mut planned = 0usize;
+        let conflicts = {
+            let indexes: Vec<&[FileMeta]> = nodes
+                .iter()
+                .map(|(_, k)| match k {
+                    Some(k) if s.participants[*k].index_requested => {
+                        s.participants[*k].index.as_slice()
+                    }
+                    _ => s.local_index.as_slice(),
+                })
+                .collect();
+            diff::diff_each(&indexes, &mut |op| {
+                planned += 1;
+                planner.add(&op, &mut parts);
+                for (pos, (node, k)) in nodes.iter().enumerate() {
+                    if k.is_some() && parts[pos].len() >= PLAN_FLUSH_ITEMS {
+                        send_plan_chunks(io, node, sid, std::mem::take(&mut parts[pos]));
+                    }
+                }
+            })
+        };
+        s.local_index = Vec::new();
+        for p in &mut s.participants {
+            p.index = Vec::new();
+        }
+        for c in &conflicts {
+            log::warn!("{name}: left {} alone: {}", c.path, c.reason);
+        }
+        log::info!("{name}: {planned} operation(s) planned");
+        s.phase = Phase::Ready;
         let mut local = Vec::new();
-        let mut remote = Vec::new();
         for (pos, (node, k)) in nodes.iter().enumerate() {
             let items = std::mem::take(&mut parts[pos]);
             match k {
                 None => local = items,
-                Some(_) => remote.push((node.clone(), items)),
+                Some(_) => {
+                    send_plan_chunks(io, node, sid, items);
+                    io.send(node, Message::PlanEnd { sid });
+                }
             }
         }
         self.register_items(local, io);
-        for (node, items) in remote {
-            for chunk in batches(items, plan_item_len) {
-                io.send(&node, Message::PlanChunk { sid, items: chunk });
-            }
-            io.send(&node, Message::PlanEnd { sid });
-        }
         self.leader_maybe_go(now, io);
     }
 
@@ -1476,8 +1483,34 @@ pub fn plan_items(
     linked: &dyn Fn(&NodeId, &NodeId) -> bool,
 ) -> Vec<Vec<PlanItem>> {
     let mut out: Vec<Vec<PlanItem>> = vec![Vec::new(); nodes.len()];
-    let mut load: Vec<u64> = vec![0; nodes.len()];
+    let mut planner = Planner::new(nodes, linked);
     for op in ops {
+        planner.add(op, &mut out);
+    }
+    out
+}
+
+/// [`plan_items`] one operation at a time, so a leader can send each node's part in chunks
+/// while the diff is still running. The load spread carries over from one op to the next.
+pub struct Planner<'a> {
+    nodes: &'a [NodeId],
+    linked: &'a dyn Fn(&NodeId, &NodeId) -> bool,
+    /// Bytes assigned to each node so far.
+    load: Vec<u64>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(nodes: &'a [NodeId], linked: &'a dyn Fn(&NodeId, &NodeId) -> bool) -> Planner<'a> {
+        Planner {
+            nodes,
+            linked,
+            load: vec![0; nodes.len()],
+        }
+    }
+
+    /// Appends what `op` asks of each node to `out[node]`.
+    pub fn add(&mut self, op: &Op, out: &mut [Vec<PlanItem>]) {
+        let (nodes, linked, load) = (self.nodes, self.linked, &mut self.load);
         match op {
             Op::MakeDir {
                 path,
@@ -1548,7 +1581,19 @@ pub fn plan_items(
             }
         }
     }
-    out
+}
+
+/// Plan items a leader gathers for one remote node before sending them.
+const PLAN_FLUSH_ITEMS: usize = 1024;
+
+/// Sends `items` to `node` as `PlanChunk` messages of at most [`BATCH_BYTES`] each.
+fn send_plan_chunks(io: &mut dyn Io, node: &NodeId, sid: u64, items: Vec<PlanItem>) {
+    if items.is_empty() {
+        return;
+    }
+    for chunk in batches(items, plan_item_len) {
+        io.send(node, Message::PlanChunk { sid, items: chunk });
+    }
 }
 
 /// Splits `items` into messages of at most [`BATCH_BYTES`] each (at least one item each).
