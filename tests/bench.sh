@@ -248,6 +248,9 @@ measure() { # scenario tool variant function args...
   run=$root/run
   rm -rf "$run" "$root/reason"
   mkdir -p "$run"
+  # Nothing dirty left by the previous measurement (its deleted trees, say) may be written
+  # during this one: a tool that syncs (fsync, syncfs) would pay for it.
+  sync
   ns_new
   log "$what"
   local rc=0
