@@ -501,16 +501,43 @@ impl Prepared {
 /// write-back errors only since Linux 5.8, and only those since the descriptor it is given
 /// was opened, so it is called through the earliest-opened file of the batch; on an older
 /// kernel, or when it fails, every file is fsynced on its own (each fsync reports that
-/// file's own errors), and after the renames every directory. Results are in batch order.
+/// file's own errors), and after the renames every directory. A batch of fewer than
+/// [`SYNCFS_MIN_BATCH`] files (a large file, typically) is fsynced file by file without
+/// `syncfs`, which would also write other programs' dirty data. Results are in batch order.
 pub fn commit_batch(batch: Vec<Prepared>) -> Vec<Result<(), CommitError>> {
-    commit_batch_with(batch, syncfs_reports_errors())
+    let how = if batch.len() < SYNCFS_MIN_BATCH {
+        Durability::Fsync
+    } else if syncfs_reports_errors() {
+        Durability::Syncfs
+    } else {
+        Durability::SyncfsThenFsync
+    };
+    commit_batch_with(batch, how)
 }
 
-/// [`commit_batch`], trusting `syncfs` for write-back errors only if `trust_syncfs`; with
-/// false it takes the path of kernels before 5.8 (public for the tests of that path).
+/// Fewer files than this are fsynced one by one: `syncfs` also writes whatever else is dirty
+/// on the file system, which only pays off when it replaces many fsyncs.
+const SYNCFS_MIN_BATCH: usize = 4;
+
+/// How [`commit_batch_with`] makes files durable.
 #[doc(hidden)]
-pub fn commit_batch_with(batch: Vec<Prepared>, trust_syncfs: bool) -> Vec<Result<(), CommitError>> {
-    let synced = syncfs_all(batch.iter()) && trust_syncfs;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `syncfs`, trusted for write-back errors (Linux 5.8+).
+    Syncfs,
+    /// `syncfs` to write, then an fsync per file and directory for their errors.
+    SyncfsThenFsync,
+    /// An fsync per file and directory, no `syncfs`.
+    Fsync,
+}
+
+/// [`commit_batch`] with the way to durability chosen by the caller (public for the tests of
+/// every way).
+#[doc(hidden)]
+pub fn commit_batch_with(batch: Vec<Prepared>, how: Durability) -> Vec<Result<(), CommitError>> {
+    let use_syncfs = how != Durability::Fsync;
+    let trust_syncfs = how == Durability::Syncfs;
+    let synced = use_syncfs && syncfs_all(batch.iter()) && trust_syncfs;
     let mut results: Vec<Result<(), CommitError>> = Vec::with_capacity(batch.len());
     // Files renamed into place, with their index in `results`.
     let mut placed: Vec<(usize, Prepared)> = Vec::with_capacity(batch.len());
@@ -528,7 +555,7 @@ pub fn commit_batch_with(batch: Vec<Prepared>, trust_syncfs: bool) -> Vec<Result
             Err(e) => results.push(Err(e)),
         }
     }
-    if !(syncfs_all(placed.iter().map(|(_, p)| p)) && trust_syncfs) {
+    if !(use_syncfs && syncfs_all(placed.iter().map(|(_, p)| p)) && trust_syncfs) {
         for (i, p) in &placed {
             if let Err(e) = fsync_fd(&p.temp.dir) {
                 results[*i] = Err(e.into());

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::TestDir;
-use iron_carrier::fsops::{CommitError, Expect, Stat, StatKind, StorageDir};
+use iron_carrier::fsops::{CommitError, Durability, Expect, Stat, StatKind, StorageDir};
 use iron_carrier::ignore::IgnoreMatcher;
 use iron_carrier::model::{RelPath, INTERNAL_PREFIX};
 use iron_carrier::scanner::{scan, ScanOptions};
@@ -616,12 +616,14 @@ fn commit_error_displays_what_was_found() {
 
 #[test]
 fn a_batch_commits_each_file_like_commit_and_refuses_only_the_stale_one() {
-    // With syncfs trusted (Linux 5.8+), and file by file as on older kernels.
-    batch_commit_case(true);
-    batch_commit_case(false);
+    // With syncfs trusted (Linux 5.8+), syncfs then fsyncs for the errors (older kernels),
+    // and fsyncs alone (small batches).
+    batch_commit_case(Durability::Syncfs);
+    batch_commit_case(Durability::SyncfsThenFsync);
+    batch_commit_case(Durability::Fsync);
 }
 
-fn batch_commit_case(trust_syncfs: bool) {
+fn batch_commit_case(how: Durability) {
     let t = TestDir::new("fsops-batch");
     let st = open(&t);
     std::fs::write(t.path().join("old.txt"), b"old").unwrap();
@@ -668,7 +670,7 @@ fn batch_commit_case(trust_syncfs: bool) {
     assert!(!t.path().join("d0/f0.bin").exists());
     assert_eq!(std::fs::read(t.path().join("old.txt")).unwrap(), b"old");
 
-    let results = iron_carrier::fsops::commit_batch_with(batch, trust_syncfs);
+    let results = iron_carrier::fsops::commit_batch_with(batch, how);
     assert_eq!(results.len(), files.len());
     for ((path, data, m, mtime, _), r) in files.iter().zip(&results) {
         let p = t.path().join(path);
