@@ -61,25 +61,28 @@ pub struct Conflict {
     pub reason: &'static str,
 }
 
-/// The result of a diff: operations in path order (a directory before its content) and the
-/// conflicts that were left alone.
+/// The result of a diff collected whole: what the tests compare.
+#[cfg(test)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub ops: Vec<Op>,
     pub conflicts: Vec<Conflict>,
 }
 
-/// Diffs the indexes of all participants. Each index must be sorted by path with unique
-/// paths (the scanner's output, or a peer's index after validation).
+/// [`diff_each`] with the operations collected.
+#[cfg(test)]
 pub fn diff(indexes: &[&[FileMeta]]) -> Plan {
     let mut ops = Vec::new();
     let conflicts = diff_each(indexes, &mut |op| ops.push(op));
     Plan { ops, conflicts }
 }
 
-/// [`diff`] without holding the plan: hands each operation to `on_op` as soon as it is
-/// decided, in path order, and returns the conflicts. A leader turns operations into
-/// messages as they come, so its memory does not grow with the number of differences.
+/// Diffs the indexes of all participants. Each index must be sorted by path with unique
+/// paths (the scanner's output, or a peer's index after validation). Hands each operation to
+/// `on_op` as soon as it is decided, in path order (a directory before its content), and
+/// returns the conflicts that were left alone. Nothing holds the whole plan: a leader turns
+/// operations into messages as they come, so its memory does not grow with the number of
+/// differences.
 pub fn diff_each(indexes: &[&[FileMeta]], on_op: &mut dyn FnMut(Op)) -> Vec<Conflict> {
     let mut cursors = vec![0usize; indexes.len()];
     let mut conflicts = Vec::new();

@@ -344,14 +344,11 @@ impl TempFile {
     ///
     /// Limitation: for [`Expect::File`], a change to the target between the check and the
     /// rename is overwritten; no system call can rename only if the target is unchanged.
-    pub fn commit(mut self, mode: u32, mtime_ns: i64, expect: Expect) -> Result<(), CommitError> {
-        self.set_meta(mode, mtime_ns)?;
-        // After chmod and futimens, so one fsync makes the mode and mtime durable too.
-        self.file.sync_all()?;
-        self.place(expect)?;
-        // The rename is only durable once the directory entry is.
-        fsync_fd(&self.dir)?;
-        Ok(())
+    pub fn commit(self, mode: u32, mtime_ns: i64, expect: Expect) -> Result<(), CommitError> {
+        let prepared = self.prepare(mode, mtime_ns, expect)?;
+        commit_batch_with(vec![prepared], Durability::Fsync)
+            .pop()
+            .unwrap_or(Ok(()))
     }
 
     /// Applies `mode & 0o777` and `mtime_ns` to the temp file.
@@ -400,7 +397,12 @@ impl TempFile {
     /// makes many files durable with a few file system syncs instead of two fsyncs each.
     pub fn prepare(self, mode: u32, mtime_ns: i64, expect: Expect) -> io::Result<Prepared> {
         self.set_meta(mode, mtime_ns)?;
-        Ok(Prepared { temp: self, expect })
+        let dev = self.file.metadata()?.dev();
+        Ok(Prepared {
+            temp: self,
+            expect,
+            dev,
+        })
     }
 
     /// Removes the temp file now, leaving the target untouched.
@@ -482,6 +484,8 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 pub struct Prepared {
     temp: TempFile,
     expect: Expect,
+    /// The file system it is on (one `syncfs` per file system).
+    dev: u64,
 }
 
 impl Prepared {
@@ -542,6 +546,7 @@ pub fn commit_batch_with(batch: Vec<Prepared>, how: Durability) -> Vec<Result<()
     // Files renamed into place, with their index in `results`.
     let mut placed: Vec<(usize, Prepared)> = Vec::with_capacity(batch.len());
     for mut p in batch {
+        // After chmod and futimens, so the fsync makes the mode and mtime durable too.
         let durable = if synced {
             Ok(())
         } else {
@@ -555,6 +560,7 @@ pub fn commit_batch_with(batch: Vec<Prepared>, how: Durability) -> Vec<Result<()
             Err(e) => results.push(Err(e)),
         }
     }
+    // A rename is only durable once its directory entry is.
     if !(use_syncfs && syncfs_all(placed.iter().map(|(_, p)| p)) && trust_syncfs) {
         for (i, p) in &placed {
             if let Err(e) = fsync_fd(&p.temp.dir) {
@@ -569,20 +575,16 @@ pub fn commit_batch_with(batch: Vec<Prepared>, how: Durability) -> Vec<Result<()
 /// True if every call succeeded.
 fn syncfs_all<'a>(files: impl Iterator<Item = &'a Prepared>) -> bool {
     // (device, earliest-opened file on it)
-    let mut by_dev: Vec<(u64, &Prepared)> = Vec::new();
+    let mut first: Vec<&Prepared> = Vec::new();
     for p in files {
-        let dev = match p.temp.file.metadata() {
-            Ok(m) => m.dev(),
-            Err(_) => return false,
-        };
-        match by_dev.iter_mut().find(|(d, _)| *d == dev) {
-            Some((_, first)) if p.temp.opened < first.temp.opened => *first = p,
+        match first.iter_mut().find(|f| f.dev == p.dev) {
+            Some(f) if p.temp.opened < f.temp.opened => *f = p,
             Some(_) => {}
-            None => by_dev.push((dev, p)),
+            None => first.push(p),
         }
     }
     let mut ok = true;
-    for (_, p) in by_dev {
+    for p in first {
         // SAFETY: the temp file's descriptor is open.
         if let Err(e) = retry(|| unsafe { libc::syncfs(p.temp.file.as_raw_fd()) }) {
             log::warn!("syncfs failed ({e}); fsyncing file by file");
@@ -723,6 +725,11 @@ fn stat_at(dir: &OwnedFd, name: &CString) -> io::Result<Stat> {
         mtime_ns: mtime_ns_from_parts(widen_i64(st.st_mtime), widen_i64(st.st_mtime_nsec)),
         mode: st.st_mode & MODE_MASK,
     })
+}
+
+/// The kind, size, mtime and mode of an open file.
+pub fn stat_file(file: &File) -> io::Result<Stat> {
+    Ok(stat_from_metadata(&file.metadata()?))
 }
 
 fn stat_from_metadata(meta: &std::fs::Metadata) -> Stat {

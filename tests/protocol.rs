@@ -712,7 +712,7 @@ fn a_block_copy_outside_the_old_file_disconnects() {
     let st = std::fs::metadata(t.store().join("base.bin")).unwrap();
     let mtime = {
         use std::os::unix::fs::MetadataExt;
-        st.mtime() * 1_000_000_000 + st.mtime_nsec()
+        iron_carrier::model::mtime_ns_from_parts(st.mtime(), st.mtime_nsec())
     };
     let (mut p, _) = start_receive(&t, "base.bin", 200 * 1024, Some((st.len(), mtime)));
     p.send(&Message::FileCopy {

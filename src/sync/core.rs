@@ -1472,11 +1472,8 @@ fn check_plan(items: &[PlanItem]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Turns diff operations into each node's part. `nodes[i]` is participant `i` of the diff;
-/// `linked(a, b)` says whether `a` can send to `b`. For every copy, holders of the winning
-/// version are tried in order of the bytes already assigned to them (spreading the load), each
-/// taking the targets it reaches; one holder reads the file once for all its targets. Targets
-/// no holder reaches are left for a later session. Pure.
+/// [`Planner`] over a whole list of operations: what the tests compare.
+#[cfg(test)]
 pub fn plan_items(
     ops: &[Op],
     nodes: &[NodeId],
@@ -1490,8 +1487,13 @@ pub fn plan_items(
     out
 }
 
-/// [`plan_items`] one operation at a time, so a leader can send each node's part in chunks
-/// while the diff is still running. The load spread carries over from one op to the next.
+/// Turns diff operations, one at a time, into each node's part, so a leader can send each
+/// node's part in chunks while the diff is still running. `nodes[i]` is participant `i` of
+/// the diff; `linked(a, b)` says whether `a` can send to `b`. For every copy, holders of the
+/// winning version are tried in order of the bytes already assigned to them (spreading the
+/// load, which carries over from one op to the next), each taking the targets it reaches; one
+/// holder reads the file once for all its targets. Targets no holder reaches are left for a
+/// later session. Pure.
 pub struct Planner<'a> {
     nodes: &'a [NodeId],
     linked: &'a dyn Fn(&NodeId, &NodeId) -> bool,

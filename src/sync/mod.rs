@@ -568,13 +568,7 @@ impl SyncThread {
             let (sent, received) = self.shell.net.traffic.get();
             log::info!("network so far: sent {sent} bytes, received {received} bytes");
             if current.is_none() {
-                let sh = &mut self.shell;
-                sh.sender.shrink();
-                sh.incoming.shrink_to_fit();
-                sh.bases.shrink_to_fit();
-                sh.groups.shrink_to_fit();
-                sh.buf = Vec::new();
-                crate::mem::release_free();
+                self.shell.release_idle_memory();
             }
         }
         self.last_session = current;
@@ -738,6 +732,19 @@ impl SyncThread {
         self.core.abort("shutting down", now, &mut self.shell);
         // Dropping the incoming transfers removes their temporary files.
         self.shell.incoming.clear();
+    }
+}
+
+impl Shell {
+    /// Gives back what a big session left behind (queue and map capacity, the read buffer)
+    /// and returns freed heap to the kernel: an idle daemon's memory is what it uses now.
+    fn release_idle_memory(&mut self) {
+        self.sender.shrink();
+        self.incoming.shrink_to_fit();
+        self.bases.shrink_to_fit();
+        self.groups.shrink_to_fit();
+        self.buf = Vec::new();
+        crate::mem::release_free();
     }
 }
 

@@ -454,15 +454,9 @@ fn send_ops(xid: u32, to: &[Dest], ops: Vec<DeltaOp>, wire: &mut u64, net: &NetH
 
 /// Re-checks the source after the last byte and sends the rest of a delta and the hash.
 fn finish(a: &mut Active, net: &NetHandle) -> Result<Step, StepError> {
-    let st = a
-        .file
-        .metadata()
+    let st = fsops::stat_file(&a.file)
         .map_err(|e| (format!("cannot re-check {}: {e}", a.job.meta.path), false))?;
-    let mtime_ns = {
-        use std::os::unix::fs::MetadataExt;
-        crate::model::mtime_ns_from_parts(st.mtime(), st.mtime_nsec())
-    };
-    if st.len() != a.job.meta.size || mtime_ns != a.job.meta.mtime_ns {
+    if st.size != a.job.meta.size || st.mtime_ns != a.job.meta.mtime_ns {
         return Err((
             format!(
                 "{} changed while it was being sent; it will be sent by the next sync",
@@ -626,17 +620,12 @@ fn sign_step(
 }
 
 fn sign_done(state: Option<(File, SignatureBuilder)>, expect: (u64, i64)) -> Option<Signature> {
-    use std::os::unix::fs::MetadataExt;
     let (file, builder) = state?;
     let sig = builder.finish();
     // The base must still be the version we promised and read whole; otherwise send
     // nothing usable.
-    let st = file.metadata().ok()?;
-    let now = (
-        st.len(),
-        crate::model::mtime_ns_from_parts(st.mtime(), st.mtime_nsec()),
-    );
-    (now == expect && st.len() == sig.file_size).then_some(sig)
+    let st = fsops::stat_file(&file).ok()?;
+    ((st.size, st.mtime_ns) == expect && st.size == sig.file_size).then_some(sig)
 }
 
 // ---------------------------------------------------------------------------------------
