@@ -313,6 +313,11 @@ impl Core {
             && self.session.is_none()
     }
 
+    /// True when a connected peer has storage `storage`.
+    pub fn has_holders(&self, storage: usize) -> bool {
+        !self.holders(storage).is_empty()
+    }
+
     pub fn has_want(&self, storage: usize) -> bool {
         self.wants.contains_key(&storage)
     }

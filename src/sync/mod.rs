@@ -41,9 +41,11 @@ pub enum SyncCtl {
     Shutdown,
 }
 
-/// How long a one-shot run waits for its configured peers to connect.
+/// How long a one-shot run waits for more of its configured peers after the last one that
+/// connected (peers started together come up one by one, slowly on a loaded machine).
 const CONNECT_WINDOW: Duration = Duration::from_secs(5);
-/// How long a one-shot run waits for a first peer at all before giving up.
+/// How long a one-shot run waits for a first peer at all before giving up, and for all its
+/// peers at most.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 /// Bytes of file data sent per loop turn before looking at incoming events again.
 const PUMP_BUDGET: usize = 2 * 1024 * 1024;
@@ -103,6 +105,8 @@ struct Group {
 struct OneShot {
     started: Instant,
     ever_connected: bool,
+    /// When a peer last connected (or the run started).
+    last_joined: Instant,
     /// The wait for configured peers is over.
     connected: bool,
     /// Per storage: this run has triggered it.
@@ -233,9 +237,11 @@ impl SyncThread {
             buf: Vec::new(),
             rng,
         };
+        let started = Instant::now();
         let oneshot = (mode == Mode::OneShot).then(|| OneShot {
-            started: Instant::now(),
+            started,
             ever_connected: false,
+            last_joined: started,
             connected: false,
             triggered: vec![false; config.storages.len()],
             finished: false,
@@ -329,6 +335,7 @@ impl SyncThread {
         );
         if let Some(os) = &mut self.oneshot {
             os.ever_connected = true;
+            os.last_joined = now;
         }
         self.core.peer_up(node, hello.storages, now);
     }
@@ -543,6 +550,9 @@ impl SyncThread {
         if let Some(since) = self.pending.since {
             at = at.min(since + COMMIT_DELAY);
         }
+        if let Some(os) = self.oneshot.as_ref().filter(|os| !os.connected) {
+            at = at.min((os.last_joined + CONNECT_WINDOW).min(os.started + CONNECT_DEADLINE));
+        }
         at.saturating_duration_since(now)
     }
 
@@ -587,10 +597,15 @@ impl SyncThread {
                     .peers
                     .iter()
                     .all(|p| self.configured_ok.contains(p));
-            // A peer may lead every shared storage and leave before the window ends.
-            let all_done = (0..n).all(|i| self.core.result(i).is_some());
+            // Even when a session that included this node already ran, the wait goes on: it
+            // may have run before every peer was connected (nodes started together connect
+            // one by one, slowly on a loaded or emulated machine), and ending the run then
+            // would leave the late peers' files out.
             let waited = now.duration_since(os.started);
-            if all_up || all_done || (waited >= CONNECT_WINDOW && os.ever_connected) {
+            let quiet = now.duration_since(os.last_joined);
+            if all_up
+                || (os.ever_connected && (quiet >= CONNECT_WINDOW || waited >= CONNECT_DEADLINE))
+            {
                 os.connected = true;
             } else {
                 if waited >= CONNECT_DEADLINE {
@@ -599,25 +614,28 @@ impl SyncThread {
                 return;
             }
         }
-        // Each storage is triggered once, unless a session that includes this node already
-        // synchronized it (or is doing so right now: then its end is the answer).
+        // Each storage is triggered once, after the wait, even if a session including this
+        // node already synchronized it (or is doing so right now): that session may have left
+        // out a peer that connected later, and a trigger is only absorbed by a session whose
+        // scan comes after it. When every participant already agrees, the extra session costs
+        // a scan and one digest per node. A storage synchronized with peers that have all gone
+        // since is not triggered: it has nobody left to synchronize with.
         for i in 0..n {
-            if os.triggered[i]
-                || matches!(self.core.result(i), Some(StorageResult::Synced { .. }))
-                || self.core.session_storage() == Some(i)
-            {
+            if os.triggered[i] {
                 continue;
             }
             os.triggered[i] = true;
+            if matches!(self.core.result(i), Some(StorageResult::Synced { .. }))
+                && !self.core.has_holders(i)
+            {
+                continue;
+            }
             self.core.trigger(i, now);
         }
         let settled = (0..n).all(|i| {
             !self.core.has_want(i)
-                && match self.core.result(i) {
-                    Some(StorageResult::Synced { .. }) => true,
-                    Some(_) => os.triggered[i],
-                    None => false,
-                }
+                && self.core.session_storage() != Some(i)
+                && self.core.result(i).is_some()
         });
         if settled
             && self.core.session_storage().is_none()
