@@ -1,4 +1,4 @@
-//! Wire protocol v1: frames and messages, encoded and decoded with no I/O.
+//! Wire protocol v2: frames and messages, encoded and decoded with no I/O.
 //!
 //! A frame is a 4-byte big-endian payload length followed by the payload; the payload is a
 //! one-byte tag and the message's fields. The codec is hand-written (see ARCHITECTURE.md for
@@ -18,8 +18,9 @@ use crate::model::{
 /// First bytes of every `Hello`: lets a node tell a peer of another protocol (or a port
 /// scanner) from a peer with another version.
 pub const MAGIC: [u8; 8] = *b"IRONCARR";
-/// Version of this protocol. Peers must match exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol. Peers must match exactly. 2: `SessionStart` names the
+/// session's participants.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER: usize = 4;
 /// Largest file-data chunk a sender puts in one frame.
@@ -82,7 +83,7 @@ pub struct PartStats {
     pub failed: u32,
 }
 
-/// Every message of protocol v1.
+/// Every message of protocol v2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),
@@ -109,10 +110,13 @@ pub enum Message {
     Release {
         ticket: u64,
     },
-    /// Leader → participants: the session granted under ticket `sid` starts.
+    /// Leader → participants: the session granted under ticket `sid` starts, with
+    /// `members` (every participant but the leader). A participant learns from it whom a
+    /// finished session synchronized it with, not only its leader.
     SessionStart {
         sid: u64,
         storage: String,
+        members: Vec<NodeId>,
     },
     /// Either side: this session cannot go on (a storage that cannot be scanned, a
     /// participant lost, a protocol violation).
@@ -466,10 +470,18 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             e.u8(tag::RELEASE);
             e.u64(*ticket);
         }
-        Message::SessionStart { sid, storage } => {
+        Message::SessionStart {
+            sid,
+            storage,
+            members,
+        } => {
             e.u8(tag::SESSION_START);
             e.u64(*sid);
             e.str(storage);
+            e.count(members.len());
+            for n in members {
+                e.str(n.as_str());
+            }
         }
         Message::SessionAbort { sid, reason } => {
             e.u8(tag::SESSION_ABORT);
@@ -760,10 +772,23 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         tag::RELEASE => Message::Release {
             ticket: d.u64("ticket")?,
         },
-        tag::SESSION_START => Message::SessionStart {
-            sid: d.u64("sid")?,
-            storage: d.storage()?,
-        },
+        tag::SESSION_START => {
+            let sid = d.u64("sid")?;
+            let storage = d.storage()?;
+            let n = d.count("members", MIN_NAME)?;
+            if n > MAX_TARGETS {
+                return Err(DecodeError::TooMany("members", n));
+            }
+            let mut members = Vec::new();
+            for _ in 0..n {
+                members.push(d.node("member node id")?);
+            }
+            Message::SessionStart {
+                sid,
+                storage,
+                members,
+            }
+        }
         tag::SESSION_ABORT => Message::SessionAbort {
             sid: d.u64("sid")?,
             reason: d.reason()?,
@@ -1033,6 +1058,7 @@ mod tests {
             Message::SessionStart {
                 sid: u64::MAX,
                 storage: "docs".into(),
+                members: vec![n("b"), n("c")],
             },
             Message::SessionAbort {
                 sid: 7,
@@ -1243,7 +1269,7 @@ mod tests {
         let mut bad_hello = payload(&samples()[0]);
         bad_hello[1] = b'X';
         let mut newer = payload(&samples()[0]);
-        newer[9..11].copy_from_slice(&2u16.to_be_bytes());
+        newer[9..11].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
         let mut bad_bool = payload(&Message::SessionEnd { sid: 1, ok: true });
         *bad_bool.last_mut().unwrap() = 7;
         let mut big_chunk = vec![tag::FILE_DATA];

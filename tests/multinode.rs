@@ -197,10 +197,22 @@ fn every_node_triggering_at_once_gets_one_leader_at_a_time_and_converges() {
         assert_eq!(o.status.code(), Some(0), "{}\n{all_logs}", show(o));
     }
     let docs: Vec<PathBuf> = ids.iter().map(|id| store(&dir, id, "docs")).collect();
+    for d in &docs {
+        let m = manifest(d);
+        let missing: Vec<String> = ids
+            .iter()
+            .flat_map(|id| (0..20).map(move |k| format!("{id}/f{k}.bin")))
+            .filter(|p| !m.contains_key(p))
+            .collect();
+        assert!(
+            m.len() == 5 + 100 && missing.is_empty(),
+            "{} lacks {missing:?}\n{all_logs}",
+            d.display()
+        );
+    }
     let first = manifest(&docs[0]);
-    assert_eq!(first.len(), 5 + 100, "{first:?}");
     for d in &docs[1..] {
-        assert_eq!(manifest(d), first);
+        assert_eq!(manifest(d), first, "{}\n{all_logs}", d.display());
     }
     // At most one leader at a time: no two led sessions overlap, and no session id is led
     // by two nodes.

@@ -358,6 +358,7 @@ fn lead_session(p: &mut RawPeer, sid: u64) {
     p.send(&Message::SessionStart {
         sid,
         storage: STORAGE.into(),
+        members: vec![],
     });
     match p.expect("IndexSummary") {
         Message::IndexSummary { sid: s, .. } => assert_eq!(s, sid),
@@ -532,17 +533,31 @@ fn hello_with_bad_magic_is_refused() {
 }
 
 #[test]
-fn hello_with_newer_protocol_version_is_refused_with_a_reason() {
-    let t = Target::start("proto-version");
-    let mut bytes = frame(&hello("a-evil", None, &[STORAGE]));
-    // tag (1) + magic (8), then the version.
-    let at = FRAME_HEADER + 1 + 8;
-    bytes[at..at + 2].copy_from_slice(&2u16.to_be_bytes());
-    let mut p = RawPeer::connect(t.port);
-    p.send_raw(&bytes);
-    let msgs = p.until_closed();
-    assert_refused(&msgs, "version");
-    t.assert_survived("peer speaks a newer protocol version");
+fn hello_with_another_protocol_version_is_refused_with_a_reason() {
+    // A newer peer, and a peer of the previous version (an older build): both refused.
+    for (name, version, said) in [
+        (
+            "proto-newer",
+            PROTOCOL_VERSION + 1,
+            "peer speaks a newer protocol version",
+        ),
+        (
+            "proto-older",
+            PROTOCOL_VERSION - 1,
+            "peer speaks an older protocol version",
+        ),
+    ] {
+        let t = Target::start(name);
+        let mut bytes = frame(&hello("a-evil", None, &[STORAGE]));
+        // tag (1) + magic (8), then the version.
+        let at = FRAME_HEADER + 1 + 8;
+        bytes[at..at + 2].copy_from_slice(&version.to_be_bytes());
+        let mut p = RawPeer::connect(t.port);
+        p.send_raw(&bytes);
+        let msgs = p.until_closed();
+        assert_refused(&msgs, "version");
+        t.assert_survived(said);
+    }
 }
 
 #[test]
@@ -570,8 +585,17 @@ fn expect_session_start(p: &mut RawPeer) -> u64 {
     };
     p.send(&Message::Grant { ticket });
     match p.expect("the daemon's SessionStart") {
-        Message::SessionStart { sid, storage } => {
+        Message::SessionStart {
+            sid,
+            storage,
+            members,
+        } => {
             assert_eq!(storage, STORAGE);
+            assert_eq!(
+                members.len(),
+                1,
+                "the daemon's session has one member: {members:?}"
+            );
             assert_eq!(sid, ticket, "the session id is the granted ticket");
             sid
         }
@@ -605,6 +629,7 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
     p.send(&Message::SessionStart {
         sid,
         storage: STORAGE.into(),
+        members: vec![],
     });
     match p.expect("SessionAbort") {
         Message::SessionAbort { sid: s, reason } => {

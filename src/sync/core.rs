@@ -74,6 +74,14 @@ pub trait Io {
     /// Queues `meta` of `storage` for sending to every node in `to` (as a delta to those
     /// with a usable old version); the outcome comes back through [`Core::on_sent`].
     fn queue_send(&mut self, storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>);
+    /// [`Io::queue_send`] for each of `sends`, in order. The shell overrides it to keep the
+    /// list as it is and start jobs from it as the sender makes room: a session sending
+    /// 10,000 files would otherwise hold 10,000 ready jobs at once.
+    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
+        for (meta, to) in sends {
+            self.queue_send(storage, sid, meta, to);
+        }
+    }
     /// Computes the block signature of this node's version `expect` of `path` and sends it
     /// to `to`, the node that will send the new version as a delta.
     fn queue_signature(
@@ -162,7 +170,9 @@ struct Participant {
 }
 
 struct Expected {
-    from: NodeId,
+    /// Index into the session's `senders`: a node id per expected file would cost a heap
+    /// allocation each (10,000 files: 10,000 copies of the same few names).
+    from: u32,
     size: u64,
     mtime_ns: i64,
     expect: Option<(u64, i64)>,
@@ -175,6 +185,8 @@ struct Session {
     /// `None` when this node leads.
     leader: Option<NodeId>,
     participants: Vec<Participant>,
+    /// Follower: the other participants, as the leader announced them.
+    members: Vec<NodeId>,
     phase: Phase,
     scanned_at: Instant,
     local_index: Vec<FileMeta>,
@@ -186,6 +198,8 @@ struct Session {
     held: Vec<(FileMeta, Vec<SendTo>)>,
     sends_left: usize,
     expected: HashMap<RelPath, Expected>,
+    /// The nodes files are expected from.
+    senders: Vec<NodeId>,
     declined: HashSet<RelPath>,
     stats: PartStats,
     read: u64,
@@ -318,6 +332,17 @@ impl Core {
         !self.holders(storage).is_empty()
     }
 
+    /// True when the last session of `storage` completed with every connected peer that has
+    /// it (a session can leave out a peer that connected after it was claimed).
+    pub fn synced_with_all(&self, storage: usize) -> bool {
+        match self.results.get(&storage) {
+            Some(StorageResult::Synced { peers, .. }) => {
+                self.holders(storage).iter().all(|h| peers.contains(h))
+            }
+            _ => false,
+        }
+    }
+
     pub fn has_want(&self, storage: usize) -> bool {
         self.wants.contains_key(&storage)
     }
@@ -408,7 +433,9 @@ impl Core {
         // it is dropped by the shell. Failures, so the leader tries again.
         if let Some(s) = &mut self.session {
             let before = s.expected.len();
-            s.expected.retain(|_, e| e.from != *node);
+            if let Some(k) = s.senders.iter().position(|n| n == node) {
+                s.expected.retain(|_, e| e.from != k as u32);
+            }
             let lost = before - s.expected.len();
             if lost > 0 {
                 s.stats.failed += lost as u32;
@@ -530,9 +557,11 @@ impl Core {
             {
                 self.grant = None;
             }
-            Message::SessionStart { sid, storage } => {
-                self.follower_start(from, sid, &storage, now, io)
-            }
+            Message::SessionStart {
+                sid,
+                storage,
+                members,
+            } => self.follower_start(from, sid, &storage, members, now, io),
             Message::SessionAbort { sid, reason }
                 if self
                     .session
@@ -696,12 +725,14 @@ impl Core {
             "{name}: leading session {sid:016x} with {}",
             names.join(", ")
         );
+        let members: Vec<NodeId> = granted.iter().cloned().collect();
         for n in &granted {
             io.send(
                 n,
                 Message::SessionStart {
                     sid,
                     storage: name.clone(),
+                    members: members.clone(),
                 },
             );
         }
@@ -1017,6 +1048,7 @@ impl Core {
         from: &NodeId,
         sid: u64,
         storage: &str,
+        members: Vec<NodeId>,
         now: Instant,
         io: &mut dyn Io,
     ) {
@@ -1054,7 +1086,7 @@ impl Core {
                 peers: self.peers.keys().cloned().collect(),
             },
         );
-        self.session = Some(new_session(
+        let mut session = new_session(
             sid,
             i,
             Some(from.clone()),
@@ -1063,7 +1095,9 @@ impl Core {
             digest,
             ignore,
             now,
-        ));
+        );
+        session.members = members.into_iter().filter(|n| *n != self.me).collect();
+        self.session = Some(session);
     }
 
     /// The running session if `from` leads it and it is `sid`.
@@ -1158,7 +1192,9 @@ impl Core {
         io.cancel_session(sid);
         if ok || s.local_done {
             let failed = s.stats.failed;
-            self.finish(&s, vec![from.clone()], failed, now);
+            let mut peers = vec![from.clone()];
+            peers.extend(s.members.iter().cloned());
+            self.finish(&s, peers, failed, now);
         } else {
             let name = self.storages[s.storage].clone();
             log::warn!("{name}: session {sid:016x} ended early by {from}");
@@ -1206,6 +1242,13 @@ impl Core {
                     if let Some(old) = expect.filter(|_| crate::delta::wanted(meta.size, expect)) {
                         io.queue_signature(s.storage, s.sid, meta.path.clone(), old, from.clone());
                     }
+                    let from = match s.senders.iter().position(|n| *n == from) {
+                        Some(k) => k as u32,
+                        None => {
+                            s.senders.push(from);
+                            (s.senders.len() - 1) as u32
+                        }
+                    };
                     s.expected.insert(
                         meta.path,
                         Expected {
@@ -1237,8 +1280,9 @@ impl Core {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        for (meta, to) in std::mem::take(&mut s.held) {
-            io.queue_send(s.storage, s.sid, meta, to);
+        let held = std::mem::take(&mut s.held);
+        if !held.is_empty() {
+            io.queue_sends(s.storage, s.sid, held);
         }
     }
 
@@ -1288,7 +1332,11 @@ impl Core {
                 meta.path
             )));
         };
-        if e.started || e.from != *from || e.size != meta.size || e.mtime_ns != meta.mtime_ns {
+        if e.started
+            || s.senders[e.from as usize] != *from
+            || e.size != meta.size
+            || e.mtime_ns != meta.mtime_ns
+        {
             return Err(Refusal::Violation(format!(
                 "sent {} which the plan did not announce",
                 meta.path
@@ -1434,6 +1482,7 @@ fn new_session(
         storage,
         leader,
         participants,
+        members: Vec::new(),
         phase: Phase::Collect,
         scanned_at: now,
         local_index,
@@ -1443,6 +1492,7 @@ fn new_session(
         held: Vec::new(),
         sends_left: 0,
         expected: HashMap::new(),
+        senders: Vec::new(),
         declined: HashSet::new(),
         stats: PartStats::default(),
         read: 0,

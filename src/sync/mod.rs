@@ -11,7 +11,7 @@ pub mod core;
 mod sim;
 mod transfer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -47,6 +47,9 @@ const CONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// How long a one-shot run waits for a first peer at all before giving up, and for all its
 /// peers at most.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+/// Most times a one-shot run synchronizes a storage again because a session left out a
+/// connected peer (bounds a peer that keeps reconnecting).
+const ONESHOT_AGAIN: u32 = 3;
 /// Bytes of file data sent per loop turn before looking at incoming events again.
 const PUMP_BUDGET: usize = 2 * 1024 * 1024;
 /// Bytes of old versions read for signatures per loop turn.
@@ -85,11 +88,21 @@ struct Shell {
     /// Signatures this node sent for files it receives as deltas, by (session, path): what
     /// their block copies are checked against.
     bases: HashMap<(u64, RelPath), Signature>,
+    /// Sends the core released and the sender has no job for yet, oldest batch first.
+    pending_sends: VecDeque<PendingSends>,
     /// Jobs of one core send, counted down so the core hears of each send once.
     groups: HashMap<u64, Group>,
     next_group: u64,
     buf: Vec<u8>,
     rng: u64,
+}
+
+/// A session's released sends, turned into sender jobs a few at a time: each job resolves
+/// its receivers' connections, clones its metadata and gets a group entry, which for 10,000
+/// files at once cost the sending node more than a megabyte for nothing.
+struct PendingSends {
+    sid: u64,
+    sends: std::vec::IntoIter<(FileMeta, Vec<SendTo>)>,
 }
 
 /// The jobs one core send was split into (one whole-file stream, one job per delta).
@@ -111,6 +124,8 @@ struct OneShot {
     connected: bool,
     /// Per storage: this run has triggered it.
     triggered: Vec<bool>,
+    /// Per storage: times it was triggered again because a session left out a peer.
+    again: Vec<u32>,
     finished: bool,
 }
 
@@ -232,6 +247,7 @@ impl SyncThread {
             incoming: HashMap::new(),
             signer: Signer::default(),
             bases: HashMap::new(),
+            pending_sends: VecDeque::new(),
             groups: HashMap::new(),
             next_group: 1,
             buf: Vec::new(),
@@ -244,6 +260,7 @@ impl SyncThread {
             last_joined: started,
             connected: false,
             triggered: vec![false; config.storages.len()],
+            again: vec![0; config.storages.len()],
             finished: false,
         });
         Ok(SyncThread {
@@ -478,7 +495,11 @@ impl SyncThread {
                 shell.bases.insert((d.sid, d.path), sig);
             }
         }
+        shell.refill_sender();
+        let dir = &shell.storages[storage].dir;
         let (finished, sent, more) = shell.sender.pump(dir, &shell.net, PUMP_BUDGET);
+        // The queue ran dry with a slot free: the next turn refills it and starts a file.
+        let more = more || (!shell.pending_sends.is_empty() && shell.sender.has_free_slot());
         let spent = read + sent;
         let now = Instant::now();
         if spent > 0 {
@@ -622,6 +643,22 @@ impl SyncThread {
         // since is not triggered: it has nobody left to synchronize with.
         for i in 0..n {
             if os.triggered[i] {
+                // A session this run took part in may still have left out a peer connected
+                // to this node (one its leader was not connected to, or one that came later):
+                // that storage is synchronized again, a few times at most.
+                if !self.core.has_want(i)
+                    && self.core.session_storage() != Some(i)
+                    && matches!(self.core.result(i), Some(StorageResult::Synced { .. }))
+                    && !self.core.synced_with_all(i)
+                    && os.again[i] < ONESHOT_AGAIN
+                {
+                    os.again[i] += 1;
+                    log::info!(
+                        "{}: a connected peer was not in the last session; synchronizing again",
+                        self.core.storages()[i]
+                    );
+                    self.core.trigger(i, now);
+                }
                 continue;
             }
             os.triggered[i] = true;
@@ -640,6 +677,7 @@ impl SyncThread {
         if settled
             && self.core.session_storage().is_none()
             && self.shell.sender.is_idle()
+            && self.shell.pending_sends.is_empty()
             && self.shell.signer.is_idle()
         {
             os.finished = true;
@@ -754,10 +792,85 @@ impl SyncThread {
 }
 
 impl Shell {
+    /// Turns one core send into sender jobs: one stream for everyone who gets the whole
+    /// file (read once for all of them), and one job per receiver that gets a delta against
+    /// its own old version. Receivers no longer connected are left out.
+    fn start_send(&mut self, sid: u64, meta: FileMeta, to: Vec<SendTo>) {
+        let group = self.next_group;
+        self.next_group += 1;
+        let dest = |n: &NodeId| {
+            let conn = *self.by_node.get(n)?;
+            let p = self.peers.get(&conn)?;
+            Some(Dest {
+                conn,
+                outbound: p.outbound.clone(),
+            })
+        };
+        let mut whole = Vec::new();
+        let mut jobs = Vec::new();
+        for t in &to {
+            let Some(d) = dest(&t.node) else { continue };
+            if delta::wanted(meta.size, t.old) {
+                jobs.push(OutJob {
+                    sid,
+                    meta: meta.clone(),
+                    to: vec![d],
+                    group,
+                    delta: true,
+                });
+            } else {
+                whole.push(d);
+            }
+        }
+        // A job with no receiver at all still reports back (as skipped) through `pump`.
+        if !whole.is_empty() || jobs.is_empty() {
+            jobs.push(OutJob {
+                sid,
+                meta,
+                to: whole,
+                group,
+                delta: false,
+            });
+        }
+        self.groups.insert(
+            group,
+            Group {
+                sid,
+                left: jobs.len(),
+                wire: 0,
+                receivers: 0,
+                read: 0,
+                failed: false,
+            },
+        );
+        for j in jobs {
+            self.sender.push(j);
+        }
+    }
+
+    /// Turns released sends into jobs while the sender wants more.
+    fn refill_sender(&mut self) {
+        while self.sender.wants_jobs() {
+            let Some(batch) = self.pending_sends.front_mut() else {
+                return;
+            };
+            match batch.sends.next() {
+                Some((meta, to)) => {
+                    let sid = batch.sid;
+                    self.start_send(sid, meta, to);
+                }
+                None => {
+                    self.pending_sends.pop_front();
+                }
+            }
+        }
+    }
+
     /// Gives back what a big session left behind (queue and map capacity, the read buffer)
     /// and returns freed heap to the kernel: an idle daemon's memory is what it uses now.
     fn release_idle_memory(&mut self) {
         self.sender.shrink();
+        self.pending_sends.shrink_to_fit();
         self.incoming.shrink_to_fit();
         self.bases.shrink_to_fit();
         self.groups.shrink_to_fit();
@@ -845,58 +958,14 @@ impl Io for Shell {
     }
 
     fn queue_send(&mut self, _storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>) {
-        let group = self.next_group;
-        self.next_group += 1;
-        let dest = |n: &NodeId| {
-            let conn = *self.by_node.get(n)?;
-            let p = self.peers.get(&conn)?;
-            Some(Dest {
-                conn,
-                outbound: p.outbound.clone(),
-            })
-        };
-        // One stream for everyone who gets the whole file (read once for all of them), and
-        // one job per receiver that gets a delta against its own old version.
-        let mut whole = Vec::new();
-        let mut jobs = Vec::new();
-        for t in &to {
-            let Some(d) = dest(&t.node) else { continue };
-            if delta::wanted(meta.size, t.old) {
-                jobs.push(OutJob {
-                    sid,
-                    meta: meta.clone(),
-                    to: vec![d],
-                    group,
-                    delta: true,
-                });
-            } else {
-                whole.push(d);
-            }
-        }
-        // A job with no receiver at all still reports back (as skipped) through `pump`.
-        if !whole.is_empty() || jobs.is_empty() {
-            jobs.push(OutJob {
-                sid,
-                meta: meta.clone(),
-                to: whole,
-                group,
-                delta: false,
-            });
-        }
-        self.groups.insert(
-            group,
-            Group {
-                sid,
-                left: jobs.len(),
-                wire: 0,
-                receivers: 0,
-                read: 0,
-                failed: false,
-            },
-        );
-        for j in jobs {
-            self.sender.push(j);
-        }
+        self.start_send(sid, meta, to);
+    }
+
+    fn queue_sends(&mut self, _storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
+        self.pending_sends.push_back(PendingSends {
+            sid,
+            sends: sends.into_iter(),
+        });
     }
 
     fn queue_signature(
@@ -921,6 +990,7 @@ impl Io for Shell {
     }
 
     fn cancel_session(&mut self, sid: u64) {
+        self.pending_sends.retain(|b| b.sid != sid);
         self.sender.cancel_session(sid, &self.net);
         self.signer.cancel_session(sid);
         self.incoming.retain(|_, inc| inc.sid != sid);

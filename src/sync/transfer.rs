@@ -125,6 +125,16 @@ impl Sender {
         self.queue.push_back(job);
     }
 
+    /// Whether the queue is short enough to take more jobs: enough to start a new file as
+    /// soon as a slot frees, and no more (queued jobs are memory and nothing else).
+    pub fn wants_jobs(&self) -> bool {
+        self.queue.len() < 2 * self.max_parallel + 8
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.active.len() < self.max_parallel
+    }
+
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.active.is_empty() && self.waiting.is_empty()
     }
