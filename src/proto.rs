@@ -348,6 +348,22 @@ pub fn encode_frame(msg: &Message, out: &mut Vec<u8>) {
     out[start..start + FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Bytes before the data in a `FileData` frame: length prefix, tag, transfer id, data length.
+pub const FILE_DATA_HEAD: usize = FRAME_HEADER + 1 + 4 + 4;
+
+/// The first [`FILE_DATA_HEAD`] bytes of a `FileData { xid, data }` frame with `len` bytes of
+/// data: a sender reads the data right after them into the same buffer and hands the whole
+/// frame to `net`, which writes it as it is (no copy into a message, none into a write
+/// buffer). The bytes are exactly what [`encode_frame`] would produce.
+pub fn file_data_head(xid: u32, len: usize) -> [u8; FILE_DATA_HEAD] {
+    let mut h = [0u8; FILE_DATA_HEAD];
+    h[..4].copy_from_slice(&((FILE_DATA_HEAD - FRAME_HEADER + len) as u32).to_be_bytes());
+    h[4] = tag::FILE_DATA;
+    h[5..9].copy_from_slice(&xid.to_be_bytes());
+    h[9..13].copy_from_slice(&(len as u32).to_be_bytes());
+    h
+}
+
 /// Size of `msg` as a frame, without encoding it twice for the common big case.
 pub fn frame_len(msg: &Message) -> usize {
     match msg {
@@ -1196,6 +1212,23 @@ mod tests {
             rest = &rest[used..];
         }
         assert_eq!(decoded, samples());
+    }
+
+    #[test]
+    fn a_file_data_frame_built_in_place_is_the_encoded_frame() {
+        for len in [0, 1, 4096, CHUNK_SIZE] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut in_place = file_data_head(0xA1B2_C3D4, len).to_vec();
+            in_place.extend_from_slice(&data);
+            let msg = Message::FileData {
+                xid: 0xA1B2_C3D4,
+                data,
+            };
+            let mut encoded = Vec::new();
+            encode_frame(&msg, &mut encoded);
+            assert_eq!(in_place, encoded, "{len} bytes");
+            assert_eq!(in_place.len(), frame_len(&msg));
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! beyond what has arrived); writing drains the queued frames until the socket would block.
 //! No policy lives here: what a message means is decided by `net/mod.rs` and `sync`.
 
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,26 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 1024 * 1024;
 /// Buffers larger than this are shrunk back when they become empty.
 const SHRINK_ABOVE: usize = 2 * 1024 * 1024;
+/// Small frames are appended to the last output buffer while it is shorter than this.
+const COALESCE_BELOW: usize = 64 * 1024;
+/// Most buffers handed to one `writev`.
+const MAX_IOVECS: usize = 32;
+
+/// One piece of queued output: encoded small frames, or a whole frame a sender built in place
+/// (file data), shared by every connection it goes to and written from where it is.
+enum OutBuf {
+    Bytes(Vec<u8>),
+    Frame(Arc<Vec<u8>>),
+}
+
+impl OutBuf {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            OutBuf::Bytes(v) => v,
+            OutBuf::Frame(f) => f,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnState {
@@ -75,7 +96,8 @@ pub struct Conn {
     traffic: Arc<Traffic>,
     rbuf: Vec<u8>,
     rlen: usize,
-    wbuf: Vec<u8>,
+    /// Output not yet written, in order; `wpos` bytes of the first are already written.
+    out: VecDeque<OutBuf>,
     wpos: usize,
 }
 
@@ -105,7 +127,7 @@ impl Conn {
             traffic,
             rbuf: Vec::new(),
             rlen: 0,
-            wbuf: Vec::new(),
+            out: VecDeque::new(),
             wpos: 0,
         }
     }
@@ -121,16 +143,33 @@ impl Conn {
     /// Appends a frame. `internal` frames (handshake, ping) are counted in the outbound
     /// gauge here; frames from `sync` were counted by `sync`.
     pub fn queue(&mut self, msg: &Message, internal: bool) {
-        let before = self.wbuf.len();
-        proto::encode_frame(msg, &mut self.wbuf);
+        let buf = match self.out.back_mut() {
+            Some(OutBuf::Bytes(v)) if v.len() < COALESCE_BELOW => v,
+            _ => {
+                self.out.push_back(OutBuf::Bytes(Vec::new()));
+                match self.out.back_mut() {
+                    Some(OutBuf::Bytes(v)) => v,
+                    _ => unreachable!("just pushed"),
+                }
+            }
+        };
+        let before = buf.len();
+        proto::encode_frame(msg, buf);
         if internal {
             self.outbound
-                .fetch_add(self.wbuf.len() - before, Ordering::AcqRel);
+                .fetch_add(buf.len() - before, Ordering::AcqRel);
+        }
+    }
+
+    /// Appends a frame built by `sync` (already counted in the outbound gauge by it).
+    pub fn queue_frame(&mut self, frame: Arc<Vec<u8>>) {
+        if !frame.is_empty() {
+            self.out.push_back(OutBuf::Frame(frame));
         }
     }
 
     pub fn has_output(&self) -> bool {
-        self.wpos < self.wbuf.len()
+        !self.out.is_empty()
     }
 
     /// Whether a non-blocking connect finished: `Ok(true)` connected, `Ok(false)` not yet
@@ -146,34 +185,48 @@ impl Conn {
         }
     }
 
-    /// Writes queued bytes until done or the socket would block.
+    /// Writes queued bytes until done or the socket would block, several buffers per
+    /// system call.
     pub fn write_out(&mut self) -> io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n_slices = 0;
+            for (i, b) in self.out.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = b.as_slice();
+                slices[i] = IoSlice::new(if i == 0 { &bytes[self.wpos..] } else { bytes });
+                n_slices += 1;
+            }
+            match self.stream.write_vectored(&slices[..n_slices]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.wpos += n;
                     self.traffic.add(n as u64, 0);
                     self.last_send = Instant::now();
                     self.outbound.fetch_sub(n, Ordering::AcqRel);
+                    self.advance(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-            if self.wbuf.capacity() > SHRINK_ABOVE {
-                self.wbuf.shrink_to(READ_CHUNK);
-            }
-        } else if self.wpos > READ_CHUNK && self.wpos * 2 > self.wbuf.len() {
-            // Reclaim the written prefix so the buffer does not creep forward forever.
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
-        }
         Ok(())
+    }
+
+    /// Drops the `n` bytes just written from the front of the output.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front() else {
+                return;
+            };
+            let left = front.as_slice().len() - self.wpos;
+            if n < left {
+                self.wpos += n;
+                return;
+            }
+            n -= left;
+            self.wpos = 0;
+            self.out.pop_front();
+        }
     }
 
     /// Reads what the socket has (up to a budget) and decodes every complete frame.

@@ -77,6 +77,12 @@ pub enum NetCmd {
         conn: ConnId,
         msg: Message,
     },
+    /// Queue an encoded frame (file data built in place by the sender; one allocation
+    /// shared by every receiver). Counted in the gauge by the caller, like `Send`.
+    SendFrame {
+        conn: ConnId,
+        frame: Arc<Vec<u8>>,
+    },
     /// Close a connection (after flushing what is queued), logging `reason`.
     Close {
         conn: ConnId,
@@ -88,6 +94,12 @@ pub enum NetCmd {
         result: Result<SocketAddr, String>,
     },
     Shutdown,
+}
+
+/// Something `sync` queued for a connection.
+enum Out<'a> {
+    Msg(&'a Message),
+    Frame(Arc<Vec<u8>>),
 }
 
 /// Events from `net` to `sync`.
@@ -187,6 +199,12 @@ impl NetHandle {
     pub fn send_msg(&self, conn: ConnId, outbound: &AtomicUsize, msg: Message) {
         outbound.fetch_add(crate::proto::frame_len(&msg), Ordering::AcqRel);
         self.send(NetCmd::Send { conn, msg });
+    }
+
+    /// Queues an encoded frame for `conn`, accounting its size in the outbound gauge.
+    pub fn send_frame(&self, conn: ConnId, outbound: &AtomicUsize, frame: Arc<Vec<u8>>) {
+        outbound.fetch_add(frame.len(), Ordering::AcqRel);
+        self.send(NetCmd::SendFrame { conn, frame });
     }
 
     pub fn shutdown(&self) {
@@ -428,7 +446,10 @@ impl Net {
     fn handle_commands(&mut self) -> bool {
         loop {
             match self.cmd_rx.try_recv() {
-                Ok(NetCmd::Send { conn, msg }) => self.queue_from_sync(conn, &msg),
+                Ok(NetCmd::Send { conn, msg }) => self.queue_from_sync(conn, Out::Msg(&msg)),
+                Ok(NetCmd::SendFrame { conn, frame }) => {
+                    self.queue_from_sync(conn, Out::Frame(frame))
+                }
                 Ok(NetCmd::Close { conn, reason }) => {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         log::info!("closing connection to {}: {reason}", c.describe());
@@ -444,7 +465,7 @@ impl Net {
         }
     }
 
-    fn queue_from_sync(&mut self, id: ConnId, msg: &Message) {
+    fn queue_from_sync(&mut self, id: ConnId, out: Out) {
         let Some(c) = self.conns.get_mut(&id) else {
             // The connection died after sync queued this; sync learns from Disconnected.
             return;
@@ -452,7 +473,10 @@ impl Net {
         if c.state != ConnState::Ready {
             return;
         }
-        c.queue(msg, false);
+        match out {
+            Out::Msg(msg) => c.queue(msg, false),
+            Out::Frame(frame) => c.queue_frame(frame),
+        }
         self.flush(id);
     }
 

@@ -30,7 +30,7 @@ use crate::delta::{self, DeltaEncoder, DeltaOp, Signature, SignatureBuilder};
 use crate::fsops::{self, CommitError, Expect, Prepared, StorageDir, TempFile};
 use crate::model::{FileMeta, RelPath};
 use crate::net::{ConnId, NetHandle, OUT_HIGH};
-use crate::proto::{Digest, Message, CHUNK_SIZE};
+use crate::proto::{self, Digest, Message, CHUNK_SIZE};
 
 /// Where a file goes: a connection and its outbound gauge.
 #[derive(Clone)]
@@ -389,52 +389,66 @@ fn step(a: &mut Active, net: &NetHandle, buf: &mut Vec<u8>) -> Result<Step, Step
         return finish(a, net);
     }
     let want = remaining.min(CHUNK_SIZE as u64) as usize;
-    buf.resize(want, 0);
-    let mut filled = 0;
-    while filled < want {
-        match a.file.read(&mut buf[filled..want]) {
-            Ok(0) => {
-                return Err((
-                    format!(
-                        "{} shrank while it was being sent; it will be sent by the next sync",
-                        a.job.meta.path
-                    ),
-                    true,
-                ))
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((format!("cannot read {}: {e}", a.job.meta.path), false)),
-        }
-    }
-    let data = &buf[..want];
-    a.hasher.update(data);
-    a.read += want as u64;
     match &mut a.mode {
         Mode::Whole => {
+            // The chunk is read straight into its frame, which every receiver's connection
+            // then writes from: the data is copied once, by the kernel, on its way in.
+            // `read_to_end` reads into the spare capacity without zero-filling it first.
+            let mut frame = Vec::with_capacity(proto::FILE_DATA_HEAD + want);
+            frame.extend_from_slice(&proto::file_data_head(a.xid, want));
+            let got = (&mut a.file)
+                .take(want as u64)
+                .read_to_end(&mut frame)
+                .map_err(|e| (format!("cannot read {}: {e}", a.job.meta.path), false))?;
+            if got < want {
+                return Err(shrank(&a.job.meta.path));
+            }
+            a.hasher.update(&frame[proto::FILE_DATA_HEAD..]);
+            let frame = Arc::new(frame);
             for d in &a.job.to {
-                net.send_msg(
-                    d.conn,
-                    &d.outbound,
-                    Message::FileData {
-                        xid: a.xid,
-                        data: data.to_vec(),
-                    },
-                );
+                net.send_frame(d.conn, &d.outbound, frame.clone());
                 a.wire += want as u64;
             }
         }
-        Mode::Delta(enc) => {
+        Mode::Delta(_) => {
+            buf.resize(want, 0);
+            read_chunk(a, &mut buf[..want])?;
+            let data = &buf[..want];
+            a.hasher.update(data);
             let mut ops = Vec::new();
-            enc.update(data, &mut ops);
+            if let Mode::Delta(enc) = &mut a.mode {
+                enc.update(data, &mut ops);
+            }
             send_ops(a.xid, &a.job.to, ops, &mut a.wire, net);
         }
     }
+    a.read += want as u64;
     if a.read == a.job.meta.size {
         finish(a, net)?;
         return Ok(Step::Finished);
     }
     Ok(Step::Sent(want))
+}
+
+fn shrank(path: &RelPath) -> StepError {
+    (
+        format!("{path} shrank while it was being sent; it will be sent by the next sync"),
+        true,
+    )
+}
+
+/// Fills `into` from the source file; a file that ends early changed under us.
+fn read_chunk(a: &mut Active, into: &mut [u8]) -> Result<(), StepError> {
+    let mut filled = 0;
+    while filled < into.len() {
+        match a.file.read(&mut into[filled..]) {
+            Ok(0) => return Err(shrank(&a.job.meta.path)),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((format!("cannot read {}: {e}", a.job.meta.path), false)),
+        }
+    }
+    Ok(())
 }
 
 fn send_ops(xid: u32, to: &[Dest], ops: Vec<DeltaOp>, wire: &mut u64, net: &NetHandle) {
