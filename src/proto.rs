@@ -411,6 +411,12 @@ impl Enc<'_> {
         self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
     }
+    fn nodes(&mut self, nodes: &[NodeId]) {
+        self.count(nodes.len());
+        for n in nodes {
+            self.str(n.as_str());
+        }
+    }
     fn count(&mut self, n: usize) {
         self.u32(n as u32);
     }
@@ -494,10 +500,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             e.u8(tag::SESSION_START);
             e.u64(*sid);
             e.str(storage);
-            e.count(members.len());
-            for n in members {
-                e.str(n.as_str());
-            }
+            e.nodes(members);
         }
         Message::SessionAbort { sid, reason } => {
             e.u8(tag::SESSION_ABORT);
@@ -518,10 +521,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             e.u64(*sid);
             e.u64(*count);
             e.0.extend_from_slice(digest);
-            e.count(peers.len());
-            for n in peers {
-                e.str(n.as_str());
-            }
+            e.nodes(peers);
         }
         Message::IndexRequest { sid } => {
             e.u8(tag::INDEX_REQUEST);
@@ -715,6 +715,18 @@ impl<'a> Dec<'a> {
         let s = self.str(what)?;
         NodeId::new(s).map_err(|e| DecodeError::BadName(what, e))
     }
+    /// A counted list of node ids, at most [`MAX_TARGETS`].
+    fn nodes(
+        &mut self,
+        what: &'static str,
+        each: &'static str,
+    ) -> Result<Vec<NodeId>, DecodeError> {
+        let n = self.count(what, MIN_NAME)?;
+        if n > MAX_TARGETS {
+            return Err(DecodeError::TooMany(what, n));
+        }
+        (0..n).map(|_| self.node(each)).collect()
+    }
     fn storage(&mut self) -> Result<String, DecodeError> {
         let s = self.str("storage name")?;
         validate_storage_name(s).map_err(|e| DecodeError::BadName("storage name", e))?;
@@ -791,18 +803,10 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         tag::SESSION_START => {
             let sid = d.u64("sid")?;
             let storage = d.storage()?;
-            let n = d.count("members", MIN_NAME)?;
-            if n > MAX_TARGETS {
-                return Err(DecodeError::TooMany("members", n));
-            }
-            let mut members = Vec::new();
-            for _ in 0..n {
-                members.push(d.node("member node id")?);
-            }
             Message::SessionStart {
                 sid,
                 storage,
-                members,
+                members: d.nodes("members", "member node id")?,
             }
         }
         tag::SESSION_ABORT => Message::SessionAbort {
@@ -814,19 +818,11 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             let sid = d.u64("sid")?;
             let count = d.u64("count")?;
             let digest = d.array("digest")?;
-            let n = d.count("peers", MIN_NAME)?;
-            if n > MAX_TARGETS {
-                return Err(DecodeError::TooMany("peers", n));
-            }
-            let mut peers = Vec::new();
-            for _ in 0..n {
-                peers.push(d.node("peer node id")?);
-            }
             Message::IndexSummary {
                 sid,
                 count,
                 digest,
-                peers,
+                peers: d.nodes("peers", "peer node id")?,
             }
         }
         tag::INDEX_REQUEST => Message::IndexRequest { sid: d.u64("sid")? },
