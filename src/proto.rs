@@ -367,7 +367,7 @@ pub fn file_data_head(xid: u32, len: usize) -> [u8; FILE_DATA_HEAD] {
 /// Size of `msg` as a frame, without encoding it twice for the common big case.
 pub fn frame_len(msg: &Message) -> usize {
     match msg {
-        Message::FileData { data, .. } => FRAME_HEADER + 1 + 4 + 4 + data.len(),
+        Message::FileData { data, .. } => FILE_DATA_HEAD + data.len(),
         other => {
             let mut v = Vec::new();
             encode_payload(other, &mut v);

@@ -623,34 +623,40 @@ st_wait() { # timeout
     --timeout "$1"
 }
 
-# Scenarios 1, 2: B started and its REST API up, then A started: the clock runs from A's start
-# (its scan and hashing included) until B has everything. Watcher off.
-st_oneway() { # source-dir
-  local w0 w1 t0 t1 a0 a1
-  cp -al "$1" "$run/a"
-  mkdir "$run/b"
-  st_setup 0
-  st_start b
-  in_ns python3 "$helper" st-ready 8385 "$st_key" --timeout 120 || fail "REST API of B not up"
+# The measured part of a Syncthing pair run: from COMMAND (which sets A going) until both
+# agree, then the record: wall, wire (minus our REST polling), RSS and CPU of both.
+st_measure() { # bytes-expected timeout command...
+  local bytes=$1 timeout=$2 w0 w1 t0 t1 a0 a1
+  shift 2
   w0=$(wire_now)
   a0=$(api_now)
   t0=$(now)
-  st_start a
-  t1=$(st_wait 1800) || fail "did not converge within 1800 s"
+  "$@"
+  t1=$(st_wait "$timeout") || fail "did not converge within $timeout s"
   w1=$(wire_now)
   a1=$(api_now)
   stop a
   stop b
   check_same "$run/a" "$run/b"
-  rec "${ids[@]}" status=ok wall_s="$(minus "$t1" "$t0")" bytes="$(tree_bytes "$1")" \
+  rec "${ids[@]}" status=ok wall_s="$(minus "$t1" "$t0")" bytes="$bytes" \
     wire_bytes=$((w1 - w0)) a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" \
     b_cpu_s="$(cpu b)" rest_api_bytes_subtracted=$((a1 - a0))
+}
+
+# Scenarios 1, 2: B started and its REST API up, then A started: the clock runs from A's start
+# (its scan and hashing included) until B has everything. Watcher off.
+st_oneway() { # source-dir
+  cp -al "$1" "$run/a"
+  mkdir "$run/b"
+  st_setup 0
+  st_start b
+  in_ns python3 "$helper" st-ready 8385 "$st_key" --timeout 120 || fail "REST API of B not up"
+  st_measure "$(tree_bytes "$1")" 1800 st_start a
 }
 
 # Scenarios 3, 4: the base on both, both instances in sync; then A's file is replaced (watcher
 # off) and the clock runs from the rescan request on A until B has the new version.
 st_delta() { # delta-dir
-  local w0 w1 t0 t1 a0 a1
   mkdir "$run/a" "$run/b"
   cp --preserve=timestamps "$1/base" "$run/b/disk.img"
   cp --preserve=timestamps "$1/base" "$run/a/disk.img"
@@ -659,19 +665,7 @@ st_delta() { # delta-dir
   st_start a
   st_wait 600 > /dev/null || fail "the base did not get in sync within 600 s"
   cp --preserve=timestamps "$1/new" "$run/a/disk.img"
-  w0=$(wire_now)
-  a0=$(api_now)
-  t0=$(now)
-  in_ns python3 "$helper" st-scan 8384 "$st_key"
-  t1=$(st_wait 600) || fail "did not converge within 600 s"
-  w1=$(wire_now)
-  a1=$(api_now)
-  stop a
-  stop b
-  check_same "$run/a" "$run/b"
-  rec "${ids[@]}" status=ok wall_s="$(minus "$t1" "$t0")" bytes="$(stat -c %s "$1/new")" \
-    wire_bytes=$((w1 - w0)) a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" \
-    b_cpu_s="$(cpu b)" rest_api_bytes_subtracted=$((a1 - a0))
+  st_measure "$(stat -c %s "$1/new")" 600 in_ns python3 "$helper" st-scan 8384 "$st_key"
 }
 
 # Scenarios 5 and 6 on one pair: watcher on (fsWatcherDelayS=1); A holds the small-file set,

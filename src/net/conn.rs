@@ -143,15 +143,11 @@ impl Conn {
     /// Appends a frame. `internal` frames (handshake, ping) are counted in the outbound
     /// gauge here; frames from `sync` were counted by `sync`.
     pub fn queue(&mut self, msg: &Message, internal: bool) {
-        let buf = match self.out.back_mut() {
-            Some(OutBuf::Bytes(v)) if v.len() < COALESCE_BELOW => v,
-            _ => {
-                self.out.push_back(OutBuf::Bytes(Vec::new()));
-                match self.out.back_mut() {
-                    Some(OutBuf::Bytes(v)) => v,
-                    _ => unreachable!("just pushed"),
-                }
-            }
+        if !matches!(self.out.back(), Some(OutBuf::Bytes(v)) if v.len() < COALESCE_BELOW) {
+            self.out.push_back(OutBuf::Bytes(Vec::new()));
+        }
+        let Some(OutBuf::Bytes(buf)) = self.out.back_mut() else {
+            unreachable!("the back is a byte buffer: checked or just pushed")
         };
         let before = buf.len();
         proto::encode_frame(msg, buf);

@@ -71,17 +71,11 @@ pub trait Io {
     /// Scans storage `storage` (removing leftover temporary files) with its `.ignore`.
     fn scan(&mut self, storage: usize) -> Result<(Vec<FileMeta>, IgnoreMatcher), String>;
     fn make_dir(&mut self, storage: usize, path: &RelPath, mode: u32) -> Result<(), String>;
-    /// Queues `meta` of `storage` for sending to every node in `to` (as a delta to those
-    /// with a usable old version); the outcome comes back through [`Core::on_sent`].
-    fn queue_send(&mut self, storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>);
-    /// [`Io::queue_send`] for each of `sends`, in order. The shell overrides it to keep the
-    /// list as it is and start jobs from it as the sender makes room: a session sending
-    /// 10,000 files would otherwise hold 10,000 ready jobs at once.
-    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
-        for (meta, to) in sends {
-            self.queue_send(storage, sid, meta, to);
-        }
-    }
+    /// Queues each `(meta, to)` of `storage` for sending to every node in `to` (as a delta
+    /// to those with a usable old version), in order; each outcome comes back through
+    /// [`Core::on_sent`]. The whole list at once: the shell keeps it as it is and starts jobs
+    /// from it as the sender makes room (10,000 ready jobs at once would cost megabytes).
+    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>);
     /// Computes the block signature of this node's version `expect` of `path` and sends it
     /// to `to`, the node that will send the new version as a delta.
     fn queue_signature(

@@ -957,10 +957,6 @@ impl Io for Shell {
             .map_err(|e| e.to_string())
     }
 
-    fn queue_send(&mut self, _storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>) {
-        self.start_send(sid, meta, to);
-    }
-
     fn queue_sends(&mut self, _storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
         self.pending_sends.push_back(PendingSends {
             sid,

@@ -218,13 +218,15 @@ impl Io for SimIo<'_> {
         make_dirs(&mut self.fs[storage], path, mode)
     }
 
-    fn queue_send(&mut self, storage: usize, sid: u64, meta: FileMeta, to: Vec<SendTo>) {
-        self.out.push(Effect::QueueSend {
-            storage,
-            sid,
-            meta,
-            to: to.into_iter().map(|t| t.node).collect(),
-        });
+    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
+        for (meta, to) in sends {
+            self.out.push(Effect::QueueSend {
+                storage,
+                sid,
+                meta,
+                to: to.into_iter().map(|t| t.node).collect(),
+            });
+        }
     }
 
     /// Deltas change how bytes move, not what a session decides: the simulator moves whole

@@ -389,20 +389,14 @@ fn step(a: &mut Active, net: &NetHandle, buf: &mut Vec<u8>) -> Result<Step, Step
         return finish(a, net);
     }
     let want = remaining.min(CHUNK_SIZE as u64) as usize;
+    let path = &a.job.meta.path;
     match &mut a.mode {
         Mode::Whole => {
             // The chunk is read straight into its frame, which every receiver's connection
             // then writes from: the data is copied once, by the kernel, on its way in.
-            // `read_to_end` reads into the spare capacity without zero-filling it first.
             let mut frame = Vec::with_capacity(proto::FILE_DATA_HEAD + want);
             frame.extend_from_slice(&proto::file_data_head(a.xid, want));
-            let got = (&mut a.file)
-                .take(want as u64)
-                .read_to_end(&mut frame)
-                .map_err(|e| (format!("cannot read {}: {e}", a.job.meta.path), false))?;
-            if got < want {
-                return Err(shrank(&a.job.meta.path));
-            }
+            read_chunk(&mut a.file, path, want, &mut frame)?;
             a.hasher.update(&frame[proto::FILE_DATA_HEAD..]);
             let frame = Arc::new(frame);
             for d in &a.job.to {
@@ -410,15 +404,12 @@ fn step(a: &mut Active, net: &NetHandle, buf: &mut Vec<u8>) -> Result<Step, Step
                 a.wire += want as u64;
             }
         }
-        Mode::Delta(_) => {
-            buf.resize(want, 0);
-            read_chunk(a, &mut buf[..want])?;
-            let data = &buf[..want];
-            a.hasher.update(data);
+        Mode::Delta(enc) => {
+            buf.clear();
+            read_chunk(&mut a.file, path, want, buf)?;
+            a.hasher.update(buf);
             let mut ops = Vec::new();
-            if let Mode::Delta(enc) = &mut a.mode {
-                enc.update(data, &mut ops);
-            }
+            enc.update(buf, &mut ops);
             send_ops(a.xid, &a.job.to, ops, &mut a.wire, net);
         }
     }
@@ -430,23 +421,23 @@ fn step(a: &mut Active, net: &NetHandle, buf: &mut Vec<u8>) -> Result<Step, Step
     Ok(Step::Sent(want))
 }
 
-fn shrank(path: &RelPath) -> StepError {
-    (
-        format!("{path} shrank while it was being sent; it will be sent by the next sync"),
-        true,
-    )
-}
-
-/// Fills `into` from the source file; a file that ends early changed under us.
-fn read_chunk(a: &mut Active, into: &mut [u8]) -> Result<(), StepError> {
-    let mut filled = 0;
-    while filled < into.len() {
-        match a.file.read(&mut into[filled..]) {
-            Ok(0) => return Err(shrank(&a.job.meta.path)),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((format!("cannot read {}: {e}", a.job.meta.path), false)),
-        }
+/// Appends the next `want` bytes of the source to `out` (`read_to_end` reads into the spare
+/// capacity without zero-filling it first); a file that ends early changed under us.
+fn read_chunk(
+    file: &mut File,
+    path: &RelPath,
+    want: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), StepError> {
+    let got = file
+        .take(want as u64)
+        .read_to_end(out)
+        .map_err(|e| (format!("cannot read {path}: {e}"), false))?;
+    if got < want {
+        return Err((
+            format!("{path} shrank while it was being sent; it will be sent by the next sync"),
+            true,
+        ));
     }
     Ok(())
 }
