@@ -288,7 +288,7 @@ pub enum DecodeError {
     BadName(&'static str, NameError),
     BadKind(u8),
     BadMagic,
-    TooMany(&'static str, usize),
+    TooMany(&'static str, u64),
     Invalid(&'static str),
 }
 
@@ -431,6 +431,30 @@ impl Enc<'_> {
             }
         }
     }
+    fn plan_item(&mut self, item: &PlanItem) {
+        match item {
+            PlanItem::Send { meta, to } => {
+                self.u8(0);
+                self.meta(meta);
+                self.count(to.len());
+                for t in to {
+                    self.str(t.node.as_str());
+                    self.version(t.old);
+                }
+            }
+            PlanItem::Receive { meta, from, expect } => {
+                self.u8(1);
+                self.meta(meta);
+                self.str(from.as_str());
+                self.version(*expect);
+            }
+            PlanItem::MakeDir { path, mode } => {
+                self.u8(2);
+                self.str(path.as_str());
+                self.u32(*mode & MODE_MASK);
+            }
+        }
+    }
     fn meta(&mut self, m: &FileMeta) {
         self.str(m.path.as_str());
         self.u8(match m.kind {
@@ -544,28 +568,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>) {
             e.u64(*sid);
             e.count(items.len());
             for item in items {
-                match item {
-                    PlanItem::Send { meta, to } => {
-                        e.u8(0);
-                        e.meta(meta);
-                        e.count(to.len());
-                        for t in to {
-                            e.str(t.node.as_str());
-                            e.version(t.old);
-                        }
-                    }
-                    PlanItem::Receive { meta, from, expect } => {
-                        e.u8(1);
-                        e.meta(meta);
-                        e.str(from.as_str());
-                        e.version(*expect);
-                    }
-                    PlanItem::MakeDir { path, mode } => {
-                        e.u8(2);
-                        e.str(path.as_str());
-                        e.u32(*mode & MODE_MASK);
-                    }
-                }
+                e.plan_item(item);
             }
         }
         Message::PlanEnd { sid } => {
@@ -648,10 +651,23 @@ struct Dec<'a> {
     buf: &'a [u8],
 }
 
-/// Smallest encoded size of one index entry / plan item / name, used to bound counts
-/// against the bytes that are actually left before anything is allocated.
-const MIN_META: usize = 2 + 1 + 1 + 8 + 8 + 4;
+/// Smallest encoded size of each counted element, used to bound a count against the bytes
+/// that are actually left before anything is allocated. Each must be the size of the
+/// smallest element that really exists (a test encodes one of each): a bound larger than
+/// that refuses valid messages, as `1 + MIN_META` for plan items once refused a plan of
+/// three one-letter directories.
+/// A name (node id, storage): a u16 length and at least one byte.
 const MIN_NAME: usize = 2 + 1;
+/// An index entry: a one-byte path, kind, size, mtime, mode.
+const MIN_META: usize = MIN_NAME + 1 + 8 + 8 + 4;
+/// A version: the "absent" flag alone.
+const MIN_VERSION: usize = 1;
+/// A send target: a node id and a version.
+const MIN_TARGET: usize = MIN_NAME + MIN_VERSION;
+/// A plan item: the smallest kind is `MakeDir` (kind, a one-byte path, mode).
+const MIN_PLAN_ITEM: usize = 1 + MIN_NAME + 4;
+/// A signature block: weak sum and strong hash.
+const MIN_BLOCK: usize = 4 + crate::delta::STRONG_LEN;
 
 impl<'a> Dec<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
@@ -701,11 +717,12 @@ impl<'a> Dec<'a> {
     }
     /// A count, refused if even the smallest elements could not fit in what is left.
     fn count(&mut self, what: &'static str, min_elem: usize) -> Result<usize, DecodeError> {
-        let n = self.u32(what)? as usize;
-        if n.saturating_mul(min_elem) > self.buf.len() {
-            return Err(DecodeError::TooMany(what, n));
+        let n = self.u32(what)?;
+        // In u64: `n * min_elem` overflows a 32-bit usize long before it is refused.
+        if u64::from(n) * min_elem as u64 > self.buf.len() as u64 {
+            return Err(DecodeError::TooMany(what, u64::from(n)));
         }
-        Ok(n)
+        Ok(n as usize)
     }
     fn path(&mut self) -> Result<RelPath, DecodeError> {
         let s = self.str("path")?;
@@ -723,7 +740,7 @@ impl<'a> Dec<'a> {
     ) -> Result<Vec<NodeId>, DecodeError> {
         let n = self.count(what, MIN_NAME)?;
         if n > MAX_TARGETS {
-            return Err(DecodeError::TooMany(what, n));
+            return Err(DecodeError::TooMany(what, n as u64));
         }
         (0..n).map(|_| self.node(each)).collect()
     }
@@ -838,7 +855,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         tag::INDEX_END => Message::IndexEnd { sid: d.u64("sid")? },
         tag::PLAN_CHUNK => {
             let sid = d.u64("sid")?;
-            let n = d.count("plan items", 1 + MIN_META)?;
+            let n = d.count("plan items", MIN_PLAN_ITEM)?;
             let mut items = Vec::new();
             for _ in 0..n {
                 items.push(decode_plan_item(&mut d)?);
@@ -871,7 +888,10 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             let xid = d.u32("xid")?;
             let data = d.bytes("data")?;
             if data.len() > CHUNK_SIZE {
-                return Err(DecodeError::TooMany("data bytes in one chunk", data.len()));
+                return Err(DecodeError::TooMany(
+                    "data bytes in one chunk",
+                    data.len() as u64,
+                ));
             }
             Message::FileData {
                 xid,
@@ -895,9 +915,9 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
             let path = d.path()?;
             let block_size = d.u32("block size")?;
             let file_size = d.u64("file size")?;
-            let n = d.count("signature blocks", 4 + crate::delta::STRONG_LEN)?;
+            let n = d.count("signature blocks", MIN_BLOCK)?;
             if n > crate::delta::MAX_BLOCKS {
-                return Err(DecodeError::TooMany("signature blocks", n));
+                return Err(DecodeError::TooMany("signature blocks", n as u64));
             }
             let mut blocks = Vec::new();
             for _ in 0..n {
@@ -954,7 +974,7 @@ fn decode_hello(d: &mut Dec<'_>) -> Result<Hello, DecodeError> {
     let listen_port = d.u16("listen port")?;
     let n = d.count("storages", MIN_NAME)?;
     if n > MAX_STORAGES {
-        return Err(DecodeError::TooMany("storages", n));
+        return Err(DecodeError::TooMany("storages", n as u64));
     }
     let mut storages = Vec::new();
     for _ in 0..n {
@@ -973,9 +993,9 @@ fn decode_plan_item(d: &mut Dec<'_>) -> Result<PlanItem, DecodeError> {
     match d.u8("plan item kind")? {
         0 => {
             let meta = d.file_meta()?;
-            let n = d.count("send targets", MIN_NAME)?;
+            let n = d.count("send targets", MIN_TARGET)?;
             if n == 0 || n > MAX_TARGETS {
-                return Err(DecodeError::TooMany("send targets", n));
+                return Err(DecodeError::TooMany("send targets", n as u64));
             }
             let mut to = Vec::new();
             for _ in 0..n {
@@ -1025,6 +1045,28 @@ pub fn index_digest(entries: &[FileMeta]) -> Digest {
 /// Encoded size of one index entry, for batching.
 pub fn meta_len(m: &FileMeta) -> usize {
     MIN_META - 1 + m.path.as_str().len()
+}
+
+/// Encoded size of a version (absent, or size and mtime).
+fn version_len(v: Option<(u64, i64)>) -> usize {
+    MIN_VERSION + if v.is_some() { 16 } else { 0 }
+}
+
+/// Encoded size of one plan item, for batching.
+pub fn plan_item_len(item: &PlanItem) -> usize {
+    match item {
+        PlanItem::Send { meta, to } => {
+            1 + meta_len(meta)
+                + 4
+                + to.iter()
+                    .map(|t| 2 + t.node.as_str().len() + version_len(t.old))
+                    .sum::<usize>()
+        }
+        PlanItem::Receive { meta, from, expect } => {
+            1 + meta_len(meta) + 2 + from.as_str().len() + version_len(*expect)
+        }
+        PlanItem::MakeDir { path, .. } => 1 + 2 + path.as_str().len() + 4,
+    }
 }
 
 #[cfg(test)]
@@ -1419,6 +1461,187 @@ mod tests {
         assert_ne!(index_digest(&a), index_digest(&c));
         assert_ne!(index_digest(&a), index_digest(&d));
         assert_ne!(index_digest(&a), index_digest(&[]));
+    }
+
+    fn one_byte_name(c: &str) -> NodeId {
+        n(c)
+    }
+
+    /// The smallest element of every kind that is counted on the wire.
+    fn smallest_plan_items() -> Vec<PlanItem> {
+        let f = FileMeta::file(p("f"), 0, 0, 0);
+        vec![
+            PlanItem::MakeDir {
+                path: p("d"),
+                mode: 0,
+            },
+            PlanItem::Receive {
+                meta: f.clone(),
+                from: one_byte_name("a"),
+                expect: None,
+            },
+            PlanItem::Send {
+                meta: f,
+                to: vec![SendTo {
+                    node: one_byte_name("a"),
+                    old: None,
+                }],
+            },
+        ]
+    }
+
+    #[test]
+    fn minimum_element_sizes_are_the_real_smallest_encodings() {
+        let enc = |f: &dyn Fn(&mut Enc)| {
+            let mut v = Vec::new();
+            f(&mut Enc(&mut v));
+            v.len()
+        };
+        assert_eq!(MIN_NAME, enc(&|e| e.str("a")));
+        assert_eq!(MIN_VERSION, enc(&|e| e.version(None)));
+        assert_eq!(
+            MIN_TARGET,
+            enc(&|e| {
+                e.str("a");
+                e.version(None)
+            })
+        );
+        assert_eq!(MIN_META, enc(&|e| e.meta(&FileMeta::dir(p("d"), 0))));
+        assert_eq!(MIN_META, enc(&|e| e.meta(&FileMeta::file(p("f"), 0, 0, 0))));
+        let smallest_item = smallest_plan_items()
+            .iter()
+            .map(|i| enc(&|e| e.plan_item(i)))
+            .min();
+        assert_eq!(Some(MIN_PLAN_ITEM), smallest_item);
+        for item in smallest_plan_items() {
+            assert_eq!(
+                plan_item_len(&item),
+                enc(&|e| e.plan_item(&item)),
+                "{item:?}"
+            );
+        }
+        let block = crate::delta::BlockSig {
+            weak: 0,
+            strong: [0; crate::delta::STRONG_LEN],
+        };
+        assert_eq!(
+            MIN_BLOCK,
+            enc(&|e| {
+                e.u32(block.weak);
+                e.0.extend_from_slice(&block.strong)
+            })
+        );
+    }
+
+    /// Regression: a storage holding only empty one-letter directories (`d`, `e`, `e/f`)
+    /// never synchronized: the receiver refused the plan with "too many plan items: 3"
+    /// because the decoder assumed every item was at least as large as a file entry.
+    #[test]
+    fn a_plan_of_one_letter_directories_decodes() {
+        let items: Vec<PlanItem> = ["d", "e", "e/f"]
+            .iter()
+            .map(|d| PlanItem::MakeDir {
+                path: p(d),
+                mode: 0o755,
+            })
+            .collect();
+        let msg = Message::PlanChunk { sid: 1, items };
+        assert_eq!(decode(&payload(&msg)), Ok(msg));
+    }
+
+    /// Every counted list, filled with its smallest elements, decodes; one element more
+    /// than the bytes hold is refused before anything is allocated.
+    #[test]
+    fn every_counted_list_of_smallest_elements_decodes() {
+        let names = |k: usize| -> Vec<NodeId> {
+            (0..k)
+                .map(|i| one_byte_name(&((b'a' + i as u8) as char).to_string()))
+                .collect()
+        };
+        let mut cases: Vec<Message> = Vec::new();
+        for k in [1, 3, 20] {
+            cases.push(Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                node_id: one_byte_name("x"),
+                group: None,
+                listen_port: 0,
+                storages: names(k).iter().map(|n| n.as_str().to_owned()).collect(),
+            }));
+            cases.push(Message::SessionStart {
+                sid: 1,
+                storage: "s".into(),
+                members: names(k),
+            });
+            cases.push(Message::IndexSummary {
+                sid: 1,
+                count: 0,
+                digest: [0; 32],
+                peers: names(k),
+            });
+            cases.push(Message::IndexChunk {
+                sid: 1,
+                entries: names(k)
+                    .iter()
+                    .map(|n| FileMeta::dir(p(n.as_str()), 0))
+                    .collect(),
+            });
+            for item in smallest_plan_items() {
+                cases.push(Message::PlanChunk {
+                    sid: 1,
+                    items: vec![item; k],
+                });
+            }
+            cases.push(Message::PlanChunk {
+                sid: 1,
+                items: vec![PlanItem::Send {
+                    meta: FileMeta::file(p("f"), 0, 0, 0),
+                    to: names(k)
+                        .into_iter()
+                        .map(|node| SendTo { node, old: None })
+                        .collect(),
+                }],
+            });
+            let size = 1024u64 * k as u64;
+            cases.push(Message::Signature {
+                sid: 1,
+                path: p("f"),
+                sig: crate::delta::Signature {
+                    block_size: 1024,
+                    file_size: size,
+                    blocks: vec![
+                        crate::delta::BlockSig {
+                            weak: 0,
+                            strong: [0; crate::delta::STRONG_LEN],
+                        };
+                        k
+                    ],
+                },
+            });
+        }
+        for msg in cases {
+            let bytes = payload(&msg);
+            assert_eq!(decode(&bytes).as_ref(), Ok(&msg), "{}", msg.name());
+        }
+    }
+
+    /// The count of a list of smallest elements raised by one: refused as too many or
+    /// truncated, never decoded and never a panic.
+    #[test]
+    fn a_count_one_above_what_the_bytes_hold_is_refused() {
+        let mut bytes = payload(&Message::PlanChunk {
+            sid: 1,
+            items: vec![
+                PlanItem::MakeDir {
+                    path: p("d"),
+                    mode: 0
+                };
+                3
+            ],
+        });
+        // tag, sid, then the count.
+        bytes[9..13].copy_from_slice(&4u32.to_be_bytes());
+        let err = decode(&bytes).unwrap_err().to_string();
+        assert!(err.contains("too many plan items: 4"), "{err}");
     }
 
     #[test]

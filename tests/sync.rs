@@ -116,6 +116,21 @@ fn new_files_flow_both_ways_with_nested_dirs_empty_entries_and_odd_names() {
     );
 }
 
+/// Regression: a storage holding only empty one-letter directories never synchronized (the
+/// receiver refused the plan: "too many plan items: 3").
+#[test]
+fn empty_one_letter_directories_synchronize() {
+    let p = Pair::new("one-letter-dirs");
+    p.dir.mkdir("a/d");
+    p.dir.mkdir("a/e/f");
+    let (out, log) = p.sync_once();
+    assert_eq!(out.status.code(), Some(0), "{}\n{log}", show(&out));
+    assert!(!log.contains("invalid frame"), "{log}");
+    for d in ["d", "e", "e/f"] {
+        assert!(p.b().join(d).is_dir(), "{d} missing on b: {}", show(&out));
+    }
+}
+
 #[test]
 fn newer_mtime_wins_and_mtime_and_mode_travel_with_the_file() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
