@@ -8,8 +8,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::config::{self, Config};
-use crate::daemon::{self, Mode};
+use crate::daemon;
 use crate::logger;
+use crate::run::{Mode, Outcome};
 
 /// Exit codes, documented in `--help`.
 pub mod exit {
@@ -212,12 +213,20 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             for line in &outcome.summary {
                 println!("{line}");
             }
-            outcome.exit_code()
+            exit_code(&outcome)
         }
         Err(e) => {
             eprintln!("iron-carrier: {e}");
             exit::STARTUP
         }
+    }
+}
+
+fn exit_code(outcome: &Outcome) -> i32 {
+    if outcome.ok {
+        exit::OK
+    } else {
+        exit::SYNC_FAILED
     }
 }
 

@@ -6,59 +6,32 @@
 //! (one-shot), then stops them in order: `sync` first, so it can finish or abandon what it
 //! is doing, then `net`, then the signal thread.
 
-use std::fmt;
+use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::exit;
 use crate::config::Config;
-use crate::net;
+use crate::net::{self, handle::LocalInfo, handle::NetOptions};
+use crate::run::{Mode, Outcome, StartError};
 use crate::sync::{self, SyncCtl};
 
-/// How the process was invoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Sync every storage once with the reachable peers, then exit.
-    OneShot,
-    /// Keep running until SIGINT or SIGTERM.
-    Daemon,
-}
-
-/// What a run achieved, turned into the exit code by the CLI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Everything asked for was done.
-    pub ok: bool,
-    /// One line per storage for the user (one-shot runs).
-    pub summary: Vec<String>,
-    /// Stopped for a reload (SIGHUP with a valid config): the caller restarts in place.
-    pub reload: bool,
-}
-
-impl Outcome {
-    pub fn exit_code(&self) -> i32 {
-        if self.ok {
-            exit::OK
-        } else {
-            exit::SYNC_FAILED
-        }
+/// What `net` needs of the config (it never reads the config itself).
+fn net_options(config: &Config, mode: Mode) -> NetOptions {
+    NetOptions {
+        local: LocalInfo {
+            node_id: config.node_id.clone(),
+            group: config.group.clone(),
+            listen_port: config.port,
+            storages: config.storages.iter().map(|s| s.name.clone()).collect(),
+        },
+        listen: Some(SocketAddr::new(config.listen_address, config.port)),
+        peers: config.peers.clone(),
+        redial_forever: mode == Mode::Daemon,
     }
 }
-
-/// A failure to start (as opposed to a sync that did not complete).
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
 
 fn spawn<T: Send + 'static>(
     name: &str,
@@ -86,10 +59,7 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
     })?;
 
     let (net_event_tx, net_event_rx) = unbounded();
-    let (net_thread, net_handle) = net::spawn(
-        net::NetOptions::from_config(&config, mode == Mode::Daemon),
-        net_event_tx,
-    )?;
+    let (net_thread, net_handle) = net::spawn(net_options(&config, mode), net_event_tx)?;
 
     let (ctl_tx, ctl_rx) = unbounded();
     let (done_tx, done_rx) = bounded::<Outcome>(1);

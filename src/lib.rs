@@ -17,5 +17,6 @@ pub mod mem;
 pub mod model;
 pub mod net;
 pub mod proto;
+pub mod run;
 pub mod scanner;
 pub mod sync;

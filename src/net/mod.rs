@@ -5,16 +5,12 @@
 //! back-off. Everything else is `sync`'s business: decoded messages go out as [`NetEvent`]s,
 //! messages to send come in as [`NetCmd`]s through a [`NetHandle`] (channel + waker).
 //!
-//! This thread never touches the disk and never blocks anywhere but in `Poll::poll`.
-//! Back-pressure in both directions is by byte gauges shared with `sync`:
-//! - outbound: `sync` adds a frame's size to the connection's gauge before handing it over;
-//!   `net` subtracts what reaches the socket and sends [`NetEvent::Drained`] when the gauge
-//!   falls below [`OUT_LOW`], so `sync` can stop at [`OUT_HIGH`] and wait;
-//! - inbound: `net` adds each delivered frame to one [`InboundGauge`]; `sync` subtracts after
-//!   handling it. Above [`IN_HIGH`] `net` stops reading sockets (TCP then slows the peer) and
-//!   `sync` wakes it once below [`IN_LOW`].
+//! This thread never touches the disk and never blocks anywhere but in `Poll::poll`. It is
+//! given its options ([`NetOptions`]), never the config. Other threads reach it only through
+//! [`handle`] (commands, events, the byte gauges of back-pressure, described there).
 
 mod conn;
+pub mod handle;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,24 +25,13 @@ use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::Config;
-use crate::daemon::StartError;
 use crate::model::NodeId;
 use crate::proto::{Hello, Message, PROTOCOL_VERSION};
+use crate::run::StartError;
 
 use conn::{Conn, ConnState, ReadOutcome};
-
-/// Identifies one connection for its whole life; never reused.
-pub type ConnId = u64;
-
-/// `sync` stops queueing file data to a connection above this many unsent bytes...
-pub const OUT_HIGH: usize = 1024 * 1024;
-/// ...and resumes when `net` reports the gauge fell below this.
-pub const OUT_LOW: usize = 256 * 1024;
-/// `net` stops reading sockets when `sync` has this many bytes of messages unhandled...
-pub const IN_HIGH: usize = 2 * 1024 * 1024;
-/// ...and resumes below this.
-pub const IN_LOW: usize = 512 * 1024;
+use handle::{ConnId, InboundGauge, NetCmd, NetEvent, NetHandle, NetOptions, Traffic};
+use handle::{IN_HIGH, IN_LOW, OUT_LOW};
 
 /// What a decoded message costs in memory beyond its frame bytes (the event, the message
 /// enum, a path's allocation), for the inbound gauge.
@@ -68,185 +53,10 @@ const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: u64 = 2;
 
-/// Commands from `sync` to `net`.
-#[derive(Debug)]
-pub enum NetCmd {
-    /// Queue a message. The caller has already added its frame size to the connection's
-    /// outbound gauge.
-    Send {
-        conn: ConnId,
-        msg: Message,
-    },
-    /// Queue an encoded frame (file data built in place by the sender; one allocation
-    /// shared by every receiver). Counted in the gauge by the caller, like `Send`.
-    SendFrame {
-        conn: ConnId,
-        frame: Arc<Vec<u8>>,
-    },
-    /// Close a connection (after flushing what is queued), logging `reason`.
-    Close {
-        conn: ConnId,
-        reason: String,
-    },
-    /// Internal: the `resolve` helper's answer for configured peer `peer`.
-    Resolved {
-        peer: usize,
-        result: Result<SocketAddr, String>,
-    },
-    Shutdown,
-}
-
 /// Something `sync` queued for a connection.
 enum Out<'a> {
     Msg(&'a Message),
     Frame(Arc<Vec<u8>>),
-}
-
-/// Events from `net` to `sync`.
-#[derive(Debug)]
-pub enum NetEvent {
-    /// A handshake completed: this is now the one connection to `hello.node_id`.
-    Connected {
-        conn: ConnId,
-        hello: Hello,
-        addr: SocketAddr,
-        /// Unsent bytes queued for this connection (see the module doc).
-        outbound: Arc<AtomicUsize>,
-    },
-    /// A decoded message. `size` must be released from the inbound gauge once handled.
-    Message {
-        conn: ConnId,
-        msg: Message,
-        size: usize,
-    },
-    /// A connection that had sent `Connected` is gone.
-    Disconnected { conn: ConnId, reason: String },
-    /// The outbound gauge of `conn` fell below [`OUT_LOW`].
-    Drained { conn: ConnId },
-    /// Outcome of one attempt to reach a configured peer address.
-    DialResult {
-        addr: String,
-        ok: bool,
-        reason: String,
-    },
-    /// The listener is up (or `port` is `None`: this node does not listen).
-    Listening { port: Option<u16> },
-}
-
-/// Bytes of delivered-but-unhandled messages, shared by `net` (adds) and `sync` (releases).
-pub struct InboundGauge {
-    bytes: AtomicUsize,
-    paused: AtomicBool,
-    waker: Arc<Waker>,
-}
-
-impl InboundGauge {
-    /// Called by `sync` after handling a message of `size` bytes.
-    pub fn release(&self, size: usize) {
-        let before = self.bytes.fetch_sub(size, Ordering::AcqRel);
-        let after = before.saturating_sub(size);
-        if after < IN_LOW && self.paused.load(Ordering::Acquire) {
-            let _ = self.waker.wake();
-        }
-    }
-
-    fn add(&self, size: usize) {
-        self.bytes.fetch_add(size, Ordering::AcqRel);
-    }
-
-    fn load(&self) -> usize {
-        self.bytes.load(Ordering::Acquire)
-    }
-}
-
-/// The way into the `net` thread: send a command, then wake the poll loop.
-#[derive(Clone)]
-pub struct NetHandle {
-    tx: Sender<NetCmd>,
-    waker: Arc<Waker>,
-    pub inbound: Arc<InboundGauge>,
-    /// Bytes this node put on and took off the wire, all connections together.
-    pub traffic: Arc<Traffic>,
-}
-
-/// Wire byte counters. A mutex rather than 64-bit atomics, which some 32-bit targets lack;
-/// only `net` writes it, once per socket call.
-#[derive(Default)]
-pub struct Traffic(std::sync::Mutex<(u64, u64)>);
-
-impl Traffic {
-    pub fn add(&self, sent: u64, received: u64) {
-        if let Ok(mut t) = self.0.lock() {
-            t.0 += sent;
-            t.1 += received;
-        }
-    }
-
-    /// (sent, received) so far.
-    pub fn get(&self) -> (u64, u64) {
-        self.0.lock().map(|t| *t).unwrap_or((0, 0))
-    }
-}
-
-impl NetHandle {
-    pub fn send(&self, cmd: NetCmd) {
-        if self.tx.send(cmd).is_ok() {
-            let _ = self.waker.wake();
-        }
-    }
-
-    /// Queues `msg` for `conn`, accounting its size in the connection's outbound gauge.
-    pub fn send_msg(&self, conn: ConnId, outbound: &AtomicUsize, msg: Message) {
-        outbound.fetch_add(crate::proto::frame_len(&msg), Ordering::AcqRel);
-        self.send(NetCmd::Send { conn, msg });
-    }
-
-    /// Queues an encoded frame for `conn`, accounting its size in the outbound gauge.
-    pub fn send_frame(&self, conn: ConnId, outbound: &AtomicUsize, frame: Arc<Vec<u8>>) {
-        outbound.fetch_add(frame.len(), Ordering::AcqRel);
-        self.send(NetCmd::SendFrame { conn, frame });
-    }
-
-    pub fn shutdown(&self) {
-        self.send(NetCmd::Shutdown);
-    }
-}
-
-/// What this node says about itself in every handshake.
-#[derive(Clone, Debug)]
-pub struct LocalInfo {
-    pub node_id: NodeId,
-    pub group: Option<String>,
-    pub listen_port: u16,
-    pub storages: Vec<String>,
-}
-
-/// Options for the `net` thread, derived from the config by the caller.
-pub struct NetOptions {
-    pub local: LocalInfo,
-    /// Address to listen on; `None` for a node that only dials.
-    pub listen: Option<SocketAddr>,
-    /// Configured peer addresses (`host:port`), dialled and redialled.
-    pub peers: Vec<String>,
-    /// Keep redialling forever (daemon) or give up after the first failure of each attempt
-    /// cycle (one-shot: `sync` decides when to stop waiting).
-    pub redial_forever: bool,
-}
-
-impl NetOptions {
-    pub fn from_config(config: &Config, daemon: bool) -> NetOptions {
-        NetOptions {
-            local: LocalInfo {
-                node_id: config.node_id.clone(),
-                group: config.group.clone(),
-                listen_port: config.port,
-                storages: config.storages.iter().map(|s| s.name.clone()).collect(),
-            },
-            listen: Some(SocketAddr::new(config.listen_address, config.port)),
-            peers: config.peers.clone(),
-            redial_forever: daemon,
-        }
-    }
 }
 
 /// Creates the poll and the listener (so a bind failure is reported before anything

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::config::{Config, Encryption, StorageConfig};
-use crate::daemon::{Mode, Outcome};
 use crate::delta::{self, Signature};
 use crate::fsops::StorageDir;
 use crate::ignore::IgnoreMatcher;
 use crate::model::{FileMeta, NodeId, RelPath};
-use crate::net::{ConnId, NetCmd, NetEvent, NetHandle};
+use crate::net::handle::{ConnId, NetCmd, NetEvent, NetHandle};
 use crate::proto::{Hello, Message, SendTo};
+use crate::run::{Mode, Outcome};
 use crate::scanner::{self, ScanOptions};
 
 use self::core::{Core, Io, Received, Refusal, Sent, StorageResult};

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use crate::delta::{self, DeltaEncoder, DeltaOp, Signature, SignatureBuilder};
 use crate::fsops::{self, CommitError, Expect, Prepared, StorageDir, TempFile};
 use crate::model::{FileMeta, RelPath};
-use crate::net::{ConnId, NetHandle, OUT_HIGH};
+use crate::net::handle::{ConnId, NetHandle, OUT_HIGH};
 use crate::proto::{self, Digest, Message, CHUNK_SIZE};
 
 /// Where a file goes: a connection and its outbound gauge.
