@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use crate::config::{self, Config};
 use crate::daemon;
 use crate::logger;
-use crate::run::{Mode, Outcome};
+use crate::model::NodeId;
+use crate::run::{Mode, Outcome, RunProblem, StorageState};
 
 /// Exit codes, documented in `--help`.
 pub mod exit {
@@ -208,9 +209,9 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Mode::OneShot
     };
     match daemon::run(config, mode) {
-        Ok(outcome) if outcome.reload => reexec(again),
+        Ok(Outcome::Reload) => reexec(again),
         Ok(outcome) => {
-            for line in &outcome.summary {
+            for line in summary(&outcome) {
                 println!("{line}");
             }
             exit_code(&outcome)
@@ -223,10 +224,107 @@ pub fn run(argv: Vec<OsString>) -> i32 {
 }
 
 fn exit_code(outcome: &Outcome) -> i32 {
-    if outcome.ok {
+    let ok = match outcome {
+        Outcome::Run(report) => report.ok(),
+        Outcome::Stopped | Outcome::Reload => true,
+        Outcome::Interrupted | Outcome::Failed(_) => false,
+    };
+    if ok {
         exit::OK
     } else {
         exit::SYNC_FAILED
+    }
+}
+
+/// The lines a one-shot run prints: one per storage, one per configured peer that was not
+/// reached, and the bytes on the wire.
+pub fn summary(outcome: &Outcome) -> Vec<String> {
+    let report = match outcome {
+        Outcome::Run(r) => r,
+        Outcome::Failed(why) => return vec![why.clone()],
+        Outcome::Interrupted | Outcome::Stopped | Outcome::Reload => return Vec::new(),
+    };
+    let mut lines = Vec::new();
+    let reasons = |lines: &mut Vec<String>, lead: &str| {
+        for (addr, why) in &report.unreached {
+            lines.push(format!("{lead}{addr}: {why}"));
+        }
+    };
+    match &report.problem {
+        Some(RunProblem::NoPeerConfigured) => {
+            lines.push(
+                "no peer connected (no peers are configured: set `peers` in the config)".into(),
+            );
+            return lines;
+        }
+        Some(RunProblem::NoPeerConnected) => {
+            let tried: Vec<&str> = report.unreached.iter().map(|(a, _)| a.as_str()).collect();
+            lines.push(format!("no peer reachable (tried {})", tried.join(", ")));
+            reasons(&mut lines, "  ");
+            return lines;
+        }
+        None => {}
+    }
+    for s in &report.storages {
+        let m = &s.moved;
+        let moved = format!(
+            "received {} file(s), {}; sent {} file(s), {}",
+            m.files_received,
+            human_bytes(m.bytes_received),
+            m.files_sent,
+            human_bytes(m.bytes_sent)
+        );
+        let names = |nodes: &[NodeId]| {
+            nodes
+                .iter()
+                .map(NodeId::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        lines.push(match &s.state {
+            StorageState::Synced => {
+                format!("{}: synchronized with {} — {moved}", s.name, names(&s.with))
+            }
+            StorageState::NotShared => format!("{}: no connected peer has this storage", s.name),
+            StorageState::Failed { missing, why } => {
+                let why = why.as_ref().map(|w| format!(": {w}")).unwrap_or_default();
+                let partly = if s.with.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (synchronized with {} — {moved})", names(&s.with))
+                };
+                format!(
+                    "{}: not synchronized with {}{why}{partly}",
+                    s.name,
+                    names(missing)
+                )
+            }
+        });
+    }
+    reasons(&mut lines, "not reached: ");
+    lines.push(format!(
+        "network: sent {} bytes, received {} bytes ({} / {})",
+        report.sent,
+        report.received,
+        human_bytes(report.sent),
+        human_bytes(report.received)
+    ));
+    lines
+}
+
+/// "12.3 KiB" style sizes for the summary.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -297,6 +395,14 @@ mod tests {
         assert_eq!(args(&["-h"]).unwrap().command, Command::Help);
         assert!(args(&["--daemon", "--syslog"]).unwrap().syslog);
         assert!(!args(&["--daemon"]).unwrap().syslog);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(200 * 1024 * 1024), "200.0 MiB");
     }
 
     #[test]

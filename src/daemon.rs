@@ -96,16 +96,9 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
         Stop::Done(o) => o,
         // Stopped by a signal: a daemon stopping on request has done its job; a one-shot
         // run interrupted before the end has not.
-        Stop::Signal => Outcome {
-            ok: mode == Mode::Daemon,
-            summary: Vec::new(),
-            reload: false,
-        },
-        Stop::Reload => Outcome {
-            ok: true,
-            summary: Vec::new(),
-            reload: true,
-        },
+        Stop::Signal if mode == Mode::Daemon => Outcome::Stopped,
+        Stop::Signal => Outcome::Interrupted,
+        Stop::Reload => Outcome::Reload,
     };
     log::info!("stopped");
     Ok(outcome)

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 
 use adler32::RollingAdler32;
 
+use crate::model::Version;
+
 /// Smallest and largest block sizes used or accepted from a peer.
 pub const MIN_BLOCK: u32 = 1024;
 pub const MAX_BLOCK: u32 = 1 << 20;
@@ -39,10 +41,10 @@ pub const LITERAL_CHUNK: usize = 256 * 1024;
 /// The adler32 modulus; the rolling update needs sizes reduced by it.
 const ADLER_MOD: usize = 65_521;
 
-/// Whether a file of `new_size` replacing one of `old` (size, mtime) goes as a delta.
+/// Whether a file of `new_size` replacing version `base` goes as a delta.
 /// Sender and receiver evaluate this on the same plan data, so they agree without asking.
-pub fn wanted(new_size: u64, old: Option<(u64, i64)>) -> bool {
-    new_size >= DELTA_MIN_SIZE && old.is_some_and(|(size, _)| size >= DELTA_MIN_SIZE)
+pub fn wanted(new_size: u64, base: Option<Version>) -> bool {
+    new_size >= DELTA_MIN_SIZE && base.is_some_and(|b| b.size >= DELTA_MIN_SIZE)
 }
 
 /// Block size for an old file of `len` bytes: near `sqrt(12 × len)`, which balances the

@@ -35,7 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use crate::model::{mtime_ns_from_parts, mtime_ns_to_parts, RelPath, INTERNAL_PREFIX, MODE_MASK};
+use crate::model::{
+    mtime_ns_from_parts, mtime_ns_to_parts, RelPath, Version, INTERNAL_PREFIX, MODE_MASK,
+};
 
 /// Mode of the directories created on the way to a target: the usual, not the peer's choice.
 const NEW_DIR_MODE: u32 = 0o755;
@@ -74,17 +76,21 @@ pub struct Stat {
     pub mode: u32,
 }
 
-/// What the caller believes the target is right now; commit refuses if that is no longer true.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    Absent,
-    File { size: u64, mtime_ns: i64 },
+impl Stat {
+    /// The version of a regular file; `None` for anything else.
+    pub fn version(&self) -> Option<Version> {
+        (self.kind == StatKind::File).then_some(Version {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+        })
+    }
 }
 
 /// Why [`TempFile::commit`] did not put the new contents in place.
 #[derive(Debug)]
 pub enum CommitError {
-    /// The target no longer matches the [`Expect`]; holds what was found instead. The temp
+    /// The target no longer holds the version the commit expected (`None`: nothing); holds
+    /// what was found instead. The temp
     /// file has been removed and the target left as it is.
     Changed(String),
     Io(io::Error),
@@ -342,9 +348,17 @@ impl TempFile {
     /// untouched. An `Io` error from the final directory fsync means the new contents are in
     /// place but may not survive a power cut.
     ///
-    /// Limitation: for [`Expect::File`], a change to the target between the check and the
-    /// rename is overwritten; no system call can rename only if the target is unchanged.
-    pub fn commit(self, mode: u32, mtime_ns: i64, expect: Expect) -> Result<(), CommitError> {
+    /// `expect` is what the target must still hold: `None`, nothing (the rename then never
+    /// replaces anything), or that version of a file.
+    ///
+    /// Limitation: when a version is expected, a change to the target between the check and
+    /// the rename is overwritten; no system call can rename only if the target is unchanged.
+    pub fn commit(
+        self,
+        mode: u32,
+        mtime_ns: i64,
+        expect: Option<Version>,
+    ) -> Result<(), CommitError> {
         let prepared = self.prepare(mode, mtime_ns, expect)?;
         commit_batch_with(vec![prepared], Durability::Fsync)
             .pop()
@@ -367,25 +381,23 @@ impl TempFile {
     }
 
     /// Checks the target against `expect` and renames the (durable) temp file over it.
-    fn place(&mut self, expect: Expect) -> Result<(), CommitError> {
+    fn place(&mut self, expect: Option<Version>) -> Result<(), CommitError> {
         let found = match stat_at(&self.dir, &self.target) {
             Ok(st) => Some(st),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
             Err(e) => return Err(e.into()),
         };
         let matches = match (expect, found) {
-            (Expect::Absent, None) => true,
-            (Expect::File { size, mtime_ns }, Some(st)) => {
-                st.kind == StatKind::File && st.size == size && st.mtime_ns == mtime_ns
-            }
+            (None, None) => true,
+            (Some(v), Some(st)) => st.version() == Some(v),
             _ => false,
         };
         if !matches {
             return Err(CommitError::Changed(describe(found)));
         }
         match expect {
-            Expect::Absent => self.rename_noreplace(),
-            Expect::File { .. } => {
+            None => self.rename_noreplace(),
+            Some(_) => {
                 rename_at(&self.dir, &self.temp_c, &self.target)?;
                 self.live = false;
                 Ok(())
@@ -395,7 +407,12 @@ impl TempFile {
 
     /// Gives the temp file its mode and mtime and queues it for [`commit_batch`], which
     /// makes many files durable with a few file system syncs instead of two fsyncs each.
-    pub fn prepare(self, mode: u32, mtime_ns: i64, expect: Expect) -> io::Result<Prepared> {
+    pub fn prepare(
+        self,
+        mode: u32,
+        mtime_ns: i64,
+        expect: Option<Version>,
+    ) -> io::Result<Prepared> {
         self.set_meta(mode, mtime_ns)?;
         let dev = self.file.metadata()?.dev();
         Ok(Prepared {
@@ -483,7 +500,7 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 #[derive(Debug)]
 pub struct Prepared {
     temp: TempFile,
-    expect: Expect,
+    expect: Option<Version>,
     /// The file system it is on (one `syncfs` per file system).
     dev: u64,
 }

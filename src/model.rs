@@ -279,6 +279,16 @@ pub struct FileMeta {
     pub mode: u32,
 }
 
+/// The version of a file as a transfer sees it: its size and mtime. A plan names, for every
+/// receiver, the version its path holds (`None`: nothing), and a commit goes ahead only if
+/// the path still holds exactly that — this is how a local edit made during a sync is never
+/// overwritten. The same type is the base a delta is computed against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Version {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
 /// Permission bits we keep and apply; everything else of `st_mode` is dropped.
 pub const MODE_MASK: u32 = 0o777;
 
@@ -301,6 +311,14 @@ impl FileMeta {
             mtime_ns: 0,
             mode: mode & MODE_MASK,
         }
+    }
+
+    /// The version of a file row; `None` for a directory.
+    pub fn version(&self) -> Option<Version> {
+        (self.kind == EntryKind::File).then_some(Version {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+        })
     }
 
     /// True when two rows describe the same content as far as a shallow diff can tell:

@@ -1,8 +1,14 @@
 //! What a run is and what it achieved: the types that the command line, the wiring in
 //! `daemon.rs` and the threads share. It sits below every thread module and imports none,
 //! so nothing imports upwards.
+//!
+//! A one-shot run ends with a [`RunReport`]: structured data per storage (whom it was
+//! synchronized with, files and bytes each way, why not) and per configured peer that was
+//! not reached (why). The CLI formats it; a status report can show the same data.
 
 use std::fmt;
+
+use crate::model::NodeId;
 
 /// How the process was invoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,15 +19,173 @@ pub enum Mode {
     Daemon,
 }
 
-/// What a run achieved, turned into the exit code by the CLI.
+/// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Everything asked for was done.
-    pub ok: bool,
-    /// One line per storage for the user (one-shot runs).
-    pub summary: Vec<String>,
-    /// Stopped for a reload (SIGHUP with a valid config): the caller restarts in place.
-    pub reload: bool,
+pub enum Outcome {
+    /// A one-shot run reached its end.
+    Run(RunReport),
+    /// A one-shot run was interrupted by a signal before its end.
+    Interrupted,
+    /// A daemon stopped on SIGINT or SIGTERM.
+    Stopped,
+    /// A daemon stopped for a reload (SIGHUP with a valid config): the caller restarts it
+    /// in place.
+    Reload,
+    /// The sync thread could not start (a storage cannot be opened).
+    Failed(String),
+}
+
+/// What a one-shot run achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// Why nothing could be done at all, if so.
+    pub problem: Option<RunProblem>,
+    /// One entry per storage, in config order.
+    pub storages: Vec<StorageReport>,
+    /// Configured peers that were never reached during the run, with the last reason.
+    pub unreached: Vec<(String, DialError)>,
+    /// Bytes this node put on and took off the wire.
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl RunReport {
+    /// Everything asked for was done: every storage shared with a connected or configured
+    /// peer was synchronized with each of them.
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+            && self.unreached.is_empty()
+            && self
+                .storages
+                .iter()
+                .all(|s| !matches!(s.state, StorageState::Failed { .. }))
+    }
+}
+
+/// Why a one-shot run could do nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunProblem {
+    /// No `peers` are configured and nothing else can find one.
+    NoPeerConfigured,
+    /// No peer connected within the wait (the configured ones are listed in `unreached`).
+    NoPeerConnected,
+}
+
+/// What a run did to one storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageReport {
+    pub name: String,
+    pub state: StorageState,
+    /// Peers a completed session synchronized it with.
+    pub with: Vec<NodeId>,
+    pub moved: Moved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageState {
+    /// Synchronized with every connected peer that has it.
+    Synced,
+    /// No connected peer has it.
+    NotShared,
+    /// Not synchronized with `missing`, connected peers that have it; `why` is the last
+    /// reason a session gave.
+    Failed {
+        missing: Vec<NodeId>,
+        why: Option<SyncError>,
+    },
+}
+
+/// Files and bytes moved, both ways, over a run's sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub files_sent: u32,
+    pub bytes_sent: u64,
+    pub files_received: u32,
+    pub bytes_received: u64,
+    /// Files that did not move (and were retried).
+    pub failed: u32,
+}
+
+/// Why a storage was not synchronized, or not entirely. Typed so that a summary or a status
+/// report can say why; formatted only at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncError {
+    /// This node could not scan the storage (the root unreadable, a bad `.ignore`).
+    Scan(String),
+    /// A participant or the leader went away during the session.
+    PeerLost(NodeId),
+    /// A peer ended the session (its scan failed, it shut down, it saw a violation).
+    AbortedBy { node: NodeId, reason: String },
+    /// The leader ended the session before this node's part was done.
+    EndedEarly(NodeId),
+    /// Nothing happened in the session for too long.
+    Stalled,
+    /// This node is shutting down.
+    ShuttingDown,
+    /// Files that did not arrive or could not be sent (I/O errors, lost senders, no space).
+    FilesFailed(u32),
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncError::Scan(e) => write!(f, "cannot scan: {e}"),
+            SyncError::PeerLost(n) => write!(f, "{n} disconnected"),
+            SyncError::AbortedBy { node, reason } => {
+                write!(f, "{node} aborted the session: {reason}")
+            }
+            SyncError::EndedEarly(n) => write!(f, "{n} ended the session early"),
+            SyncError::Stalled => f.write_str("no progress for too long"),
+            SyncError::ShuttingDown => f.write_str("shutting down"),
+            SyncError::FilesFailed(n) => write!(f, "{n} file(s) failed"),
+        }
+    }
+}
+
+/// Why a peer could not be reached or was refused at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialError {
+    /// Name resolution, connect or the handshake's deadline failed.
+    Unreachable(String),
+    /// The peer uses this node's own node id.
+    OwnNodeId(NodeId),
+    /// The peer belongs to another group.
+    OtherGroup {
+        node: NodeId,
+        ours: Option<String>,
+        theirs: Option<String>,
+    },
+    /// The peer's handshake was not one we accept (another protocol or version).
+    BadHandshake(String),
+    /// The peer refused us, with its reason.
+    RefusedByPeer(String),
+}
+
+fn group_name(g: &Option<String>) -> String {
+    match g {
+        Some(g) => format!("group {g:?}"),
+        None => "the default group".to_owned(),
+    }
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialError::Unreachable(e) | DialError::BadHandshake(e) => f.write_str(e),
+            DialError::OwnNodeId(n) => write!(
+                f,
+                "peer uses our own node id {:?} (node ids must be unique in a group: set node_id)",
+                n.as_str()
+            ),
+            DialError::OtherGroup { node, ours, theirs } => write!(
+                f,
+                "group mismatch: we are in {}, peer {node} is in {}",
+                group_name(ours),
+                group_name(theirs)
+            ),
+            DialError::RefusedByPeer(r) => write!(f, "refused by the peer: {r}"),
+        }
+    }
 }
 
 /// A failure to start (as opposed to a sync that did not complete).

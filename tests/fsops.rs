@@ -1,5 +1,5 @@
 //! Integration tests of the storage file operations (`fsops`) on real temporary trees: atomic
-//! replacement, the `Expect` guard, temp-file cleanup, and that no path ever leads outside
+//! replacement, the expected-version guard, temp-file cleanup, and that no path ever leads outside
 //! the storage through a symlink.
 //!
 //! Every test creates its own storage (and, where needed, an "outside" directory that must
@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::TestDir;
-use iron_carrier::fsops::{CommitError, Durability, Expect, Stat, StatKind, StorageDir};
+use iron_carrier::fsops::{CommitError, Durability, Stat, StatKind, StorageDir};
 use iron_carrier::ignore::IgnoreMatcher;
-use iron_carrier::model::{RelPath, INTERNAL_PREFIX};
+use iron_carrier::model::{RelPath, Version, INTERNAL_PREFIX};
 use iron_carrier::scanner::{scan, ScanOptions};
 
 fn rel(s: &str) -> RelPath {
@@ -36,7 +36,7 @@ fn put(
     data: &[u8],
     mode: u32,
     mtime_ns: i64,
-    expect: Expect,
+    expect: Option<Version>,
 ) -> Result<(), CommitError> {
     let mut tmp = st.begin_write(&rel(path)).expect("begin_write");
     tmp.write_all(data).expect("write");
@@ -53,13 +53,16 @@ fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).expect("stat").mode() & 0o7777
 }
 
-/// The `Expect` describing the file at `path` as it is now, as a scan would record it.
-fn expect_now(path: &Path) -> Expect {
+/// One file of a batch: name, contents, mode, mtime, and the version its target must hold.
+type FileSpec = (String, Vec<u8>, u32, i64, Option<Version>);
+
+/// The version of the file at `path` as it is now, as a scan would record it.
+fn expect_now(path: &Path) -> Option<Version> {
     let m = std::fs::symlink_metadata(path).expect("stat");
-    Expect::File {
+    Some(Version {
         size: m.len(),
         mtime_ns: mtime_ns(path),
-    }
+    })
 }
 
 fn set_mtime(path: &Path, t: SystemTime) {
@@ -137,15 +140,7 @@ fn new_file_gets_exact_bytes_mode_and_mtime_and_missing_parents_are_created() {
     let t = TestDir::new("fsops-new");
     let st = open(&t);
     let when = 1_700_000_000_123_456_789;
-    put(
-        &st,
-        "a/b/new.txt",
-        b"hello\0world",
-        0o640,
-        when,
-        Expect::Absent,
-    )
-    .expect("commit");
+    put(&st, "a/b/new.txt", b"hello\0world", 0o640, when, None).expect("commit");
 
     let p = t.join("a/b/new.txt");
     assert_eq!(std::fs::read(&p).unwrap(), b"hello\0world");
@@ -170,10 +165,10 @@ fn new_file_gets_exact_bytes_mode_and_mtime_and_missing_parents_are_created() {
 fn setuid_setgid_and_sticky_bits_are_never_applied_and_umask_does_not_apply() {
     let t = TestDir::new("fsops-mode");
     let st = open(&t);
-    put(&st, "suid", b"x", 0o4755, 0, Expect::Absent).unwrap();
-    put(&st, "all", b"x", 0o7777, 0, Expect::Absent).unwrap();
+    put(&st, "suid", b"x", 0o4755, 0, None).unwrap();
+    put(&st, "all", b"x", 0o7777, 0, None).unwrap();
     // 0o666 survives even under the usual umask 022: the mode is applied with fchmod.
-    put(&st, "rw", b"x", 0o666, 0, Expect::Absent).unwrap();
+    put(&st, "rw", b"x", 0o666, 0, None).unwrap();
     assert_eq!(mode(&t.join("suid")), 0o755);
     assert_eq!(mode(&t.join("all")), 0o777);
     assert_eq!(mode(&t.join("rw")), 0o666);
@@ -196,7 +191,7 @@ fn mtimes_before_1970_and_with_nanoseconds_are_applied_exactly() {
     .enumerate()
     {
         let name = format!("f{i}");
-        put(&st, &name, b"t", 0o644, when, Expect::Absent).unwrap();
+        put(&st, &name, b"t", 0o644, when, None).unwrap();
         assert_eq!(mtime_ns(&t.join(&name)), when, "mtime {when}");
         let seen = st.stat(&rel(&name)).unwrap().expect("exists");
         assert_eq!(seen.mtime_ns, when);
@@ -256,9 +251,9 @@ fn expect_absent_but_target_exists_is_refused_and_target_untouched() {
     t.mkdir("d");
     let st = open(&t);
     let before = snapshot(t.path());
-    let err = put(&st, "f.txt", b"new", 0o644, 1, Expect::Absent).unwrap_err();
+    let err = put(&st, "f.txt", b"new", 0o644, 1, None).unwrap_err();
     assert!(matches!(err, CommitError::Changed(_)), "{err:?}");
-    let err = put(&st, "d", b"new", 0o644, 1, Expect::Absent).unwrap_err();
+    let err = put(&st, "d", b"new", 0o644, 1, None).unwrap_err();
     let CommitError::Changed(found) = err else {
         panic!("expected Changed, got {err:?}");
     };
@@ -269,14 +264,14 @@ fn expect_absent_but_target_exists_is_refused_and_target_untouched() {
 
 #[test]
 fn target_created_after_the_check_is_not_clobbered() {
-    // The window between the Expect check and the rename is too short to hit from a test;
+    // The window between the version check and the rename is too short to hit from a test;
     // this checks the same outcome for a file created after begin_write.
     let t = TestDir::new("fsops-race");
     let st = open(&t);
     let mut tmp = st.begin_write(&rel("f")).unwrap();
     tmp.write_all(b"ours").unwrap();
     t.write("f", b"theirs");
-    let err = tmp.commit(0o644, 0, Expect::Absent).unwrap_err();
+    let err = tmp.commit(0o644, 0, None).unwrap_err();
     assert!(matches!(err, CommitError::Changed(_)), "{err:?}");
     assert_eq!(std::fs::read(t.join("f")).unwrap(), b"theirs");
     assert!(internal_files(t.path()).is_empty());
@@ -377,7 +372,7 @@ fn final_symlink_is_never_read_nor_written_through() {
         matches!(err, CommitError::Changed(ref s) if s.contains("symlink")),
         "{err:?}"
     );
-    let err = put(&st, "target.txt", b"evil", 0o644, 5, Expect::Absent).unwrap_err();
+    let err = put(&st, "target.txt", b"evil", 0o644, 5, None).unwrap_err();
     assert!(matches!(err, CommitError::Changed(_)), "{err:?}");
 
     assert_eq!(snapshot(out.path()), before, "outside changed");
@@ -541,7 +536,7 @@ fn large_file_written_in_chunks_commits_with_the_right_size_and_bytes() {
         tmp.write_all(&chunk).unwrap();
     }
     assert_eq!(tmp.written(), 8 * 1024 * 1024);
-    tmp.commit(0o644, 7, Expect::Absent).unwrap();
+    tmp.commit(0o644, 7, None).unwrap();
 
     let (mut f, meta) = st.open_read(&rel("big.bin")).unwrap();
     assert_eq!(meta.size, 8 * 1024 * 1024);
@@ -598,7 +593,7 @@ fn storage_root_must_be_a_directory_but_may_be_a_symlink() {
     symlink(&real, t.join("via-link")).unwrap();
     let st = StorageDir::open(&t.join("via-link")).unwrap();
     assert_eq!(st.path(), t.join("via-link"));
-    put(&st, "f", b"through the root link", 0o644, 0, Expect::Absent).unwrap();
+    put(&st, "f", b"through the root link", 0o644, 0, None).unwrap();
     assert_eq!(
         std::fs::read(real.join("f")).unwrap(),
         b"through the root link"
@@ -629,33 +624,27 @@ fn batch_commit_case(how: Durability) {
     std::fs::write(t.path().join("old.txt"), b"old").unwrap();
     let old_expect = expect_now(&t.path().join("old.txt"));
     std::fs::write(t.path().join("stale.txt"), b"theirs").unwrap();
-    let stale_expect = Expect::File {
+    let stale_expect = Some(Version {
         size: 6,
         mtime_ns: 1,
-    };
+    });
     std::fs::write(t.path().join("taken.txt"), b"someone else's").unwrap();
 
     // (path, new contents, mode, mtime, what the caller believes is there)
-    let files: Vec<(String, Vec<u8>, u32, i64, Expect)> = (0..100)
+    let files: Vec<FileSpec> = (0..100)
         .map(|i| {
             (
                 format!("d{}/f{i}.bin", i % 7),
                 vec![i as u8; 100 + i * 37],
                 0o600 + (i as u32 % 2) * 0o044,
                 1_600_000_000_000_000_000 + i as i64 * 1_000_000_007,
-                Expect::Absent,
+                None,
             )
         })
         .chain([
             ("old.txt".into(), b"new".to_vec(), 0o644, 7, old_expect),
             ("stale.txt".into(), b"ours".to_vec(), 0o644, 7, stale_expect),
-            (
-                "taken.txt".into(),
-                b"ours".to_vec(),
-                0o644,
-                7,
-                Expect::Absent,
-            ),
+            ("taken.txt".into(), b"ours".to_vec(), 0o644, 7, None),
         ])
         .collect();
     let batch: Vec<_> = files

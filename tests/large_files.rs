@@ -19,8 +19,8 @@ use common::*;
 use iron_carrier::delta::{self, BlockSig, Signature, MAX_BLOCKS, STRONG_LEN};
 use iron_carrier::fsops::{StatKind, StorageDir};
 use iron_carrier::ignore::IgnoreMatcher;
-use iron_carrier::model::{EntryKind, FileMeta, NodeId, RelPath};
-use iron_carrier::proto::{self, Message, PlanItem, SendTo};
+use iron_carrier::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
+use iron_carrier::proto::{self, Message, PeerMsg, PlanItem, SendTo, SessionMsg, TransferMsg};
 use iron_carrier::scanner::{scan, ScanOptions};
 
 const GIB: u64 = 1 << 30;
@@ -113,7 +113,13 @@ fn a_delta_signature_of_a_5_gib_file_addresses_every_block() {
         ],
     };
     sig.validate().expect("a valid signature");
-    assert!(delta::wanted(SIZE, Some((SIZE, 0))));
+    assert!(delta::wanted(
+        SIZE,
+        Some(Version {
+            size: SIZE,
+            mtime_ns: 0
+        })
+    ));
 
     let last = blocks - 1;
     assert_eq!(
@@ -171,13 +177,15 @@ fn file_sizes_over_4_gib_cross_the_wire_unchanged() {
         1_700_000_000_123_456_789,
         0o644,
     );
-    let start = Message::FileStart {
+    let start = Message::Peer(PeerMsg::Transfer(TransferMsg::FileStart {
         sid: u64::MAX - 1,
         xid: u32::MAX,
         meta: meta.clone(),
-    };
+    }));
     assert_eq!(round_trip(&start), start);
-    let Message::FileStart { meta: got, .. } = round_trip(&start) else {
+    let Message::Peer(PeerMsg::Transfer(TransferMsg::FileStart { meta: got, .. })) =
+        round_trip(&start)
+    else {
         panic!("not a FileStart");
     };
     assert_eq!(got.size, SIZE);
@@ -185,28 +193,34 @@ fn file_sizes_over_4_gib_cross_the_wire_unchanged() {
 
     let node = NodeId::new("node-b").unwrap();
     let others = [
-        Message::IndexChunk {
+        Message::Peer(PeerMsg::Session(SessionMsg::IndexChunk {
             sid: 7,
             entries: vec![meta.clone()],
-        },
-        Message::PlanChunk {
+        })),
+        Message::Peer(PeerMsg::Session(SessionMsg::PlanChunk {
             sid: 7,
             items: vec![
                 PlanItem::Send {
                     meta: meta.clone(),
                     to: vec![SendTo {
                         node: node.clone(),
-                        old: Some((SIZE - 1, 1)),
+                        expect: Some(Version {
+                            size: SIZE - 1,
+                            mtime_ns: 1,
+                        }),
                     }],
                 },
                 PlanItem::Receive {
                     meta: meta.clone(),
                     from: node,
-                    expect: Some((u64::MAX, i64::MIN)),
+                    expect: Some(Version {
+                        size: u64::MAX,
+                        mtime_ns: i64::MIN,
+                    }),
                 },
             ],
-        },
-        Message::Signature {
+        })),
+        Message::Peer(PeerMsg::Transfer(TransferMsg::Signature {
             sid: 7,
             path: meta.path.clone(),
             sig: Signature {
@@ -220,12 +234,12 @@ fn file_sizes_over_4_gib_cross_the_wire_unchanged() {
                     SIZE.div_ceil(u64::from(delta::block_size_for(SIZE))) as usize
                 ],
             },
-        },
-        Message::FileCopy {
+        })),
+        Message::Peer(PeerMsg::Transfer(TransferMsg::FileCopy {
             xid: 1,
             first: u32::MAX - 1,
             count: u32::MAX,
-        },
+        })),
     ];
     for msg in &others {
         assert_eq!(&round_trip(msg), msg, "{}", msg.name());

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use common::{manifest, oneshot, show, Daemon, NodeConfig, TestDir, PATIENCE};
 use iron_carrier::ignore::IgnoreMatcher;
-use iron_carrier::model::{FileMeta, NodeId, RelPath};
+use iron_carrier::model::{FileMeta, NodeId, RelPath, Version};
 use iron_carrier::proto::{
-    decode, encode_frame, index_digest, split_frame, Digest, Hello, Message, PlanItem,
-    FRAME_HEADER, MAX_FRAME, PROTOCOL_VERSION,
+    decode, encode_frame, index_digest, split_frame, Digest, ElectionMsg, Hello, LinkMsg, Message,
+    PeerMsg, PlanItem, SessionMsg, TransferMsg, FRAME_HEADER, MAX_FRAME, PROTOCOL_VERSION,
 };
 use iron_carrier::scanner::{self, ScanOptions};
 
@@ -102,8 +102,9 @@ impl RawPeer {
     fn expect(&mut self, what: &str) -> Message {
         loop {
             match self.recv() {
-                Some(Message::Ping) => self.send(&Message::Pong),
-                Some(Message::Pong) | Some(Message::Release { .. }) => {}
+                Some(Message::Link(LinkMsg::Ping)) => self.send(&Message::Link(LinkMsg::Pong)),
+                Some(Message::Link(LinkMsg::Pong))
+                | Some(Message::Peer(PeerMsg::Election(ElectionMsg::Release { .. }))) => {}
                 Some(m) => return m,
                 None => panic!("the daemon closed the connection while we waited for {what}"),
             }
@@ -127,13 +128,13 @@ fn frame(msg: &Message) -> Vec<u8> {
 }
 
 fn hello(id: &str, group: Option<&str>, storages: &[&str]) -> Message {
-    Message::Hello(Hello {
+    Message::Link(LinkMsg::Hello(Hello {
         version: PROTOCOL_VERSION,
         node_id: NodeId::new(id).expect("node id"),
         group: group.map(str::to_owned),
         listen_port: 0,
         storages: storages.iter().map(|s| (*s).to_owned()).collect(),
-    })
+    }))
 }
 
 /// A `FileStart` frame built by hand, so its path can be anything a `RelPath` would refuse.
@@ -157,14 +158,16 @@ fn raw_file_start(sid: u64, xid: u32, path: &[u8], size: u64) -> Vec<u8> {
 /// `FileData` and `FileEnd` (with the right hash) for `content` of transfer `xid`: what a
 /// sender would follow a `FileStart` with, so the attack is a complete transfer.
 fn data_and_end(xid: u32, content: &[u8]) -> Vec<u8> {
-    let mut v = frame(&Message::FileData {
+    let mut v = frame(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileData {
         xid,
         data: content.to_vec(),
-    });
-    v.extend(frame(&Message::FileEnd {
-        xid,
-        hash: *blake3::hash(content).as_bytes(),
-    }));
+    })));
+    v.extend(frame(&Message::Peer(PeerMsg::Transfer(
+        TransferMsg::FileEnd {
+            xid,
+            hash: *blake3::hash(content).as_bytes(),
+        },
+    ))));
     v
 }
 
@@ -173,7 +176,7 @@ fn assert_refused(msgs: &[Message], want: &str) {
     let reasons: Vec<&str> = msgs
         .iter()
         .filter_map(|m| match m {
-            Message::Refuse { reason } => Some(reason.as_str()),
+            Message::Link(LinkMsg::Refuse { reason }) => Some(reason.as_str()),
             _ => None,
         })
         .collect();
@@ -230,7 +233,7 @@ impl Target {
     /// Connects, exchanges hellos and waits until the daemon's `sync` thread knows the peer,
     /// so whatever the test sends next arrives at a connection that is past the handshake.
     fn handshake(&self, hello_msg: &Message) -> RawPeer {
-        let Message::Hello(h) = hello_msg else {
+        let Message::Link(LinkMsg::Hello(h)) = hello_msg else {
             panic!("not a Hello: {hello_msg:?}");
         };
         let needle = format!("peer {} connected;", h.node_id);
@@ -238,7 +241,7 @@ impl Target {
         let mut p = RawPeer::connect(self.port);
         p.send(hello_msg);
         match p.expect("the daemon's Hello") {
-            Message::Hello(theirs) => {
+            Message::Link(LinkMsg::Hello(theirs)) => {
                 assert_eq!(theirs.node_id.as_str(), DAEMON_ID);
                 assert_eq!(theirs.version, PROTOCOL_VERSION);
                 assert_eq!(theirs.storages, vec![STORAGE.to_owned()]);
@@ -343,25 +346,29 @@ fn store_digest(store: &Path) -> (u64, Digest) {
 /// Claims the lead of "docs" ("a-evil" < "node-b", so the daemon yields even if it is
 /// claiming itself), starts session `sid` once granted and waits for the daemon's summary.
 fn lead_session(p: &mut RawPeer, sid: u64) {
-    p.send(&Message::Claim {
+    p.send(&Message::Peer(PeerMsg::Election(ElectionMsg::Claim {
         ticket: sid,
         storage: STORAGE.into(),
-    });
+    })));
     loop {
         match p.expect("Grant") {
-            Message::Grant { ticket } if ticket == sid => break,
+            Message::Peer(PeerMsg::Election(ElectionMsg::Grant { ticket })) if ticket == sid => {
+                break
+            }
             // The daemon's own claim, made when we connected: we never answer it.
-            Message::Claim { .. } => {}
+            Message::Peer(PeerMsg::Election(ElectionMsg::Claim { .. })) => {}
             other => panic!("expected Grant, got {other:?}"),
         }
     }
-    p.send(&Message::SessionStart {
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Start {
         sid,
         storage: STORAGE.into(),
         members: vec![],
-    });
+    })));
     match p.expect("IndexSummary") {
-        Message::IndexSummary { sid: s, .. } => assert_eq!(s, sid),
+        Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary { sid: s, .. })) => {
+            assert_eq!(s, sid)
+        }
         other => panic!("expected IndexSummary, got {other:?}"),
     }
 }
@@ -415,21 +422,23 @@ fn file_no_plan_announced_disconnects_and_is_not_written() {
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
     lead_session(&mut p, sid);
     // An empty plan: the daemon is ready at once, and has nothing to do.
-    p.send(&Message::PlanEnd { sid });
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanEnd {
+        sid,
+    })));
     match p.expect("PlanReady") {
-        Message::PlanReady { sid: s } => assert_eq!(s, sid),
+        Message::Peer(PeerMsg::Session(SessionMsg::PlanReady { sid: s })) => assert_eq!(s, sid),
         other => panic!("expected PlanReady, got {other:?}"),
     }
-    p.send(&Message::Go { sid });
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Go { sid })));
     match p.expect("PartDone") {
-        Message::PartDone { sid: s, stats } => {
+        Message::Peer(PeerMsg::Session(SessionMsg::PartDone { sid: s, stats })) => {
             assert_eq!(s, sid);
             assert_eq!(stats, Default::default());
         }
         other => panic!("expected PartDone, got {other:?}"),
     }
     let content = b"pwned\n";
-    let mut attack = frame(&Message::FileStart {
+    let mut attack = frame(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileStart {
         sid,
         xid: 7,
         meta: FileMeta::file(
@@ -438,7 +447,7 @@ fn file_no_plan_announced_disconnects_and_is_not_written() {
             1_600_000_000_000_000_000,
             0o644,
         ),
-    });
+    })));
     attack.extend(data_and_end(7, content));
     p.send_raw(&attack);
     let msgs = p.until_closed();
@@ -479,8 +488,11 @@ fn truncated_frame_then_eof_closes_cleanly() {
     let msgs = p.until_closed();
     // The daemon may have claimed the shared storage when we connected; nothing else.
     assert!(
-        msgs.iter()
-            .all(|m| matches!(m, Message::Claim { .. } | Message::Release { .. })),
+        msgs.iter().all(|m| matches!(
+            m,
+            Message::Peer(PeerMsg::Election(ElectionMsg::Claim { .. }))
+                | Message::Peer(PeerMsg::Election(ElectionMsg::Release { .. }))
+        )),
         "unexpected messages: {msgs:?}"
     );
     t.assert_survived("disconnected from a-evil: connection closed by peer");
@@ -508,7 +520,7 @@ fn garbage_before_the_handshake_disconnects() {
     p.send_raw(&garbage);
     let msgs = p.until_closed();
     assert!(
-        matches!(msgs.first(), Some(Message::Hello(_))),
+        matches!(msgs.first(), Some(Message::Link(LinkMsg::Hello(_)))),
         "the daemon should greet first: {msgs:?}"
     );
     assert_refused(&msgs, "invalid frame");
@@ -577,19 +589,21 @@ fn hello_from_another_group_is_refused() {
 /// "zz-…"): grant its claim and read the SessionStart that follows.
 fn expect_session_start(p: &mut RawPeer) -> u64 {
     let ticket = match p.expect("the daemon's Claim") {
-        Message::Claim { ticket, storage } => {
+        Message::Peer(PeerMsg::Election(ElectionMsg::Claim { ticket, storage })) => {
             assert_eq!(storage, STORAGE);
             ticket
         }
         other => panic!("expected Claim, got {other:?}"),
     };
-    p.send(&Message::Grant { ticket });
+    p.send(&Message::Peer(PeerMsg::Election(ElectionMsg::Grant {
+        ticket,
+    })));
     match p.expect("the daemon's SessionStart") {
-        Message::SessionStart {
+        Message::Peer(PeerMsg::Session(SessionMsg::Start {
             sid,
             storage,
             members,
-        } => {
+        })) => {
             assert_eq!(storage, STORAGE);
             assert_eq!(
                 members.len(),
@@ -611,14 +625,14 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
     // follower honestly first (same digest, so nothing moves).
     let daemon_sid = expect_session_start(&mut p);
     let (count, digest) = store_digest(&t.store());
-    p.send(&Message::IndexSummary {
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary {
         sid: daemon_sid,
         count,
         digest,
         peers: vec![],
-    });
+    })));
     match p.expect("SessionEnd") {
-        Message::SessionEnd { sid, ok } => {
+        Message::Peer(PeerMsg::Session(SessionMsg::End { sid, ok })) => {
             assert_eq!(sid, daemon_sid);
             assert!(ok);
         }
@@ -626,13 +640,13 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
     }
     // Now try to lead it without a grant.
     let sid = 0x0D0E_5E55;
-    p.send(&Message::SessionStart {
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Start {
         sid,
         storage: STORAGE.into(),
         members: vec![],
-    });
+    })));
     match p.expect("SessionAbort") {
-        Message::SessionAbort { sid: s, reason } => {
+        Message::Peer(PeerMsg::Session(SessionMsg::Abort { sid: s, reason })) => {
             assert_eq!(s, sid);
             assert!(reason.contains("not the leader"), "reason: {reason}");
         }
@@ -651,22 +665,24 @@ fn index_out_of_order_disconnects_the_follower() {
     let t = Target::start("proto-index-order");
     let mut p = t.handshake(&hello("zz-peer", None, &[STORAGE]));
     let sid = expect_session_start(&mut p);
-    p.send(&Message::IndexSummary {
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary {
         sid,
         count: 2,
         digest: [0; 32],
         peers: vec![],
-    });
+    })));
     match p.expect("IndexRequest") {
-        Message::IndexRequest { sid: s } => assert_eq!(s, sid),
+        Message::Peer(PeerMsg::Session(SessionMsg::IndexRequest { sid: s })) => assert_eq!(s, sid),
         other => panic!("expected IndexRequest, got {other:?}"),
     }
     let entry = |name: &str| FileMeta::file(RelPath::new(name).unwrap(), 1, 1_000_000_000, 0o644);
-    let mut bytes = frame(&Message::IndexChunk {
+    let mut bytes = frame(&Message::Peer(PeerMsg::Session(SessionMsg::IndexChunk {
         sid,
         entries: vec![entry("b"), entry("a")],
-    });
-    bytes.extend(frame(&Message::IndexEnd { sid }));
+    })));
+    bytes.extend(frame(&Message::Peer(PeerMsg::Session(
+        SessionMsg::IndexEnd { sid },
+    ))));
     p.send_raw(&bytes);
     let msgs = p.until_closed();
     assert_refused(&msgs, "out of order");
@@ -678,7 +694,7 @@ fn index_out_of_order_disconnects_the_follower() {
 
 /// Leads a session whose plan makes the daemon receive `path` (new size `size`) from us,
 /// against its current version `old` (None: it has none), then says Go and starts the file.
-fn start_receive(t: &Target, path: &str, size: u64, old: Option<(u64, i64)>) -> (RawPeer, u64) {
+fn start_receive(t: &Target, path: &str, size: u64, old: Option<Version>) -> (RawPeer, u64) {
     let sid = 0xDE17_A5E5;
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
     lead_session(&mut p, sid);
@@ -688,30 +704,36 @@ fn start_receive(t: &Target, path: &str, size: u64, old: Option<(u64, i64)>) -> 
         1_900_000_000_000_000_000,
         0o644,
     );
-    p.send(&Message::PlanChunk {
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanChunk {
         sid,
         items: vec![PlanItem::Receive {
             meta: meta.clone(),
             from: NodeId::new("a-evil").unwrap(),
             expect: old,
         }],
-    });
-    p.send(&Message::PlanEnd { sid });
+    })));
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanEnd {
+        sid,
+    })));
     // A delta receiver also sends its signature (in either order with PlanReady); an honest
     // sender starts a delta only once it has it.
     let (mut ready, mut signed) = (false, old.is_none());
     while !(ready && signed) {
         match p.expect("PlanReady and the signature") {
-            Message::PlanReady { sid: s } => {
+            Message::Peer(PeerMsg::Session(SessionMsg::PlanReady { sid: s })) => {
                 assert_eq!(s, sid);
                 ready = true;
             }
-            Message::Signature { .. } => signed = true,
+            Message::Peer(PeerMsg::Transfer(TransferMsg::Signature { .. })) => signed = true,
             other => panic!("expected PlanReady or Signature, got {other:?}"),
         }
     }
-    p.send(&Message::Go { sid });
-    p.send(&Message::FileStart { sid, xid: 9, meta });
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Go { sid })));
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileStart {
+        sid,
+        xid: 9,
+        meta,
+    })));
     (p, sid)
 }
 
@@ -719,11 +741,11 @@ fn start_receive(t: &Target, path: &str, size: u64, old: Option<(u64, i64)>) -> 
 fn a_block_copy_for_a_file_that_is_no_delta_disconnects() {
     let t = Target::start("proto-copy-no-delta");
     let (mut p, _) = start_receive(&t, "new.bin", 4096, None);
-    p.send(&Message::FileCopy {
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileCopy {
         xid: 9,
         first: 0,
         count: 1,
-    });
+    })));
     let msgs = p.until_closed();
     assert_refused(&msgs, "not a delta");
     assert!(!t.store().join("new.bin").exists());
@@ -739,12 +761,16 @@ fn a_block_copy_outside_the_old_file_disconnects() {
         use std::os::unix::fs::MetadataExt;
         iron_carrier::model::mtime_ns_from_parts(st.mtime(), st.mtime_nsec())
     };
-    let (mut p, _) = start_receive(&t, "base.bin", 200 * 1024, Some((st.len(), mtime)));
-    p.send(&Message::FileCopy {
+    let base = Version {
+        size: st.len(),
+        mtime_ns: mtime,
+    };
+    let (mut p, _) = start_receive(&t, "base.bin", 200 * 1024, Some(base));
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileCopy {
         xid: 9,
         first: 1_000_000,
         count: 5,
-    });
+    })));
     let msgs = p.until_closed();
     assert_refused(&msgs, "outside the old file");
     assert_eq!(std::fs::read(t.store().join("base.bin")).unwrap(), old);
@@ -755,14 +781,14 @@ fn a_block_copy_outside_the_old_file_disconnects() {
 fn a_file_whose_hash_does_not_match_is_never_committed() {
     let t = Target::start("proto-bad-hash");
     let (mut p, _) = start_receive(&t, "new.bin", 5, None);
-    p.send(&Message::FileData {
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileData {
         xid: 9,
         data: b"hello".to_vec(),
-    });
-    p.send(&Message::FileEnd {
+    })));
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileEnd {
         xid: 9,
         hash: [0u8; 32],
-    });
+    })));
     t.wait_for_log("content hash mismatch; discarded");
     drop(p);
     assert!(!t.store().join("new.bin").exists());

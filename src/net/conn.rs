@@ -16,6 +16,7 @@ use mio::net::TcpStream;
 
 use crate::model::NodeId;
 use crate::proto::{self, Message, FRAME_HEADER, MAX_FRAME};
+use crate::run::DialError;
 
 use super::{ConnId, Traffic};
 
@@ -83,6 +84,8 @@ pub struct Conn {
     pub peer: Option<NodeId>,
     /// `Connected` was sent to `sync`, so `Disconnected` must be too.
     pub announced: bool,
+    /// Why the handshake failed, when it did: what a failed dial reports.
+    pub refusal: Option<DialError>,
     /// When the current state began (connect and handshake deadlines).
     pub since: Instant,
     pub last_recv: Instant,
@@ -118,6 +121,7 @@ impl Conn {
             state: ConnState::Connecting,
             peer: None,
             announced: false,
+            refusal: None,
             since: now,
             last_recv: now,
             last_send: now,

@@ -19,7 +19,8 @@ use crossbeam_channel::Sender;
 use mio::Waker;
 
 use crate::model::NodeId;
-use crate::proto::{Hello, Message};
+use crate::proto::{Hello, Message, PeerMsg};
+use crate::run::DialError;
 
 /// Identifies one connection for its whole life; never reused.
 pub type ConnId = u64;
@@ -75,18 +76,18 @@ pub enum NetEvent {
     /// A decoded message. `size` must be released from the inbound gauge once handled.
     Message {
         conn: ConnId,
-        msg: Message,
+        msg: PeerMsg,
         size: usize,
     },
     /// A connection that had sent `Connected` is gone.
     Disconnected { conn: ConnId, reason: String },
     /// The outbound gauge of `conn` fell below [`OUT_LOW`].
     Drained { conn: ConnId },
-    /// Outcome of one attempt to reach a configured peer address.
+    /// Outcome of one attempt to reach a configured peer address (also sent when a peer
+    /// that dialled us turns out to listen at a configured address).
     DialResult {
         addr: String,
-        ok: bool,
-        reason: String,
+        result: Result<(), DialError>,
     },
     /// The listener is up (or `port` is `None`: this node does not listen).
     Listening { port: Option<u16> },
@@ -155,7 +156,8 @@ impl NetHandle {
     }
 
     /// Queues `msg` for `conn`, accounting its size in the connection's outbound gauge.
-    pub fn send_msg(&self, conn: ConnId, outbound: &AtomicUsize, msg: Message) {
+    pub fn send_msg(&self, conn: ConnId, outbound: &AtomicUsize, msg: impl Into<Message>) {
+        let msg = msg.into();
         outbound.fetch_add(crate::proto::frame_len(&msg), Ordering::AcqRel);
         self.send(NetCmd::Send { conn, msg });
     }

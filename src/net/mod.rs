@@ -26,8 +26,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::model::NodeId;
-use crate::proto::{Hello, Message, PROTOCOL_VERSION};
-use crate::run::StartError;
+use crate::proto::{Hello, LinkMsg, Message, PROTOCOL_VERSION};
+use crate::run::{DialError, StartError};
 
 use conn::{Conn, ConnState, ReadOutcome};
 use handle::{ConnId, InboundGauge, NetCmd, NetEvent, NetHandle, NetOptions, Traffic};
@@ -335,7 +335,7 @@ impl Net {
             return;
         }
         if c.state == ConnState::Ready && now >= c.last_send + PING_AFTER {
-            c.queue(&Message::Ping, true);
+            c.queue(&LinkMsg::Ping.into(), true);
             self.flush(id);
         }
         let next = match self.conns.get(&id) {
@@ -365,7 +365,7 @@ impl Net {
         {
             log::warn!("cannot register connection to {addr}: {e}");
             if let Some(i) = dialed {
-                self.dial_failed(i, &e.to_string());
+                self.dial_failed(i, DialError::Unreachable(e.to_string()));
             }
             return;
         }
@@ -374,7 +374,7 @@ impl Net {
         c.write_interest = dialed.is_some();
         if dialed.is_none() {
             c.state = ConnState::Handshaking;
-            c.queue(&Message::Hello(self.hello()), true);
+            c.queue(&LinkMsg::Hello(self.hello()).into(), true);
         }
         self.conns.insert(id, c);
         if dialed.is_none() {
@@ -445,7 +445,10 @@ impl Net {
             });
         match spawned {
             Ok(_) => self.peers[i].resolving = true,
-            Err(e) => self.dial_failed(i, &format!("cannot start a resolver thread: {e}")),
+            Err(e) => self.dial_failed(
+                i,
+                DialError::Unreachable(format!("cannot start a resolver thread: {e}")),
+            ),
         }
     }
 
@@ -462,7 +465,7 @@ impl Net {
                 p.resolved = Some(addr);
                 self.connect(i, addr);
             }
-            Err(reason) => self.dial_failed(i, &reason),
+            Err(reason) => self.dial_failed(i, DialError::Unreachable(reason)),
         }
     }
 
@@ -474,11 +477,11 @@ impl Net {
                 self.peers[i].in_flight = Some(id);
                 self.register(stream, addr, Some(i));
             }
-            Err(e) => self.dial_failed(i, &e.to_string()),
+            Err(e) => self.dial_failed(i, DialError::Unreachable(e.to_string())),
         }
     }
 
-    fn dial_failed(&mut self, i: usize, reason: &str) {
+    fn dial_failed(&mut self, i: usize, why: DialError) {
         let Some(p) = self.peers.get_mut(i) else {
             return;
         };
@@ -487,16 +490,15 @@ impl Net {
         let shift = p.failures.min(8) - 1;
         let delay = (REDIAL_MIN * (1u32 << shift)).min(REDIAL_MAX);
         if p.failures == 1 || p.failures % 10 == 0 {
-            log::info!("cannot reach peer {}: {reason} (retrying)", p.text);
+            log::info!("cannot reach peer {}: {why} (retrying)", p.text);
         } else {
-            log::debug!("cannot reach peer {}: {reason}", p.text);
+            log::debug!("cannot reach peer {}: {why}", p.text);
         }
         let text = p.text.clone();
         let failures = p.failures;
         self.emit(NetEvent::DialResult {
             addr: text,
-            ok: false,
-            reason: reason.to_owned(),
+            result: Err(why),
         });
         if self.opts.redial_forever || failures < 6 {
             self.set_timer(Instant::now() + delay, Timer::Redial(i));
@@ -512,7 +514,7 @@ impl Net {
                 Ok(true) => {
                     c.state = ConnState::Handshaking;
                     c.since = Instant::now();
-                    let hello = Message::Hello(self.hello());
+                    let hello = LinkMsg::Hello(self.hello()).into();
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.queue(&hello, true);
                     }
@@ -595,6 +597,9 @@ impl Net {
                 ReadOutcome::Error(reason) => {
                     let who = c.describe();
                     log::warn!("disconnecting {who}: {reason}");
+                    if c.state == ConnState::Handshaking {
+                        c.refusal = Some(DialError::BadHandshake(reason.clone()));
+                    }
                     self.refuse(id, &reason);
                     return;
                 }
@@ -650,31 +655,33 @@ impl Net {
         };
         c.last_recv = Instant::now();
         match (c.state, msg) {
-            (ConnState::Handshaking, Message::Hello(h)) => self.on_hello(id, h),
-            (_, Message::Refuse { reason }) => {
+            (ConnState::Handshaking, Message::Link(LinkMsg::Hello(h))) => self.on_hello(id, h),
+            (_, Message::Link(LinkMsg::Refuse { reason })) => {
                 let who = c.describe();
                 log::warn!("{who} refused the connection: {reason}");
+                c.refusal = Some(DialError::RefusedByPeer(reason));
                 self.close(id, "refused by peer");
                 false
             }
             (ConnState::Handshaking, other) => {
                 let reason = format!("sent {} before the handshake", other.name());
                 log::warn!("disconnecting {}: {reason}", c.describe());
+                c.refusal = Some(DialError::BadHandshake(reason.clone()));
                 self.refuse(id, &reason);
                 false
             }
-            (ConnState::Ready, Message::Hello(_)) => {
+            (ConnState::Ready, Message::Link(LinkMsg::Hello(_))) => {
                 log::warn!("disconnecting {}: second Hello", c.describe());
                 self.refuse(id, "second Hello");
                 false
             }
-            (ConnState::Ready, Message::Ping) => {
-                c.queue(&Message::Pong, true);
+            (ConnState::Ready, Message::Link(LinkMsg::Ping)) => {
+                c.queue(&LinkMsg::Pong.into(), true);
                 self.flush(id);
                 true
             }
-            (ConnState::Ready, Message::Pong) => true,
-            (ConnState::Ready, msg) => {
+            (ConnState::Ready, Message::Link(LinkMsg::Pong)) => true,
+            (ConnState::Ready, Message::Peer(msg)) => {
                 // Charged with a per-message overhead: thousands of tiny frames cost memory
                 // their bytes alone do not show.
                 let size = size + MESSAGE_OVERHEAD;
@@ -686,30 +693,29 @@ impl Net {
                 });
                 true
             }
-            _ => true,
+            // Connecting or closing: nothing more is taken from this connection.
+            (ConnState::Connecting | ConnState::Closing, _) => true,
         }
     }
 
     fn on_hello(&mut self, id: ConnId, h: Hello) -> bool {
         let local = &self.opts.local;
         let refusal = if h.node_id == local.node_id {
-            Some(format!(
-                "peer uses our own node id {:?} (node ids must be unique in a group)",
-                h.node_id.as_str()
-            ))
+            Some(DialError::OwnNodeId(h.node_id.clone()))
         } else if h.group != local.group {
-            Some(format!(
-                "group mismatch: we are in {}, peer {} is in {}",
-                group_name(&local.group),
-                h.node_id,
-                group_name(&h.group)
-            ))
+            Some(DialError::OtherGroup {
+                node: h.node_id.clone(),
+                ours: local.group.clone(),
+                theirs: h.group.clone(),
+            })
         } else {
             None
         };
-        if let Some(reason) = refusal {
-            if let Some(c) = self.conns.get(&id) {
+        if let Some(why) = refusal {
+            let reason = why.to_string();
+            if let Some(c) = self.conns.get_mut(&id) {
                 log::warn!("refusing {}: {reason}", c.describe());
+                c.refusal = Some(why);
             }
             self.refuse(id, &reason);
             return false;
@@ -720,6 +726,8 @@ impl Net {
         };
         let dialed_by_us = c.dialed.is_some();
         let addr = c.addr;
+        // Configured addresses this incoming peer listens at: reached, though not by us.
+        let mut found_at = Vec::new();
         if !dialed_by_us && h.listen_port != 0 {
             // The peer told us where it listens: if that is a configured address, we know who
             // is there and will not dial it while this connection lives.
@@ -727,6 +735,7 @@ impl Net {
             for p in &mut self.peers {
                 if p.resolved == Some(listens_at) {
                     p.node = Some(node.clone());
+                    found_at.push(p.text.clone());
                 }
             }
         }
@@ -771,6 +780,12 @@ impl Net {
         });
         // After `Connected`, so that whoever counts successful dials already knows the peer.
         self.note_dial_ok(id, &node);
+        for addr in found_at {
+            self.emit(NetEvent::DialResult {
+                addr,
+                result: Ok(()),
+            });
+        }
         true
     }
 
@@ -785,8 +800,7 @@ impl Net {
             let text = p.text.clone();
             self.emit(NetEvent::DialResult {
                 addr: text,
-                ok: true,
-                reason: String::new(),
+                result: Ok(()),
             });
         }
     }
@@ -797,9 +811,10 @@ impl Net {
             return;
         };
         c.queue(
-            &Message::Refuse {
+            &LinkMsg::Refuse {
                 reason: reason.to_owned(),
-            },
+            }
+            .into(),
             true,
         );
         c.state = ConnState::Closing;
@@ -815,7 +830,11 @@ impl Net {
         if let Some(i) = c.dialed {
             if self.peers.get(i).is_some_and(|p| p.in_flight == Some(id)) {
                 // Failed before the handshake finished: a failed dial.
-                self.dial_failed(i, reason);
+                let why = c
+                    .refusal
+                    .take()
+                    .unwrap_or_else(|| DialError::Unreachable(reason.to_owned()));
+                self.dial_failed(i, why);
             }
         }
         if let Some(node) = &c.peer {
@@ -856,12 +875,5 @@ impl Net {
             }
             self.close(id, "shutting down");
         }
-    }
-}
-
-fn group_name(g: &Option<String>) -> String {
-    match g {
-        Some(g) => format!("group {g:?}"),
-        None => "the default group".to_owned(),
     }
 }

@@ -1,0 +1,389 @@
+//! The election machine: which storages this node wants synchronized, its claim to lead
+//! one, the grant it gave another claimant, and the back-off between attempts. Sans-I/O: it
+//! sends election messages through [`Io`] and reports to [`Core`](super::Core) what it
+//! decided ([`ElectionEvent`]); it never starts a session itself.
+//!
+//! A node grants at most one claim at a time and claims only while it has no session, no
+//! claim and no grant, so two sessions never share a node. See the `core` module doc for
+//! the whole scheme.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::{Ctx, Io};
+use crate::model::NodeId;
+use crate::proto::ElectionMsg;
+
+/// A claim that has not been answered by everyone within this is withdrawn.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+/// A grant whose claimant does not start the session within this is void.
+const GRANT_LEASE: Duration = Duration::from_secs(15);
+/// How long a wanted storage must stay without any connected holder before the node
+/// concludes that no peer has it.
+const ALONE_GRACE: Duration = Duration::from_secs(2);
+/// Aborted attempts at one trigger before it is given up (until the next trigger).
+const MAX_ATTEMPTS: u32 = 8;
+
+/// What the election decided, for [`Core`](super::Core) to act on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ElectionEvent {
+    /// Every node asked granted the claim `ticket` for `storage`: lead a session with them.
+    Lead {
+        ticket: u64,
+        storage: usize,
+        granted: BTreeSet<NodeId>,
+    },
+    /// No connected peer has had `storage` for a while: the want is dropped.
+    NoPeer(usize),
+}
+
+/// A storage this node wants synchronized.
+struct Want {
+    /// When it was last triggered: a session whose scan came after this satisfies it.
+    since: Instant,
+    attempts: u32,
+    not_before: Instant,
+    /// Since when no connected peer has the storage.
+    alone_since: Option<Instant>,
+}
+
+struct Claim {
+    ticket: u64,
+    storage: usize,
+    waiting: BTreeSet<NodeId>,
+    granted: BTreeSet<NodeId>,
+    started: Instant,
+}
+
+struct Granted {
+    to: NodeId,
+    ticket: u64,
+    storage: usize,
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct Election {
+    wants: BTreeMap<usize, Want>,
+    claim: Option<Claim>,
+    grant: Option<Granted>,
+}
+
+impl Election {
+    pub(crate) fn is_idle(&self) -> bool {
+        self.wants.is_empty() && self.claim.is_none() && self.grant.is_none()
+    }
+
+    pub(crate) fn has_want(&self, storage: usize) -> bool {
+        self.wants.contains_key(&storage)
+    }
+
+    /// The storage of a grant to `from` for ticket `ticket`, if this node gave one.
+    pub(crate) fn grant_for(&self, from: &NodeId, ticket: u64) -> Option<usize> {
+        self.grant
+            .as_ref()
+            .filter(|g| g.to == *from && g.ticket == ticket)
+            .map(|g| g.storage)
+    }
+
+    /// The granted session started: the grant is used up.
+    pub(crate) fn take_grant(&mut self) {
+        self.grant = None;
+    }
+
+    /// When [`Election::tick`] next has something to do. `in_session`: a session runs, so
+    /// no new claim can start.
+    pub(crate) fn next_deadline(&self, in_session: bool) -> Option<Instant> {
+        let mut at: Option<Instant> = None;
+        let mut min = |t: Instant| at = Some(at.map_or(t, |a: Instant| a.min(t)));
+        if let Some(c) = &self.claim {
+            min(c.started + CLAIM_TIMEOUT);
+        }
+        if let Some(g) = &self.grant {
+            min(g.expires);
+        }
+        if !in_session && self.claim.is_none() && self.grant.is_none() {
+            if let Some(w) = self.wants.values().map(|w| w.not_before).min() {
+                min(w);
+            }
+        }
+        at
+    }
+
+    /// `storage` should be synchronized, no sooner than `delay` from now.
+    pub(crate) fn trigger_after(&mut self, storage: usize, now: Instant, delay: Duration) {
+        let due = now + delay;
+        let w = self.wants.entry(storage).or_insert(Want {
+            since: now,
+            attempts: 0,
+            not_before: due,
+            alone_since: None,
+        });
+        // A newer trigger is not absorbed by a session whose scan came before it.
+        w.since = w.since.max(now);
+        w.not_before = w.not_before.min(due);
+        w.attempts = 0;
+    }
+
+    /// Gives up wanting `storage` (it cannot be scanned here).
+    pub(crate) fn drop_want(&mut self, storage: usize) {
+        self.wants.remove(&storage);
+    }
+
+    /// A peer went away: a grant to it is void, and a claim no longer waits for it (it may
+    /// now be complete, which makes this node lead).
+    pub(crate) fn peer_down(&mut self, node: &NodeId) -> Option<ElectionEvent> {
+        if self.grant.as_ref().is_some_and(|g| g.to == *node) {
+            self.grant = None;
+        }
+        if let Some(c) = &mut self.claim {
+            c.waiting.remove(node);
+            c.granted.remove(node);
+        }
+        self.claim_progress()
+    }
+
+    /// Timeouts, and a new claim when this node is free. `busy`: a session runs.
+    pub(crate) fn tick(
+        &mut self,
+        cx: &Ctx<'_>,
+        busy: bool,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Vec<ElectionEvent> {
+        if self.grant.as_ref().is_some_and(|g| now >= g.expires) {
+            log::debug!("grant expired without a session");
+            self.grant = None;
+        }
+        if self
+            .claim
+            .as_ref()
+            .is_some_and(|c| now >= c.started + CLAIM_TIMEOUT)
+        {
+            log::debug!("claim not answered in time; withdrawing it");
+            self.withdraw_claim(cx, now, io);
+        }
+        let mut events = Vec::new();
+        if busy || self.claim.is_some() || self.grant.is_some() {
+            return events;
+        }
+        let ready: Vec<usize> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| w.not_before <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in ready {
+            let name = &cx.storages[i];
+            let holders = cx.peers.holders(name);
+            if holders.is_empty() {
+                // A connection being replaced looks like a peer leaving and coming back: only
+                // a storage that stays without peers for a moment has none.
+                let Some(w) = self.wants.get_mut(&i) else {
+                    continue;
+                };
+                match w.alone_since {
+                    None => {
+                        w.alone_since = Some(now);
+                        w.not_before = now + ALONE_GRACE;
+                    }
+                    Some(t) if now >= t + ALONE_GRACE => {
+                        self.wants.remove(&i);
+                        events.push(ElectionEvent::NoPeer(i));
+                    }
+                    Some(t) => w.not_before = t + ALONE_GRACE,
+                }
+                continue;
+            }
+            if let Some(w) = self.wants.get_mut(&i) {
+                w.alone_since = None;
+            }
+            let ticket = io.random().max(1);
+            log::debug!("{name}: claiming the lead (ticket {ticket:016x})");
+            for n in &holders {
+                io.send(
+                    n,
+                    ElectionMsg::Claim {
+                        ticket,
+                        storage: name.clone(),
+                    }
+                    .into(),
+                );
+            }
+            self.claim = Some(Claim {
+                ticket,
+                storage: i,
+                waiting: holders,
+                granted: BTreeSet::new(),
+                started: now,
+            });
+            break;
+        }
+        events
+    }
+
+    /// Another node claims the lead of `storage`. `busy`: a session runs here.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_claim(
+        &mut self,
+        cx: &Ctx<'_>,
+        from: &NodeId,
+        ticket: u64,
+        storage: &str,
+        busy: bool,
+        now: Instant,
+        io: &mut dyn Io,
+    ) {
+        let deny = ElectionMsg::Deny { ticket }.into();
+        let Some(i) = cx.storages.iter().position(|s| s == storage) else {
+            return io.send(from, deny);
+        };
+        if busy {
+            return io.send(from, deny);
+        }
+        if let Some(g) = &self.grant {
+            if g.to == *from && g.ticket == ticket {
+                return io.send(from, ElectionMsg::Grant { ticket }.into());
+            }
+            return io.send(from, deny);
+        }
+        if self.claim.is_some() {
+            if from < cx.me {
+                // A claimant with priority: step aside for it.
+                log::debug!("{storage}: yielding the lead to {from}");
+                self.withdraw_claim(cx, now, io);
+            } else {
+                return io.send(from, deny);
+            }
+        }
+        self.grant = Some(Granted {
+            to: from.clone(),
+            ticket,
+            storage: i,
+            expires: now + GRANT_LEASE,
+        });
+        io.send(from, ElectionMsg::Grant { ticket }.into());
+    }
+
+    pub(crate) fn on_grant(
+        &mut self,
+        from: &NodeId,
+        ticket: u64,
+        io: &mut dyn Io,
+    ) -> Option<ElectionEvent> {
+        match &mut self.claim {
+            Some(c) if c.ticket == ticket && c.waiting.contains(from) => {
+                c.waiting.remove(from);
+                c.granted.insert(from.clone());
+                self.claim_progress()
+            }
+            _ => {
+                // A grant for a claim we no longer hold: free the granter at once.
+                io.send(from, ElectionMsg::Release { ticket }.into());
+                None
+            }
+        }
+    }
+
+    pub(crate) fn on_deny(
+        &mut self,
+        cx: &Ctx<'_>,
+        from: &NodeId,
+        ticket: u64,
+        now: Instant,
+        io: &mut dyn Io,
+    ) {
+        if self.claim.as_ref().is_some_and(|c| {
+            c.ticket == ticket && (c.waiting.contains(from) || c.granted.contains(from))
+        }) {
+            log::debug!("claim denied by {from}; retrying later");
+            self.withdraw_claim(cx, now, io);
+        }
+    }
+
+    pub(crate) fn on_release(&mut self, from: &NodeId, ticket: u64) {
+        if self.grant_for(from, ticket).is_some() {
+            self.grant = None;
+        }
+    }
+
+    /// Gives up the current claim: releases everyone asked, backs off.
+    fn withdraw_claim(&mut self, cx: &Ctx<'_>, now: Instant, io: &mut dyn Io) {
+        let Some(c) = self.claim.take() else { return };
+        for n in c.waiting.iter().chain(c.granted.iter()) {
+            io.send(n, ElectionMsg::Release { ticket: c.ticket }.into());
+        }
+        let rank = cx.peers.rank(cx.me);
+        let jitter = io.random() % 100;
+        if let Some(w) = self.wants.get_mut(&c.storage) {
+            w.attempts += 1;
+            // Smaller ids come back sooner: the claimant with priority wins the next round.
+            let base = 40 + 60 * u64::from(rank);
+            let factor = 1u64 << w.attempts.min(5);
+            w.not_before = now + Duration::from_millis(base * factor + jitter);
+        }
+    }
+
+    /// Leads once every participant granted; ends a claim left without participants.
+    fn claim_progress(&mut self) -> Option<ElectionEvent> {
+        if !self.claim.as_ref()?.waiting.is_empty() {
+            return None;
+        }
+        let c = self.claim.take()?;
+        if c.granted.is_empty() {
+            // Everyone we asked went away; the want stays and is retried by tick.
+            return None;
+        }
+        Some(ElectionEvent::Lead {
+            ticket: c.ticket,
+            storage: c.storage,
+            granted: c.granted,
+        })
+    }
+
+    /// A session of `storage` that this node took part in completed (`failed`: not every
+    /// file moved). A trigger older than its scan is satisfied; a failure is retried with
+    /// back-off, a few times at most — the next session only moves what is missing.
+    pub(crate) fn session_finished(
+        &mut self,
+        storage: usize,
+        scanned_at: Instant,
+        failed: bool,
+        now: Instant,
+    ) {
+        if failed {
+            if let Some(w) = self.wants.get_mut(&storage) {
+                w.attempts += 1;
+                if w.attempts > MAX_ATTEMPTS {
+                    self.wants.remove(&storage);
+                } else {
+                    w.not_before = now + Duration::from_millis(250 << w.attempts.min(6));
+                }
+            }
+        } else if self
+            .wants
+            .get(&storage)
+            .is_some_and(|w| w.since <= scanned_at)
+        {
+            self.wants.remove(&storage);
+        }
+    }
+
+    /// A session of `storage` was aborted: whoever is left retries it (with back-off), so
+    /// the remaining nodes converge without the one that went away.
+    pub(crate) fn session_aborted(&mut self, storage: usize, now: Instant) {
+        let w = self.wants.entry(storage).or_insert(Want {
+            since: now,
+            attempts: 0,
+            not_before: now,
+            alone_since: None,
+        });
+        w.attempts += 1;
+        if w.attempts > MAX_ATTEMPTS {
+            self.wants.remove(&storage);
+            return;
+        }
+        let factor = 1u64 << w.attempts.min(6);
+        w.not_before = now + Duration::from_millis(250 * factor);
+    }
+}

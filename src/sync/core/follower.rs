@@ -1,0 +1,184 @@
+//! A follower's part of a session: join it (scan, send the digest and whom this node sees),
+//! send the index when asked, take the plan in chunks, check and register it, start sending
+//! on `Go`, and finish on `SessionEnd`.
+
+use std::time::Instant;
+
+use super::plan::check_plan;
+use super::session::{Over, Phase, Role, Session};
+use super::{Ctx, Io, MAX_ENTRIES};
+use crate::model::NodeId;
+use crate::proto::{self, PlanItem, SessionMsg};
+use crate::run::SyncError;
+
+impl Session {
+    /// Joins session `sid` of `storage` (index `storage_idx`) led by `leader`: scans and
+    /// answers with this node's digest and the peers it is connected to.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn follow(
+        me: &NodeId,
+        storage: &str,
+        sid: u64,
+        storage_idx: usize,
+        leader: &NodeId,
+        members: Vec<NodeId>,
+        peers: Vec<NodeId>,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Result<Session, SyncError> {
+        let (index, ignore) = io.scan(storage_idx)?;
+        log::info!("{storage}: joining session {sid:016x} led by {leader}");
+        let digest = proto::index_digest(&index);
+        io.send(
+            leader,
+            SessionMsg::IndexSummary {
+                sid,
+                count: index.len() as u64,
+                digest,
+                peers,
+            }
+            .into(),
+        );
+        let role = Role::Follow {
+            leader: leader.clone(),
+            members: members.into_iter().filter(|n| n != me).collect(),
+            plan: Vec::new(),
+        };
+        Ok(Session::new(
+            sid,
+            storage_idx,
+            role,
+            index,
+            digest,
+            ignore,
+            now,
+        ))
+    }
+
+    pub(super) fn follower_send_index(
+        &mut self,
+        from: &NodeId,
+        sid: u64,
+        now: Instant,
+        io: &mut dyn Io,
+    ) {
+        if !self.joined(from, sid, now) {
+            return;
+        }
+        let index = std::mem::take(&mut self.local_index);
+        for chunk in proto::batches(index, proto::meta_len) {
+            io.send(
+                from,
+                SessionMsg::IndexChunk {
+                    sid,
+                    entries: chunk,
+                }
+                .into(),
+            );
+        }
+        io.send(from, SessionMsg::IndexEnd { sid }.into());
+    }
+
+    pub(super) fn follower_on_plan_chunk(
+        &mut self,
+        from: &NodeId,
+        sid: u64,
+        items: Vec<PlanItem>,
+        now: Instant,
+        io: &mut dyn Io,
+    ) {
+        if !self.joined(from, sid, now) {
+            return;
+        }
+        if self.phase != Phase::Collect {
+            return io.disconnect(from, super::Violation::PlanAfterEnd);
+        }
+        let Role::Follow { plan, .. } = &mut self.role else {
+            return;
+        };
+        if (plan.len() + items.len()) as u64 > MAX_ENTRIES {
+            return io.disconnect(from, super::Violation::PlanTooLarge);
+        }
+        plan.extend(items);
+    }
+
+    pub(super) fn follower_on_plan_end(
+        &mut self,
+        cx: &Ctx<'_>,
+        from: &NodeId,
+        sid: u64,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        if !self.joined(from, sid, now) {
+            return None;
+        }
+        if self.phase != Phase::Collect {
+            io.disconnect(from, super::Violation::PlanEndedTwice);
+            return None;
+        }
+        self.phase = Phase::Ready;
+        self.local_index = Vec::new();
+        let Role::Follow { plan, .. } = &mut self.role else {
+            return None;
+        };
+        let items = std::mem::take(plan);
+        if let Err(v) = check_plan(&items) {
+            io.disconnect(from, v);
+            return None;
+        }
+        self.register_items(cx, items, io);
+        io.send(from, SessionMsg::PlanReady { sid }.into());
+        self.maybe_part_done(cx, now, io)
+    }
+
+    pub(super) fn follower_on_go(
+        &mut self,
+        cx: &Ctx<'_>,
+        from: &NodeId,
+        sid: u64,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        if !self.joined(from, sid, now) {
+            return None;
+        }
+        if self.phase != Phase::Ready {
+            io.disconnect(from, super::Violation::GoBeforePlan);
+            return None;
+        }
+        self.phase = Phase::Go;
+        self.release_held(io);
+        self.maybe_part_done(cx, now, io)
+    }
+
+    pub(super) fn follower_on_end(
+        &mut self,
+        cx: &Ctx<'_>,
+        from: &NodeId,
+        sid: u64,
+        ok: bool,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        if !self.joined(from, sid, now) {
+            return None;
+        }
+        io.cancel_session(sid);
+        if ok || self.local_done {
+            let mut peers = vec![from.clone()];
+            if let Role::Follow { members, .. } = &self.role {
+                peers.extend(members.iter().cloned());
+            }
+            let failed = self.stats.failed;
+            Some(self.done(cx, peers, failed, ok && failed == 0))
+        } else {
+            let name = &cx.storages[self.storage];
+            log::warn!("{name}: session {sid:016x} ended early by {from}");
+            Some(Over::Aborted {
+                storage: self.storage,
+                why: SyncError::EndedEarly(from.clone()),
+            })
+        }
+    }
+}

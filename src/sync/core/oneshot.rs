@@ -1,0 +1,243 @@
+//! The policy of a one-shot run, sans-I/O: when to stop waiting for peers, which storages to
+//! synchronize (again), when the run is over, and what it achieved. The sync thread feeds it
+//! what happened (a peer joined, a dial ended) and calls [`OneShot::step`] after every event
+//! with the time; the simulator drives the same code over thousands of schedules.
+//!
+//! The wait: until every configured peer is connected, or no new peer has connected for
+//! [`CONNECT_WINDOW`] — at most [`CONNECT_DEADLINE`], which is also how long it waits for a
+//! first peer at all. With no peer configured and nothing else that could bring one (no
+//! discovery), there is nothing to wait for and the run says so at once. A session that
+//! included this node before the wait ended does not end the run: it may have started before
+//! a late peer connected (nodes started together come up one by one, slowly under load or
+//! qemu). After the wait every storage is claimed once; a storage that a connected peer has
+//! but no clean session synchronized with it is claimed again, a few times at most.
+//!
+//! The run is over when nothing is wanted or in flight. It succeeded only if every storage
+//! that a connected peer had was synchronized with each such peer and every configured peer
+//! was reached ([`RunReport::ok`]).
+
+use std::time::{Duration, Instant};
+
+use super::{Core, StorageResult};
+use crate::run::{DialError, Moved, RunProblem, RunReport, StorageReport, StorageState};
+
+/// How long a one-shot run waits for more of its peers after the last one that connected.
+pub const CONNECT_WINDOW: Duration = Duration::from_secs(5);
+/// How long a one-shot run waits for a first peer at all before giving up, and for all its
+/// peers at most.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+/// Most times a one-shot run synchronizes a storage again because no clean session included
+/// a connected peer that has it (bounds a peer that keeps reconnecting).
+pub const ONESHOT_AGAIN: u32 = 3;
+
+/// What became of the attempts to reach one configured peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reach {
+    NotYet,
+    Reached,
+    Failed(DialError),
+}
+
+/// One one-shot run's policy state.
+pub struct OneShot {
+    started: Instant,
+    /// Configured peer addresses, and whether each was reached.
+    configured: Vec<(String, Reach)>,
+    /// Peers can come without being configured (discovery, or peers that dial us): the run
+    /// waits for one even with nothing configured.
+    others_may_come: bool,
+    ever_connected: bool,
+    /// When a peer last connected (or the run started).
+    last_joined: Instant,
+    /// The wait for peers is over.
+    waited: bool,
+    /// Per storage: this run has claimed it.
+    triggered: Vec<bool>,
+    /// Per storage: times it was claimed again.
+    again: Vec<u32>,
+    finished: bool,
+}
+
+impl OneShot {
+    pub fn new(
+        started: Instant,
+        configured: Vec<String>,
+        others_may_come: bool,
+        storages: usize,
+    ) -> OneShot {
+        OneShot {
+            started,
+            configured: configured.into_iter().map(|a| (a, Reach::NotYet)).collect(),
+            others_may_come,
+            ever_connected: false,
+            last_joined: started,
+            waited: false,
+            triggered: vec![false; storages],
+            again: vec![0; storages],
+            finished: false,
+        }
+    }
+
+    /// A peer's handshake completed.
+    pub fn peer_joined(&mut self, now: Instant) {
+        self.ever_connected = true;
+        self.last_joined = now;
+    }
+
+    /// An attempt to reach configured peer `addr` ended.
+    pub fn dial_result(&mut self, addr: &str, result: Result<(), DialError>) {
+        for (a, reach) in &mut self.configured {
+            if a != addr || *reach == Reach::Reached {
+                continue;
+            }
+            *reach = match &result {
+                Ok(()) => Reach::Reached,
+                Err(e) => Reach::Failed(e.clone()),
+            };
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Decides what to do at `now`: ends the wait, claims storages on `core`, or ends the
+    /// run. `busy`: the thread is still sending files or computing signatures.
+    pub fn step(&mut self, now: Instant, core: &mut Core, busy: bool) {
+        if self.finished {
+            return;
+        }
+        if !self.waited {
+            if self.configured.is_empty() && !self.others_may_come {
+                // Nobody can come: say so now, not after the whole wait.
+                self.finished = true;
+                return;
+            }
+            let all_up = !self.configured.is_empty()
+                && self.configured.iter().all(|(_, r)| *r == Reach::Reached);
+            let waited = now.saturating_duration_since(self.started);
+            let quiet = now.saturating_duration_since(self.last_joined);
+            if all_up
+                || (self.ever_connected && (quiet >= CONNECT_WINDOW || waited >= CONNECT_DEADLINE))
+            {
+                self.waited = true;
+            } else {
+                if waited >= CONNECT_DEADLINE {
+                    self.finished = true;
+                }
+                return;
+            }
+        }
+        let n = core.storages().len();
+        for i in 0..n {
+            let idle = !core.has_want(i) && core.session_storage() != Some(i);
+            if self.triggered[i] {
+                // A session this run took part in may have left out a peer connected to
+                // this node (one its leader was not connected to, or one that came later),
+                // or failed: that storage is synchronized again, a few times at most.
+                if idle && !core.unsynced_holders(i).is_empty() && self.again[i] < ONESHOT_AGAIN {
+                    self.again[i] += 1;
+                    log::info!(
+                        "{}: a connected peer has not been synchronized with; synchronizing again",
+                        core.storages()[i]
+                    );
+                    core.trigger(i, now);
+                }
+                continue;
+            }
+            // Each storage is claimed once after the wait, even if a session already
+            // synchronized it (or is doing so right now): that session may have left out a
+            // peer that connected later, and a claim is only satisfied by a session whose
+            // scan comes after it. When everyone agrees, the extra session costs a scan and
+            // one digest per node.
+            self.triggered[i] = true;
+            if matches!(core.result(i), Some(StorageResult::Synced { .. })) && !core.has_holders(i)
+            {
+                // Synchronized with peers that have all gone since: nobody left to ask.
+                continue;
+            }
+            core.trigger(i, now);
+        }
+        let settled = (0..n).all(|i| {
+            !core.has_want(i) && core.session_storage() != Some(i) && core.result(i).is_some()
+        });
+        if settled && core.session_storage().is_none() && !busy {
+            self.finished = true;
+        }
+    }
+
+    /// The latest time [`OneShot::step`] must run again, if the run itself has a deadline:
+    /// never a time already past once `step(now)` has run, so the thread never spins.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.finished || self.waited {
+            return None;
+        }
+        let deadline = self.started + CONNECT_DEADLINE;
+        if self.ever_connected {
+            Some((self.last_joined + CONNECT_WINDOW).min(deadline))
+        } else {
+            Some(deadline)
+        }
+    }
+
+    /// What the run achieved. `sent` and `received` are the bytes on the wire.
+    pub fn report(&self, core: &Core, sent: u64, received: u64) -> RunReport {
+        let unreached = self
+            .configured
+            .iter()
+            .filter_map(|(addr, reach)| match reach {
+                Reach::Reached => None,
+                Reach::Failed(e) => Some((addr.clone(), e.clone())),
+                Reach::NotYet => Some((
+                    addr.clone(),
+                    DialError::Unreachable("no answer within the wait".into()),
+                )),
+            })
+            .collect();
+        let problem = if self.ever_connected {
+            None
+        } else if self.configured.is_empty() {
+            Some(RunProblem::NoPeerConfigured)
+        } else {
+            Some(RunProblem::NoPeerConnected)
+        };
+        let storages = core
+            .storages()
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let rec = core.record(i);
+                let missing: Vec<_> = rec.seen.difference(&rec.synced_with).cloned().collect();
+                let state = if rec.seen.is_empty() {
+                    StorageState::NotShared
+                } else if missing.is_empty() {
+                    StorageState::Synced
+                } else {
+                    StorageState::Failed {
+                        missing,
+                        why: rec.last_error.clone(),
+                    }
+                };
+                StorageReport {
+                    name: name.clone(),
+                    state,
+                    with: rec.synced_with.iter().cloned().collect(),
+                    moved: Moved {
+                        files_sent: rec.moved.files_sent,
+                        bytes_sent: rec.moved.bytes_sent,
+                        files_received: rec.moved.files_received,
+                        bytes_received: rec.moved.bytes_received,
+                        failed: rec.moved.failed,
+                    },
+                }
+            })
+            .collect();
+        RunReport {
+            problem,
+            storages,
+            unreached,
+            sent,
+            received,
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The session machine: one running session on this node, led here or joined, and the parts
+//! both roles share — the plan this node registered, the files it expects and sends, its
+//! statistics, its liveness. The leader's steps are in `leader.rs`, the follower's in
+//! `follower.rs`. Every step that can end the session returns how it ended ([`Over`]);
+//! [`Core`](super::Core) then drops the session and tells the election.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use super::{Ctx, Io, Received, Refusal, Sent, Violation, ALIVE_EVERY, SESSION_IDLE_TIMEOUT};
+use crate::ignore::IgnoreMatcher;
+use crate::model::{FileMeta, NodeId, RelPath, Version};
+use crate::proto::{Digest, PartStats, PlanItem, SendTo, SessionMsg};
+use crate::run::SyncError;
+
+/// How a session ended, for [`Core`](super::Core).
+#[derive(Debug)]
+pub(super) enum Over {
+    /// It completed; `failed` files of this node's part (all parts, for the leader) did
+    /// not move, and the storage is retried.
+    Done {
+        storage: usize,
+        scanned_at: Instant,
+        /// Whom it synchronized this node with.
+        peers: Vec<NodeId>,
+        stats: PartStats,
+        failed: u32,
+        /// No participant failed anything: the session synchronized this node with `peers`.
+        clean: bool,
+    },
+    Aborted {
+        storage: usize,
+        why: SyncError,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Leader: waiting for digests and the indexes it asked for. Follower: for the plan.
+    Collect,
+    /// Plans distributed; waiting for every `PlanReady` (leader) or for `Go` (follower).
+    Ready,
+    /// Files are moving.
+    Go,
+}
+
+/// A participant of a session this node leads.
+pub(super) struct Participant {
+    pub(super) node: NodeId,
+    pub(super) summary: Option<(u64, Digest)>,
+    pub(super) peers: Vec<NodeId>,
+    pub(super) index: Vec<FileMeta>,
+    pub(super) index_requested: bool,
+    pub(super) index_done: bool,
+    pub(super) ready: bool,
+    pub(super) done: Option<PartStats>,
+}
+
+impl Participant {
+    pub(super) fn new(node: NodeId) -> Participant {
+        Participant {
+            node,
+            summary: None,
+            peers: Vec::new(),
+            index: Vec::new(),
+            index_requested: false,
+            index_done: false,
+            ready: false,
+            done: None,
+        }
+    }
+}
+
+pub(super) enum Role {
+    Lead {
+        participants: Vec<Participant>,
+    },
+    Follow {
+        leader: NodeId,
+        /// The other participants, as the leader announced them.
+        members: Vec<NodeId>,
+        /// Plan items received so far.
+        plan: Vec<PlanItem>,
+    },
+}
+
+/// A file this node expects in the running session.
+struct Expected {
+    /// Index into the session's `senders`: a node id per expected file would cost a heap
+    /// allocation each (10,000 files: 10,000 copies of the same few names).
+    from: u32,
+    size: u64,
+    mtime_ns: i64,
+    /// What the local path must still hold for the commit.
+    expect: Option<Version>,
+    started: bool,
+}
+
+pub(super) struct Session {
+    pub(super) sid: u64,
+    pub(super) storage: usize,
+    pub(super) role: Role,
+    pub(super) phase: Phase,
+    pub(super) scanned_at: Instant,
+    pub(super) local_index: Vec<FileMeta>,
+    pub(super) local_digest: Digest,
+    ignore: IgnoreMatcher,
+    /// Sends held back until `Go`.
+    held: Vec<(FileMeta, Vec<SendTo>)>,
+    sends_left: usize,
+    expected: HashMap<RelPath, Expected>,
+    /// The nodes files are expected from.
+    senders: Vec<NodeId>,
+    declined: HashSet<RelPath>,
+    pub(super) stats: PartStats,
+    read: u64,
+    pub(super) local_done: bool,
+    pub(super) last_activity: Instant,
+    /// When this node last sent `SessionAlive`.
+    alive_sent: Instant,
+    /// Local progress (data moved) since the last `SessionAlive` sent.
+    progressed: bool,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        sid: u64,
+        storage: usize,
+        role: Role,
+        local_index: Vec<FileMeta>,
+        local_digest: Digest,
+        ignore: IgnoreMatcher,
+        now: Instant,
+    ) -> Session {
+        Session {
+            sid,
+            storage,
+            role,
+            phase: Phase::Collect,
+            scanned_at: now,
+            local_index,
+            local_digest,
+            ignore,
+            held: Vec::new(),
+            sends_left: 0,
+            expected: HashMap::new(),
+            senders: Vec::new(),
+            declined: HashSet::new(),
+            stats: PartStats::default(),
+            read: 0,
+            local_done: false,
+            last_activity: now,
+            alive_sent: now,
+            progressed: false,
+        }
+    }
+
+    /// The leader, or `None` when this node leads.
+    pub(super) fn leader(&self) -> Option<&NodeId> {
+        match &self.role {
+            Role::Lead { .. } => None,
+            Role::Follow { leader, .. } => Some(leader),
+        }
+    }
+
+    pub(super) fn led_participants(&self) -> Option<Vec<NodeId>> {
+        match &self.role {
+            Role::Lead { participants } => {
+                Some(participants.iter().map(|p| p.node.clone()).collect())
+            }
+            Role::Follow { .. } => None,
+        }
+    }
+
+    pub(super) fn involves(&self, node: &NodeId) -> bool {
+        match &self.role {
+            Role::Lead { participants } => participants.iter().any(|p| p.node == *node),
+            Role::Follow { leader, .. } => leader == node,
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Instant {
+        (self.last_activity + SESSION_IDLE_TIMEOUT).min(self.alive_sent + ALIVE_EVERY)
+    }
+
+    pub(super) fn idle_too_long(&self, now: Instant) -> bool {
+        now >= self.last_activity + SESSION_IDLE_TIMEOUT
+    }
+
+    /// Sends `SessionAlive` when due: the leader always, a participant only if it moved data
+    /// since its last one.
+    pub(super) fn heartbeat(&mut self, now: Instant, io: &mut dyn Io) {
+        if now < self.alive_sent + ALIVE_EVERY {
+            return;
+        }
+        let sid = self.sid;
+        match &self.role {
+            Role::Lead { participants } => {
+                for p in participants {
+                    io.send(&p.node, SessionMsg::Alive { sid }.into());
+                }
+            }
+            Role::Follow { leader, .. } if self.progressed => {
+                io.send(leader, SessionMsg::Alive { sid }.into())
+            }
+            Role::Follow { .. } => {}
+        }
+        self.alive_sent = now;
+        self.progressed = false;
+    }
+
+    /// True (and the session's activity noted) if this node leads session `sid`.
+    pub(super) fn led(&mut self, sid: u64, now: Instant) -> bool {
+        let ours = self.sid == sid && matches!(self.role, Role::Lead { .. });
+        if ours {
+            self.last_activity = now;
+        }
+        ours
+    }
+
+    /// True (and the session's activity noted) if `from` leads session `sid` here.
+    pub(super) fn joined(&mut self, from: &NodeId, sid: u64, now: Instant) -> bool {
+        let ours = self.sid == sid && self.leader() == Some(from);
+        if ours {
+            self.last_activity = now;
+        }
+        ours
+    }
+
+    /// A session message from `from` (other than `SessionStart`, which [`Core`] handles).
+    ///
+    /// [`Core`]: super::Core
+    pub(super) fn on_message(
+        &mut self,
+        cx: &Ctx<'_>,
+        from: &NodeId,
+        msg: SessionMsg,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        match msg {
+            // Core::follow handles a new session; one for a running session is refused there.
+            SessionMsg::Start { .. } => None,
+            SessionMsg::Abort { sid, reason } if sid == self.sid && self.involves(from) => {
+                let why = SyncError::AbortedBy {
+                    node: from.clone(),
+                    reason,
+                };
+                Some(self.abort(&cx.storages[self.storage], why, io))
+            }
+            SessionMsg::Abort { .. } => None,
+            SessionMsg::IndexSummary {
+                sid,
+                count,
+                digest,
+                peers,
+            } => self.leader_on_summary(cx, from, sid, count, digest, peers, now, io),
+            SessionMsg::IndexRequest { sid } => {
+                self.follower_send_index(from, sid, now, io);
+                None
+            }
+            SessionMsg::IndexChunk { sid, entries } => {
+                self.leader_on_index_chunk(from, sid, entries, now, io);
+                None
+            }
+            SessionMsg::IndexEnd { sid } => self.leader_on_index_end(cx, from, sid, now, io),
+            SessionMsg::PlanChunk { sid, items } => {
+                self.follower_on_plan_chunk(from, sid, items, now, io);
+                None
+            }
+            SessionMsg::PlanEnd { sid } => self.follower_on_plan_end(cx, from, sid, now, io),
+            SessionMsg::PlanReady { sid } => self.leader_on_ready(cx, from, sid, now, io),
+            // Either role: a sign of life.
+            SessionMsg::Alive { sid } => {
+                if !self.led(sid, now) {
+                    self.joined(from, sid, now);
+                }
+                None
+            }
+            SessionMsg::Go { sid } => self.follower_on_go(cx, from, sid, now, io),
+            SessionMsg::PartDone { sid, stats } => {
+                self.leader_on_part_done(cx, from, sid, stats, now, io)
+            }
+            SessionMsg::End { sid, ok } => self.follower_on_end(cx, from, sid, ok, now, io),
+        }
+    }
+
+    /// Registers this node's part of a plan: directories now, receives expected, sends held
+    /// until `Go`.
+    pub(super) fn register_items(&mut self, cx: &Ctx<'_>, items: Vec<PlanItem>, io: &mut dyn Io) {
+        let name = &cx.storages[self.storage];
+        for item in items {
+            match item {
+                PlanItem::MakeDir { path, mode } => {
+                    if self.ignore.is_ignored(&path, true) {
+                        continue;
+                    }
+                    if let Err(e) = io.make_dir(self.storage, &path, mode) {
+                        log::warn!("{name}: cannot create directory {path}: {e}");
+                        self.stats.failed += 1;
+                    }
+                }
+                PlanItem::Receive { meta, from, expect } => {
+                    if from == *cx.me || !cx.peers.contains(&from) {
+                        // The sender is gone (or never was a peer): the file cannot come.
+                        // Counted as failed so the leader tries again.
+                        log::debug!(
+                            "{name}: {} cannot come from {from}: not connected",
+                            meta.path
+                        );
+                        self.stats.failed += 1;
+                        continue;
+                    }
+                    if self.ignore.is_ignored(&meta.path, false) {
+                        log::debug!("{name}: not accepting {}: ignored here", meta.path);
+                        self.declined.insert(meta.path);
+                        continue;
+                    }
+                    if let Some(base) = expect.filter(|_| crate::delta::wanted(meta.size, expect)) {
+                        io.queue_signature(
+                            self.storage,
+                            self.sid,
+                            meta.path.clone(),
+                            base,
+                            from.clone(),
+                        );
+                    }
+                    let from = match self.senders.iter().position(|n| *n == from) {
+                        Some(k) => k as u32,
+                        None => {
+                            self.senders.push(from);
+                            (self.senders.len() - 1) as u32
+                        }
+                    };
+                    self.expected.insert(
+                        meta.path,
+                        Expected {
+                            from,
+                            size: meta.size,
+                            mtime_ns: meta.mtime_ns,
+                            expect,
+                            started: false,
+                        },
+                    );
+                }
+                PlanItem::Send { meta, mut to } => {
+                    // Targets that went away meanwhile are left out; the leader retries.
+                    let before = to.len();
+                    to.retain(|t| t.node != *cx.me && cx.peers.contains(&t.node));
+                    if to.len() < before {
+                        self.stats.failed += 1;
+                    }
+                    if !to.is_empty() {
+                        self.sends_left += 1;
+                        self.held.push((meta, to));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Go`: the sends held until now are handed to the shell.
+    pub(super) fn release_held(&mut self, io: &mut dyn Io) {
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            io.queue_sends(self.storage, self.sid, held);
+        }
+    }
+
+    /// Reports this node's part as done once every send and receive is resolved; for the
+    /// leader that may end the session.
+    pub(super) fn maybe_part_done(
+        &mut self,
+        cx: &Ctx<'_>,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        if self.phase == Phase::Collect
+            || self.local_done
+            || self.sends_left > 0
+            || !self.expected.is_empty()
+        {
+            return None;
+        }
+        self.local_done = true;
+        let (sid, stats) = (self.sid, self.stats);
+        match &self.role {
+            Role::Follow { leader, .. } => {
+                io.send(leader, SessionMsg::PartDone { sid, stats }.into());
+                None
+            }
+            Role::Lead { .. } => self.leader_maybe_end(cx, now, io),
+        }
+    }
+
+    /// Is this incoming file one the plan announced, from this sender, in this version?
+    /// Returns what the local path must still hold for the commit to go ahead.
+    pub(super) fn accept_file(
+        &mut self,
+        from: &NodeId,
+        meta: &FileMeta,
+        now: Instant,
+        io: &dyn Io,
+    ) -> Result<Option<Version>, Refusal> {
+        // A sender starts on the leader's `Go`, which may overtake this node's own `Go` on
+        // another connection: a registered plan (`Ready`) is enough to accept.
+        if self.phase == Phase::Collect {
+            return Err(Refusal::Reject("no such session here"));
+        }
+        self.last_activity = now;
+        if self.declined.contains(&meta.path) {
+            return Err(Refusal::Reject("ignored by the receiver's .ignore"));
+        }
+        let unannounced = || Refusal::Violation(Violation::Unannounced(meta.path.clone()));
+        let Some(e) = self.expected.get_mut(&meta.path) else {
+            return Err(unannounced());
+        };
+        if e.started
+            || self.senders[e.from as usize] != *from
+            || e.size != meta.size
+            || e.mtime_ns != meta.mtime_ns
+        {
+            return Err(unannounced());
+        }
+        let expect = e.expect;
+        if let Some(free) = io.free_space(self.storage) {
+            if meta.size > free {
+                self.expected.remove(&meta.path);
+                self.stats.failed += 1;
+                return Err(Refusal::Reject("not enough space on the receiver"));
+            }
+        }
+        if let Some(e) = self.expected.get_mut(&meta.path) {
+            e.started = true;
+        }
+        Ok(expect)
+    }
+
+    /// A received file reached its end (committed, kept local, failed, aborted).
+    pub(super) fn on_received(
+        &mut self,
+        cx: &Ctx<'_>,
+        path: &RelPath,
+        outcome: Received,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        self.last_activity = now;
+        self.progressed = true;
+        self.expected.remove(path)?;
+        match outcome {
+            Received::Committed { bytes } => {
+                self.stats.files_received += 1;
+                self.stats.bytes_received += bytes;
+            }
+            Received::KeptLocal | Received::Aborted => {}
+            Received::Failed => self.stats.failed += 1,
+        }
+        self.maybe_part_done(cx, now, io)
+    }
+
+    /// A queued send reached its end.
+    pub(super) fn on_sent(
+        &mut self,
+        cx: &Ctx<'_>,
+        outcome: Sent,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        self.last_activity = now;
+        self.progressed = true;
+        self.sends_left = self.sends_left.saturating_sub(1);
+        match outcome {
+            Sent::Done {
+                bytes,
+                receivers,
+                read,
+            } => {
+                self.stats.files_sent += receivers as u32;
+                self.stats.bytes_sent += bytes;
+                self.read += read;
+            }
+            Sent::Skipped => {}
+            Sent::Failed => self.stats.failed += 1,
+        }
+        self.maybe_part_done(cx, now, io)
+    }
+
+    /// Transfer progress without a message (a long file): keeps the session alive.
+    pub(super) fn on_progress(&mut self, now: Instant) {
+        self.last_activity = now;
+        self.progressed = true;
+    }
+
+    /// A peer this node expects files from (not the leader) went away: those files will not
+    /// come. Failures, so the leader tries again.
+    pub(super) fn sender_lost(
+        &mut self,
+        cx: &Ctx<'_>,
+        node: &NodeId,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        let k = self.senders.iter().position(|n| n == node)? as u32;
+        let before = self.expected.len();
+        self.expected.retain(|_, e| e.from != k);
+        let lost = before - self.expected.len();
+        if lost == 0 {
+            return None;
+        }
+        self.stats.failed += lost as u32;
+        self.maybe_part_done(cx, now, io)
+    }
+
+    /// Ends the session early, telling the others.
+    pub(super) fn abort(&mut self, name: &str, why: SyncError, io: &mut dyn Io) -> Over {
+        log::warn!("{name}: session {:016x} aborted: {why}", self.sid);
+        io.cancel_session(self.sid);
+        match &self.role {
+            Role::Lead { participants } => {
+                for p in participants {
+                    io.send(
+                        &p.node,
+                        SessionMsg::End {
+                            sid: self.sid,
+                            ok: false,
+                        }
+                        .into(),
+                    );
+                }
+            }
+            Role::Follow { leader, .. } => io.send(
+                leader,
+                SessionMsg::Abort {
+                    sid: self.sid,
+                    reason: why.to_string(),
+                }
+                .into(),
+            ),
+        }
+        Over::Aborted {
+            storage: self.storage,
+            why,
+        }
+    }
+
+    /// The session completed with `peers` (`clean`: nobody failed anything): logs what it
+    /// did.
+    pub(super) fn done(&self, cx: &Ctx<'_>, peers: Vec<NodeId>, failed: u32, clean: bool) -> Over {
+        let s = &self.stats;
+        log::info!(
+            "{}: session done: received {} file(s) ({} bytes), sent {} file(s) ({} bytes), read {} bytes{}",
+            cx.storages[self.storage],
+            s.files_received,
+            s.bytes_received,
+            s.files_sent,
+            s.bytes_sent,
+            self.read,
+            if failed > 0 {
+                format!(", {failed} failed")
+            } else {
+                String::new()
+            }
+        );
+        Over::Done {
+            storage: self.storage,
+            scanned_at: self.scanned_at,
+            peers,
+            stats: self.stats,
+            failed,
+            clean,
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! What the simulator checks after every event and at the end of a schedule: one leader
+//! per node at a time, followers following real sessions, no protocol violation, no stall,
+//! no deadline in the past; and at the end, every replica identical and holding the newest
+//! version of everything that ever existed.
+
+use std::collections::BTreeSet;
+
+use super::replica::view;
+use super::*;
+
+impl Sim {
+    // ------------------------------------------------------------------------------------
+    // Checks
+
+    pub(super) fn check_invariants(&mut self) {
+        if let Some(v) = self.violations.first() {
+            self.fail(&format!("protocol violation: {v}"));
+        }
+        let n = self.nodes.len();
+        // Leader side, strictly: running led sessions have disjoint member sets.
+        let mut owner: Vec<Option<usize>> = vec![None; n];
+        let mut running: Vec<(usize, u64)> = Vec::new();
+        for i in 0..n {
+            let Some(core) = &self.nodes[i].core else {
+                continue;
+            };
+            let Some(ps) = core.led_participants() else {
+                continue;
+            };
+            let (sid, _, storage) = core.session_info().expect("a leader is in a session");
+            let storage = self.nodes[i].storages[storage].clone();
+            let mut members = vec![i];
+            members.extend(ps.iter().map(|p| self.idx(p)));
+            // A participant whose connection to the leader is gone is the leader's stale
+            // view: the participant may already have noticed, dropped its grant and joined
+            // another session, while the leader, which can no longer reach it, notices only
+            // after its own detection delay and then aborts.
+            let live: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|&m| m == i || self.live(i, m))
+                .collect();
+            for &m in &live {
+                if let Some(other) = owner[m] {
+                    self.fail(&format!(
+                        "{} is in the sessions led by {} and by {} at once",
+                        self.name(m),
+                        self.name(other),
+                        self.name(i)
+                    ));
+                }
+                owner[m] = Some(i);
+            }
+            running.push((i, sid));
+            if self.led.insert((i, sid)) {
+                self.log(format!(
+                    "{} leads session {sid} of {storage} with {:?}",
+                    self.name(i),
+                    members[1..]
+                        .iter()
+                        .map(|&m| self.name(m))
+                        .collect::<Vec<_>>()
+                ));
+                self.sessions.push(SessionRecord {
+                    leader: i,
+                    sid,
+                    storage,
+                    members,
+                    started: self.now,
+                    ended: None,
+                    ok: None,
+                    peer_link_cut: false,
+                });
+            }
+        }
+        self.max_concurrent = self.max_concurrent.max(running.len());
+        for k in 0..self.sessions.len() {
+            let r = &self.sessions[k];
+            if r.ended.is_some() || r.peer_link_cut {
+                continue;
+            }
+            let followers = &r.members[1..];
+            let cut = followers.iter().any(|&a| {
+                followers
+                    .iter()
+                    .any(|&b| a != b && self.up(a) && self.up(b) && !self.link(a, b).connected)
+            });
+            self.sessions[k].peer_link_cut = cut;
+        }
+        // Liveness: with every loss noticed within 0.5 s and files moving in 50 ms, a
+        // session has no reason to run for a minute; one that does waits for something
+        // that will never come and only the idle timeout ends it.
+        for r in &self.sessions {
+            if r.ended.is_none() && self.now - r.started > self.cfg.stall {
+                let msg = format!(
+                    "session {} led by {} stalled: running for {:.1} s",
+                    r.sid,
+                    self.name(r.leader),
+                    (self.now - r.started) as f64 / SEC as f64
+                );
+                self.fail(&msg);
+            }
+        }
+        for r in &mut self.sessions {
+            if r.ended.is_none() && !running.contains(&(r.leader, r.sid)) {
+                r.ended = Some(self.now);
+                let leader = &self.nodes[r.leader];
+                r.ok = leader.core.as_ref().and_then(|c| {
+                    let s = leader.storage(&r.storage)?;
+                    match c.result(s) {
+                        Some(StorageResult::Synced { .. }) => Some(true),
+                        _ => Some(false),
+                    }
+                });
+            }
+        }
+        // Follower side: a follower may lag behind its leader's end, but its session must
+        // have been led by that leader, and a leader still running it must list it.
+        for (f, node) in self.nodes.iter().enumerate() {
+            let Some(core) = &node.core else {
+                continue;
+            };
+            let Some((sid, Some(leader), _)) = core.session_info() else {
+                continue;
+            };
+            let l = self.idx(leader);
+            if !self.led.contains(&(l, sid)) {
+                self.fail(&format!(
+                    "{} follows session {sid} of {leader}, which {leader} never led",
+                    self.name(f)
+                ));
+            }
+            if running.contains(&(l, sid)) && self.live(l, f) && owner[f] != Some(l) {
+                self.fail(&format!(
+                    "{} follows session {sid} of {leader}, which does not list it",
+                    self.name(f)
+                ));
+            }
+        }
+    }
+
+    /// Every replica of every storage among `nodes` is identical; with `newest`, each also
+    /// holds the newest version ever written of every path and every directory ever made,
+    /// and nothing else.
+    pub(super) fn check_converged(&self, nodes: &[usize], newest: bool) {
+        for storage in STORAGES {
+            let holders: Vec<usize> = nodes
+                .iter()
+                .copied()
+                .filter(|&i| self.nodes[i].storage(storage).is_some())
+                .collect();
+            let Some(&first) = holders.first() else {
+                continue;
+            };
+            let tree = |i: usize| {
+                let n = &self.nodes[i];
+                view(&n.fs[n.storage(storage).unwrap()])
+            };
+            let reference = tree(first);
+            for &h in &holders[1..] {
+                let other = tree(h);
+                if other != reference {
+                    let paths: BTreeSet<&RelPath> = reference.keys().chain(other.keys()).collect();
+                    let diffs: Vec<String> = paths
+                        .into_iter()
+                        .filter(|p| reference.get(*p) != other.get(*p))
+                        .take(5)
+                        .map(|p| {
+                            format!(
+                                "{p}: {} has {:?}, {} has {:?}",
+                                self.name(first),
+                                reference.get(p),
+                                self.name(h),
+                                other.get(p)
+                            )
+                        })
+                        .collect();
+                    self.fail(&format!(
+                        "{storage}: replicas differ:\n  {}",
+                        diffs.join("\n  ")
+                    ));
+                }
+            }
+            if !newest {
+                continue;
+            }
+            for ((s, path), &(mtime, size, content)) in &self.newest {
+                if s != storage {
+                    continue;
+                }
+                let want = (EntryKind::File, size, mtime, content);
+                if reference.get(path) != Some(&want) {
+                    self.fail(&format!(
+                        "{storage}: lost update: {path} is {:?}, the newest version was {want:?}",
+                        reference.get(path)
+                    ));
+                }
+            }
+            for (s, path) in &self.dirs {
+                if s == storage && reference.get(path).map(|v| v.0) != Some(EntryKind::Dir) {
+                    self.fail(&format!("{storage}: directory {path} is missing"));
+                }
+            }
+            for (path, v) in &reference {
+                let key = (storage.to_owned(), path.clone());
+                let known = match v.0 {
+                    EntryKind::File => self.newest.contains_key(&key),
+                    EntryKind::Dir => self.dirs.contains(&key),
+                };
+                if !known {
+                    self.fail(&format!("{storage}: {path} appeared from nowhere"));
+                }
+            }
+        }
+    }
+
+    pub(super) fn figures(&self) -> Figures {
+        Figures {
+            sessions: self.sessions.len(),
+            max_concurrent: self.max_concurrent,
+            losses: self.losses,
+            drops: self.drops,
+            edits: self.edits,
+            virtual_ns: self.now,
+            events: self.events,
+            outcomes: self.outcomes,
+            settle_ns: self.settle_ns,
+            session_ns: self
+                .sessions
+                .iter()
+                .map(|r| r.ended.unwrap_or(self.now) - r.started)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Times `node` read this version of `path` as a transfer source.
+    pub(super) fn reads(&self, storage: &str, path: &RelPath, size: u64, mtime: i64) -> u32 {
+        let key = (storage.to_owned(), path.clone(), size, mtime);
+        self.nodes
+            .iter()
+            .map(|n| n.reads.get(&key).copied().unwrap_or(0))
+            .sum()
+    }
+}
