@@ -67,15 +67,19 @@ size: release
 
 ## bench: the measured scenarios side by side with rsync, Unison and Syncthing (see
 ## tests/bench.sh); `make bench-small` for a quick run, `make bench-full` adds the 100,000-file
-## five-node scale scenario.
+## five-node scale scenario. `make bench BASELINE=/path/to/old/iron-carrier` (or
+## BENCH_BASELINE=... in the environment) also measures that build, interleaved with this one
+## BENCH_PAIRS times (default 2): before and after from one run.
+BASELINE ?= $(BENCH_BASELINE)
+
 bench: release
-	./tests/bench.sh $(BIN)
+	BENCH_BASELINE="$(BASELINE)" ./tests/bench.sh $(BIN)
 
 bench-full: release
-	./tests/bench.sh $(BIN) --full
+	BENCH_BASELINE="$(BASELINE)" ./tests/bench.sh $(BIN) --full
 
 bench-small: release
-	./tests/bench.sh $(BIN) --small
+	BENCH_BASELINE="$(BASELINE)" ./tests/bench.sh $(BIN) --small
 
 ## cross-test: builds the project and its tests for armv7 and aarch64 with Debian's Rust 1.85
 ## (multiarch std, Debian's cross gcc) and runs them under qemu-user: no Docker needed.

@@ -10,6 +10,14 @@
 #   --full   the default set plus scenario 7 (100,000 files over five nodes)
 # BENCH_ONLY=word,... limits the run to scenarios/tools matching a word (a scenario such as
 # small-files, a tool such as syncthing, or scenario/tool), for development.
+# BENCH_BASELINE=/path/to/old/iron-carrier also measures that build (same protocol, same
+# data) as a second tool, "iron-carrier (baseline)", in every scenario that runs the binary
+# (small-files, big-files, delta-overwrite, delta-insert, idle, five-nodes, scale, fan-out;
+# not delta-speed, which is cargo test of this tree): before and after from one run. Those
+# scenarios then run interleaved, new, baseline, baseline, new, ... BENCH_PAIRS times
+# (default 2); the table shows each build's median and min, and new/baseline of the medians.
+# The BENCH_ONLY word iron-carrier selects both builds, iron-carrier-baseline the old alone.
+# Without BENCH_BASELINE (or with it empty) everything runs once, as before.
 # Prints a table (each of our figures as a ratio to each other tool's, every target met or
 # missed) and writes target/bench/results.json (and results.txt, the table).
 #
@@ -36,10 +44,23 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 helper=$here/bench/bench.py
 
-usage() { echo "usage: tests/bench.sh BIN [--small|--full]" >&2; exit 2; }
+usage() { echo "usage: [BENCH_BASELINE=OLD_BIN [BENCH_PAIRS=N]] tests/bench.sh BIN [--small|--full]" >&2; exit 2; }
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
 bin=$(realpath "$1")
 [ -x "$bin" ] || { echo "bench: $1 is not an executable" >&2; exit 2; }
+baseline=
+pairs=1
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  baseline=$(realpath -m "$BENCH_BASELINE")
+  if [ ! -f "$baseline" ] || [ ! -x "$baseline" ]; then
+    echo "bench: BENCH_BASELINE=$BENCH_BASELINE is not an executable" >&2
+    exit 2
+  fi
+  pairs=${BENCH_PAIRS:-2}
+  case "$pairs" in
+    '' | *[!0-9]* | 0*) echo "bench: BENCH_PAIRS=$pairs is not a positive whole number" >&2; exit 2 ;;
+  esac
+fi
 preset=default
 case "${2:-}" in
   "") ;;
@@ -112,6 +133,12 @@ root=$(mktemp -d /tmp/iron-carrier-bench.XXXXXX)
 bin_src=$bin
 cp "$bin_src" "$root/iron-carrier"
 bin=$root/iron-carrier
+bin_new=$bin
+bin_base=
+if [ -n "$baseline" ]; then
+  bin_base=$root/iron-carrier-baseline
+  cp "$baseline" "$bin_base"
+fi
 outdir=$repo/target/bench
 mkdir -p "$outdir"
 rows=$root/rows.jsonl
@@ -224,12 +251,14 @@ check_same() { # dir...
   why=$(py same "$@" 2>&1 > /dev/null) || fail "${why:-replicas differ after the run}"
 }
 
-# Is scenario $1 / tool $2 part of this run (BENCH_ONLY)?
+# Is scenario $1 / tool $2 part of this run (BENCH_ONLY)? The word iron-carrier also selects
+# iron-carrier-baseline.
 selected() { # scenario tool
   [ -z "${BENCH_ONLY:-}" ] && return 0
-  local w
+  local w t=${2%-baseline}
   for w in ${BENCH_ONLY//,/ }; do
-    { [ "$w" = "$1" ] || [ "$w" = "$2" ] || [ "$w" = "$1/$2" ]; } && return 0
+    { [ "$w" = "$1" ] || [ "$w" = "$2" ] || [ "$w" = "$1/$2" ] ||
+      [ "$w" = "$t" ] || [ "$w" = "$1/$t" ]; } && return 0
   done
   return 1
 }
@@ -240,10 +269,15 @@ on_err() { [ -e "$root/reason" ] || echo "line $2: '$3' exited with status $1" >
 # Runs one measurement (a function and its arguments) for scenario × tool × variant in a
 # fresh namespace and directory; a failure anywhere in it becomes a "failed" row.
 ids=()
+pair=           # with BENCH_BASELINE: the number of the new/baseline pair being run
 measure() { # scenario tool variant function args...
   selected "$1" "$2" || return 0
   ids=(scenario="$1" tool="$2" variant="$3")
   local what="$1 / $2 / $3"
+  if [ -n "$pair" ]; then
+    ids+=(pair="$pair")
+    what="$what / run $pair of $pairs"
+  fi
   shift 3
   run=$root/run
   rm -rf "$run" "$root/reason"
@@ -266,6 +300,35 @@ measure() { # scenario tool variant function args...
     rec "${ids[@]}" status=failed reason="$reason"
   fi
   rm -rf "$run"
+}
+
+# An iron-carrier measurement: once with BIN, or, with BENCH_BASELINE, $pairs times BIN and
+# the baseline interleaved, the order swapped every pair (new, baseline, baseline, new, ...:
+# both see the same drift of a noisy machine, and neither always goes first into a cold
+# page cache), each run recorded with its pair number (bench.py render takes medians).
+measure_ic() { # scenario variant function args...
+  local scen=$1 variant=$2 k
+  shift 2
+  if [ -z "$bin_base" ]; then
+    measure "$scen" iron-carrier "$variant" "$@"
+    return 0
+  fi
+  for k in $(seq 1 "$pairs"); do
+    pair=$k
+    if [ $((k % 2)) = 1 ]; then
+      bin=$bin_new
+      measure "$scen" iron-carrier "$variant" "$@"
+      bin=$bin_base
+      measure "$scen" iron-carrier-baseline "$variant" "$@"
+    else
+      bin=$bin_base
+      measure "$scen" iron-carrier-baseline "$variant" "$@"
+      bin=$bin_new
+      measure "$scen" iron-carrier "$variant" "$@"
+    fi
+  done
+  pair=
+  bin=$bin_new
 }
 
 na() { # scenario tool variant reason: a row that cannot be measured, and why
@@ -700,6 +763,14 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 versions="iron-carrier $("$bin" --version 2> /dev/null | awk '{ print $NF }'); $(rsync --version | head -1 | awk '{ print "rsync " $3 }'); $(unison -version | awk '{ print "unison " $3 }')"
 if [ "$with_syncthing" = 1 ]; then versions="$versions; syncthing $(syncthing --version | awk '{ print $2 }')"; fi
 log "$(nproc) cores, $(uname -m), preset $preset, load $load_start, binary $(stat -c %s "$bin") bytes"
+baseline_meta=()
+if [ -n "$bin_base" ]; then
+  baseline_version=$("$bin_base" --version 2> /dev/null | awk '{ print $NF }')
+  versions="$versions; baseline iron-carrier ${baseline_version:-?}"
+  log "baseline $baseline ($(stat -c %s "$bin_base") bytes), $pairs interleaved runs of each build"
+  cmp -s "$bin_new" "$bin_base" && log "note: the baseline is byte-identical to $bin_src"
+  baseline_meta=(baseline="$baseline" baseline_pairs="$pairs")
+fi
 
 fsync_ms_start=$(py fsync-probe "$root/fsync-probe")
 log "generating data"
@@ -723,7 +794,7 @@ for scen in small-files big-files; do
   [ "$scen" = big-files ] && src=$data/big
   variant=-
   [ "$scen" = big-files ] && variant=plaintext
-  measure "$scen" iron-carrier "$variant" ic_pair "$src" oneway
+  measure_ic "$scen" "$variant" ic_pair "$src" oneway
   measure "$scen" rsync "$variant" rsync_push "$src" oneway
   measure "$scen" rsync-fsync "$variant" rsync_push "$src" oneway fsync
   measure "$scen" unison "$variant" unison_sync "$src" oneway
@@ -740,7 +811,7 @@ na big-files unison encrypted "-socket is plain text (unison over ssh not measur
 
 # 3. 1 MiB overwritten; 4. 100 bytes inserted.
 for scen in delta-overwrite delta-insert; do
-  measure "$scen" iron-carrier - ic_pair "$data/$scen" delta
+  measure_ic "$scen" - ic_pair "$data/$scen" delta
   measure "$scen" rsync - rsync_push "$data/$scen" delta
   measure "$scen" rsync-fsync - rsync_push "$data/$scen" delta fsync
   measure "$scen" unison - unison_sync "$data/$scen" delta
@@ -752,7 +823,7 @@ for scen in delta-overwrite delta-insert; do
 done
 
 # 5. idle; 6. latency.
-measure idle iron-carrier - ic_idle "$data/small"
+measure_ic idle - ic_idle "$data/small"
 na latency iron-carrier - "not implemented yet: no file watcher (delay_watcher_events is accepted but unused)"
 for t in rsync rsync-fsync unison; do
   na idle "$t" - "no daemon: a one-shot tool uses nothing between runs"
@@ -770,21 +841,29 @@ fi
 
 # 7. scale (--full only).
 if [ "$n_scale" -gt 0 ]; then
-  measure scale iron-carrier - ic_mesh "$data/scale"
+  measure_ic scale - ic_mesh "$data/scale"
   na scale rsync - "not measured: one-way and pairwise, a five-node mesh would be 20 separate runs"
   na scale unison - "not measured: pairwise, a five-node mesh needs a star of runs repeated until stable"
   na scale syncthing - "not measured: five instances hashing and indexing 100,000 files each do not fit this 2-core machine's run"
 fi
 
 # iron-carrier alone.
-measure five-nodes iron-carrier - ic_mesh "$data/five"
+measure_ic five-nodes - ic_mesh "$data/five"
 rm -rf "$data/small" "$data/big" "$data/scale"
-measure fan-out iron-carrier - ic_fanout "$fan_mib"
+measure_ic fan-out - ic_fanout "$fan_mib"
 measure delta-speed iron-carrier - ic_delta_speed "$speed_mib"
 
 # Binary size: the binary passed in (stripped copy), and an armv7 build in target/dist/.
 x86=$(stat -c %s "$bin")
 if strip -o "$root/stripped" "$bin" 2> /dev/null; then x86=$(stat -c %s "$root/stripped"); fi
+size_base=()
+if [ -n "$bin_base" ]; then
+  x86_base=$(stat -c %s "$bin_base")
+  if strip -o "$root/stripped-baseline" "$bin_base" 2> /dev/null; then
+    x86_base=$(stat -c %s "$root/stripped-baseline")
+  fi
+  size_base=(baseline_x86_64_bytes="$x86_base")
+fi
 # make dist (cross/dist.sh) writes target/dist/iron-carrier-<TARGET>; the goal is armv7 gnueabihf.
 arm=$repo/target/dist/iron-carrier-armv7-unknown-linux-gnueabihf
 [ -f "$arm" ] || arm=$(find "$repo/target/dist" -type f -name 'iron-carrier*armv7*' ! -name '*.*' 2> /dev/null | sort | head -1 || true)
@@ -795,17 +874,17 @@ if [ -n "$arm" ] && [ "$(head -c 4 "$arm" | od -An -c | tr -d ' ')" = '177ELF' ]
     arm_bytes=$(stat -c %s "$root/arm-stripped")
   fi
   rec scenario=binary-size tool=iron-carrier variant=- status=ok x86_64_bytes="$x86" \
-    armv7_bytes="$arm_bytes" armv7_path="${arm#"$repo"/}"
+    armv7_bytes="$arm_bytes" armv7_path="${arm#"$repo"/}" "${size_base[@]}"
 else
   rec scenario=binary-size tool=iron-carrier variant=- status=ok x86_64_bytes="$x86" \
-    armv7_note="no armv7 binary in target/dist/ (make dist builds it)"
+    armv7_note="no armv7 binary in target/dist/ (make dist builds it)" "${size_base[@]}"
 fi
 
 py record "$root/meta.json" preset="$preset" cores="$(nproc)" machine="$(uname -m)" \
   fsync_ms_start="$fsync_ms_start" fsync_ms_end="$(py fsync-probe "$root/fsync-probe")" \
   date="$date_start" load_start="$load_start" \
   load_end="$(cut -d' ' -f1-3 /proc/loadavg)" duration_s=$(($(date +%s) - started)) \
-  versions="$versions" binary="$bin_src" \
+  versions="$versions" binary="$bin_src" "${baseline_meta[@]}" \
   params:="{\"n_small\":$n_small,\"n_big\":$n_big,\"big_mib\":$big_mib,\"delta_over_mib\":$delta_over_mib,\"delta_ins_mib\":$delta_ins_mib,\"idle_s\":$idle_s,\"n_five\":$n_five,\"fan_mib\":$fan_mib,\"speed_mib\":$speed_mib,\"n_scale\":$n_scale,\"syncthing\":$with_syncthing}"
 echo
 py render "$rows" "$root/meta.json" "$outdir/results.json" --table "$outdir/results.txt"

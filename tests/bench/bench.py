@@ -11,7 +11,9 @@ Commands:
   st-config HOME ...             turn a `syncthing generate` config into a bench instance
   st-ready / st-scan / st-wait   Syncthing REST API: up? rescan; converged?
   record FILE key=value...       append one result object (key:=JSON for raw JSON values)
-  render ROWS META OUT           print the table (ratios, targets) and write results.json
+  render ROWS META OUT           print the table (ratios, targets) and write results.json;
+                                 rows with a "pair" key (BENCH_BASELINE runs) are folded into
+                                 one row per scenario x tool x variant: medians, min, runs
 """
 
 import argparse
@@ -338,11 +340,14 @@ METHOD = {
     "latency": "a 4 KiB file written on A; B polled every 5 ms until it has it; median of 3",
 }
 
-TOOLS = ["iron-carrier", "rsync", "rsync-fsync", "unison", "syncthing"]
-TOOL_LABEL = {"iron-carrier": "iron-carrier", "rsync": "rsync (daemon)",
+NEW, BASE = "iron-carrier", "iron-carrier-baseline"
+TOOLS = [NEW, BASE, "rsync", "rsync-fsync", "unison", "syncthing"]
+TOOL_LABEL = {"iron-carrier": "iron-carrier", BASE: "iron-carrier (baseline)",
+              "rsync": "rsync (daemon)",
               "rsync-fsync": "rsync --fsync",
               "unison": "unison (socket)", "syncthing": "syncthing"}
 VARIANT_ORDER = {"-": 0, "plaintext": 0, "encrypted": 1}
+LW = 36  # width of the tool column; wider when BENCH_BASELINE's longer labels need it
 
 
 def fmt_kib(v):
@@ -386,7 +391,119 @@ def label(row):
         lab += " plaintext"
     elif v == "encrypted":
         lab += " encrypted"
+    if "runs" in row and row.get("n_runs"):
+        lab += f", median of {row['n_runs']}"
     return lab
+
+
+# --- repeated runs (BENCH_BASELINE): new, baseline, new, baseline, ... ----------------------
+
+def num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def mid(vals, how):
+    """The median (how="median") or min of numbers; a median of integers stays an integer."""
+    if how == "min":
+        return min(vals)
+    m = statistics.median(vals)
+    return int(round(m)) if all(isinstance(v, int) for v in vals) else m
+
+
+def fold(runs, how):
+    """One figure per key over runs: numbers, and lists of numbers element by element."""
+    out = {}
+    for k, v in runs[0].items():
+        if k == "pair":
+            continue
+        vals = [r.get(k) for r in runs]
+        if all(num(x) for x in vals):
+            out[k] = mid(vals, how)
+        elif (isinstance(v, list) and all(isinstance(x, list) and len(x) == len(v) for x in vals)
+              and all(num(e) for x in vals for e in x)):
+            out[k] = [mid([x[i] for x in vals], how) for i in range(len(v))]
+    return out
+
+
+def aggregate(rows):
+    """Rows with a "pair" key (the interleaved runs of BENCH_BASELINE) become one row per
+    scenario x tool x variant: the median of every figure over its ok runs at the top (so
+    the table and the targets read it like a single run), "min" the minimum of each, "runs"
+    the raw rows, "n_runs" how many were ok. With no ok run, the first failure stands (its
+    figures, if any, kept). Rows without "pair" pass through untouched."""
+    groups, order = {}, []
+    for r in rows:
+        if "pair" not in r:
+            order.append(r)
+            continue
+        key = (r["scenario"], r["tool"], r.get("variant", "-"))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(r)
+    out = []
+    for item in order:
+        if isinstance(item, dict):
+            out.append(item)
+            continue
+        runs = groups[item]
+        good = [r for r in runs if r.get("status") == "ok"]
+        row = {k: v for k, v in (good or runs)[0].items() if k != "pair"}
+        if good:
+            row.update(fold(good, "median"))
+            row["min"] = fold(good, "min")
+        row["n_runs"] = len(good)
+        failed = [r for r in runs if r.get("status") != "ok"]
+        if failed and good:
+            row["failed_runs"] = [f"run {r.get('pair')}: {r.get('reason', '?')}" for r in failed]
+        row["runs"] = runs
+        out.append(row)
+    return out
+
+
+def over_runs(row, fn, how="median"):
+    """fn (a figure derived from a row, such as peak RSS) over the ok runs of an aggregated
+    row, then their median or min; fn(row) itself for a single run."""
+    if "runs" not in row:
+        return fn(row)
+    vals = [fn(r) for r in row["runs"] if r.get("status") == "ok"]
+    vals = [v for v in vals if num(v)]
+    return mid(vals, how) if vals else None
+
+
+def runs_notes(out, r):
+    """Under an aggregated row: the runs that failed."""
+    for why in r.get("failed_runs", []):
+        out(f"  {'':<{LW}} failed {why}")
+
+
+def baseline_ratios(out, ratios, scen, rows, figures):
+    """new/baseline of the medians, for the pair of rows of one variant. figures: (name, fn)."""
+    for new in [r for r in rows if r["tool"] == NEW]:
+        base = next((b for b in rows if b["tool"] == BASE
+                     and b.get("variant") == new.get("variant")), None)
+        if base is None:
+            continue
+        if new.get("status") != "ok" or base.get("status") != "ok":
+            out("  new/baseline: not computed (a build failed every run)")
+            continue
+        got = {name: ratio(over_runs(new, fn), over_runs(base, fn)) for name, fn in figures}
+        first, rest = figures[0][0], figures[1:]
+        out(f"  new/baseline ({first}, median): {fmt_ratio(got[first])}; "
+            + ", ".join(f"{name} {fmt_ratio(got[name])}" for name, _ in rest)
+            + f"  (median of {new['n_runs']} new, {base['n_runs']} baseline runs)")
+        ratios.append({"scenario": scen, "variant": new.get("variant", "-"),
+                       "new_runs": new["n_runs"], "baseline_runs": base["n_runs"],
+                       **{name.lower().replace(" ", "_").replace("+", "_"): got[name]
+                          for name, _ in figures}})
+
+
+def fig(key):
+    return lambda r: r.get(key)
+
+
+def wire_mib(r):
+    return r["wire_bytes"] / MIB if num(r.get("wire_bytes")) else None
 
 
 def status_cell(row):
@@ -404,66 +521,77 @@ class Out:
         print(s)
 
 
-def render_transfer(out, rows, size_bytes, throughput):
+def render_transfer(out, rows, size_bytes, throughput, scen, ratios):
     """Scenarios 1-4: one line per tool, then our figures as ratios to each other tool's."""
-    hdr = (f"  {'tool':<36} {'wall s':>8} {'MiB/s':>8} {'wire MiB':>10} "
+    hdr = (f"  {'tool':<{LW}} {'wall s':>8} {'MiB/s':>8} {'wire MiB':>10} "
            f"{'peak RSS KiB A / B':>20} {'CPU s A / B':>14}")
     out(hdr)
     for r in rows:
         if r.get("status") != "ok":
-            out(f"  {label(r):<36} {status_cell(r)}")
+            out(f"  {label(r):<{LW}} {status_cell(r)}")
             continue
-        tp = size_bytes / MIB / r["wall_s"] if size_bytes and r.get("wall_s") else None
-        out(f"  {label(r):<36} {fmt(r.get('wall_s')):>8} {fmt(tp, 1):>8} "
-            f"{fmt(r.get('wire_bytes', 0) / MIB, 3):>10} "
-            f"{fmt_kib(r.get('a_rss_kib')) + ' / ' + fmt_kib(r.get('b_rss_kib')):>20} "
-            f"{fmt(r.get('a_cpu_s')) + ' / ' + fmt(r.get('b_cpu_s')):>14}")
+        for lab, x in [(label(r), r)] + ([(f"  min of {r['n_runs']}", r["min"])] if "min" in r else []):
+            tp = size_bytes / MIB / x["wall_s"] if size_bytes and x.get("wall_s") else None
+            out(f"  {lab:<{LW}} {fmt(x.get('wall_s')):>8} {fmt(tp, 1):>8} "
+                f"{fmt(x.get('wire_bytes', 0) / MIB, 3):>10} "
+                f"{fmt_kib(x.get('a_rss_kib')) + ' / ' + fmt_kib(x.get('b_rss_kib')):>20} "
+                f"{fmt(x.get('a_cpu_s')) + ' / ' + fmt(x.get('b_cpu_s')):>14}")
+        runs_notes(out, r)
         if "ic_sent" in r:
-            out(f"  {'':<36} A's own counter: sent {r['ic_sent']:,}, received "
+            out(f"  {'':<{LW}} A's own counter: sent {r['ic_sent']:,}, received "
                 f"{r['ic_received']:,} B; its sockets (kernel tcp_info): sent "
                 f"{r.get('kernel_bytes_sent', 0):,}, received {r.get('kernel_bytes_received', 0):,} B")
-    ours = [r for r in rows if r["tool"] == "iron-carrier"]
-    theirs = [r for r in rows if r["tool"] != "iron-carrier" and r.get("status") == "ok"]
+    baseline_ratios(out, ratios, scen, rows, [("wall", fig("wall_s")), ("wire", wire_mib),
+                                             ("peak RSS", peak), ("CPU total", cpu_total)])
+    ours = [r for r in rows if r["tool"] == NEW]
+    theirs = [r for r in rows if r["tool"] not in (NEW, BASE) and r.get("status") == "ok"]
     if not theirs or not any(o.get("status") == "ok" for o in ours):
         return
-    out(f"  {'iron-carrier ÷ other':<36} {'wall':>8} {'tput' if throughput else '':>8} "
+    out(f"  {'iron-carrier ÷ other':<{LW}} {'wall':>8} {'tput' if throughput else '':>8} "
         f"{'wire':>10} {'peak RSS':>20} {'CPU total':>14}")
     for t in theirs:
         base = next((o for o in ours if o.get("variant") == t.get("variant")), None)
         note = ""
         if base is None or base.get("status") != "ok":
             if base is not None:
-                out(f"  {'vs ' + label(t):<36} ours encrypted: {status_cell(base)}")
+                out(f"  {'vs ' + label(t):<{LW}} ours encrypted: {status_cell(base)}")
             base = next((o for o in ours if o.get("status") == "ok"), None)
             if base is None:
                 continue
             note = "  (ours plain text, theirs encrypted)"
         tp = ratio(t.get("wall_s"), base.get("wall_s")) if throughput else None
-        out(f"  {'vs ' + label(t):<36} {fmt_ratio(ratio(base.get('wall_s'), t.get('wall_s'))):>8} "
+        out(f"  {'vs ' + label(t):<{LW}} {fmt_ratio(ratio(base.get('wall_s'), t.get('wall_s'))):>8} "
             f"{fmt_ratio(tp) if throughput else '':>8} "
             f"{fmt_ratio(ratio(base.get('wire_bytes'), t.get('wire_bytes'))):>10} "
             f"{fmt_ratio(ratio(peak(base), peak(t))):>20} "
             f"{fmt_ratio(ratio(cpu_total(base), cpu_total(t))):>14}{note}")
 
 
-def render_idle(out, rows):
+def render_idle(out, rows, scen, ratios):
     """CPU over the window as % of one core: utime+stime from /proc/PID/stat (10 ms ticks) and
     the exact sum of the threads' schedstat run times."""
-    out(f"  {'tool':<36} {'window s':>8} {'CPU % utime+stime':>18} {'CPU % schedstat':>16} "
+    out(f"  {'tool':<{LW}} {'window s':>8} {'CPU % utime+stime':>18} {'CPU % schedstat':>16} "
         f"{'VmRSS KiB A / B':>18} {'VmHWM KiB A / B':>18} {'wire B/min':>10}")
     for r in rows:
         if r.get("status") != "ok":
-            out(f"  {label(r):<36} {status_cell(r)}")
+            out(f"  {label(r):<{LW}} {status_cell(r)}")
             continue
-        per_min = r.get("wire_bytes", 0) * 60.0 / r["idle_s"]
-        out(f"  {label(r):<36} {r['idle_s']:>8} "
-            f"{fmt(r['a_cpu_pct'], 3) + ' / ' + fmt(r['b_cpu_pct'], 3):>18} "
-            f"{fmt(r['a_sched_pct'], 4) + ' / ' + fmt(r['b_sched_pct'], 4):>16} "
-            f"{fmt_kib(r['a_rss_kib']) + ' / ' + fmt_kib(r['b_rss_kib']):>18} "
-            f"{fmt_kib(r['a_hwm_kib']) + ' / ' + fmt_kib(r['b_hwm_kib']):>18} {per_min:>10,.0f}")
-    ours = next((r for r in rows if r["tool"] == "iron-carrier" and r.get("status") == "ok"), None)
+        for lab, x in [(label(r), r)] + ([(f"  min of {r['n_runs']}", r["min"])] if "min" in r else []):
+            per_min = x.get("wire_bytes", 0) * 60.0 / r["idle_s"]
+            out(f"  {lab:<{LW}} {r['idle_s']:>8} "
+                f"{fmt(x['a_cpu_pct'], 3) + ' / ' + fmt(x['b_cpu_pct'], 3):>18} "
+                f"{fmt(x['a_sched_pct'], 4) + ' / ' + fmt(x['b_sched_pct'], 4):>16} "
+                f"{fmt_kib(x['a_rss_kib']) + ' / ' + fmt_kib(x['b_rss_kib']):>18} "
+                f"{fmt_kib(x['a_hwm_kib']) + ' / ' + fmt_kib(x['b_hwm_kib']):>18} {per_min:>10,.0f}")
+        runs_notes(out, r)
+    baseline_ratios(out, ratios, scen, rows, [
+        ("CPU schedstat", lambda r: r["a_sched_s"] + r["b_sched_s"]),
+        ("CPU utime+stime", lambda r: r["a_cpu_s"] + r["b_cpu_s"]),
+        ("VmRSS worst node", lambda r: max(r["a_rss_kib"], r["b_rss_kib"])),
+        ("wire", fig("wire_bytes"))])
+    ours = next((r for r in rows if r["tool"] == NEW and r.get("status") == "ok"), None)
     for t in rows:
-        if ours and t["tool"] != "iron-carrier" and t.get("status") == "ok":
+        if ours and t["tool"] not in (NEW, BASE) and t.get("status") == "ok":
             out(f"  iron-carrier ÷ {label(t)}: CPU (schedstat, both nodes) "
                 f"{fmt_ratio(ratio(ours['a_sched_s'] + ours['b_sched_s'], t['a_sched_s'] + t['b_sched_s']))}"
                 f", CPU (utime+stime) "
@@ -474,26 +602,35 @@ def render_idle(out, rows):
 
 
 def render_latency(out, rows):
-    out(f"  {'tool':<36} {'median s':>8}   samples s")
+    out(f"  {'tool':<{LW}} {'median s':>8}   samples s")
     for r in rows:
         if r.get("status") != "ok":
-            out(f"  {label(r):<36} {status_cell(r)}")
+            out(f"  {label(r):<{LW}} {status_cell(r)}")
             continue
-        out(f"  {label(r):<36} {r['latency_s']:>8.3f}   {', '.join(f'{x:.3f}' for x in r['samples_s'])}")
+        out(f"  {label(r):<{LW}} {r['latency_s']:>8.3f}   {', '.join(f'{x:.3f}' for x in r['samples_s'])}")
 
 
-def render_mesh(out, rows):
+def render_mesh(out, rows, scen, ratios):
     for r in rows:
         if r.get("status") != "ok":
-            out(f"  {label(r):<36} {status_cell(r)}")
+            out(f"  {label(r):<{LW}} {status_cell(r)}")
             if "wall_s" not in r:
                 continue
-        out(f"  {label(r):<36} wall {r['wall_s']:.2f} s, wire {r['wire_bytes'] / MIB:.1f} MiB")
-        out(f"  {'':<36} peak RSS KiB per node: {', '.join(fmt_kib(x) for x in r['rss_kib'])}")
-        out(f"  {'':<36} CPU s per node: {', '.join(fmt(x) for x in r['cpu_s'])}")
+        out(f"  {label(r):<{LW}} wall {r['wall_s']:.2f} s, wire {r['wire_bytes'] / MIB:.1f} MiB")
+        out(f"  {'':<{LW}} peak RSS KiB per node: {', '.join(fmt_kib(x) for x in r['rss_kib'])}")
+        out(f"  {'':<{LW}} CPU s per node: {', '.join(fmt(x) for x in r['cpu_s'])}")
+        if "min" in r:
+            m = r["min"]
+            out(f"  {'  min of ' + str(r['n_runs']):<{LW}} wall {fmt(m.get('wall_s'))} s, wire "
+                f"{fmt(wire_mib(m), 1)} MiB, peak RSS {fmt_kib(over_runs(r, peak, 'min'))} KiB "
+                f"(worst node), CPU {fmt(over_runs(r, cpu_total, 'min'))} s (all nodes)")
+        runs_notes(out, r)
+    baseline_ratios(out, ratios, scen, rows, [("wall", fig("wall_s")), ("wire", wire_mib),
+                                             ("peak RSS", peak), ("CPU total", cpu_total)])
 
 
 def cmd_render(a):
+    global LW
     rows = []
     with open(a.rows) as f:
         for line in f:
@@ -501,6 +638,10 @@ def cmd_render(a):
                 rows.append(json.loads(line))
     with open(a.meta) as f:
         meta = json.load(f)
+    rows = aggregate(rows)
+    if any("runs" in r for r in rows):
+        LW = max([LW] + [len(label(r)) + 1 for r in rows])
+    baseline_ratio_rows = []
     p = meta["params"]
     by = {}
     for r in rows:
@@ -547,6 +688,12 @@ def cmd_render(a):
             f"(× {p['n_small']:,} files: the floor of a careful receiver's small-file wall)")
     if not p.get("syncthing"):
         out("Syncthing skipped: --small must finish in about a minute")
+    if meta.get("baseline"):
+        n = meta.get("baseline_pairs")
+        out(f"baseline: {meta['baseline']}, as tool \"iron-carrier (baseline)\"; in each of its "
+            f"scenarios the two builds ran interleaved, (new, baseline) × {n}: each "
+            f"such row is the median of its runs, with their min below; \"new/baseline\" "
+            f"is the ratio of the medians (below 1: the new build uses less)")
 
     sections = [
         ("small-files", f"1. small files: {p['n_small']:,} files of 1–16 KiB in nested "
@@ -574,15 +721,34 @@ def cmd_render(a):
         lst = by[scen]
         if kind == "transfer":
             size = next((r.get("bytes") for r in lst if r.get("bytes")), None)
-            render_transfer(out, lst, size, scen == "big-files")
+            render_transfer(out, lst, size, scen == "big-files", scen, baseline_ratio_rows)
         elif kind == "idle":
-            render_idle(out, lst)
+            render_idle(out, lst, scen, baseline_ratio_rows)
         elif kind == "latency":
             render_latency(out, lst)
         else:
-            render_mesh(out, lst)
+            render_mesh(out, lst, scen, baseline_ratio_rows)
 
-    for r in by.get("fan-out", []):
+    fan = by.get("fan-out", [])
+    if any("runs" in r for r in fan):
+        # Measured with BENCH_BASELINE: one line per build, the medians (min below).
+        out()
+        mib = next((r["file_bytes"] // 1048576 for r in fan if "file_bytes" in r), p["fan_mib"])
+        out(f"fan-out: one holder, a {mib} MiB file, four receivers")
+        for r in fan:
+            if r.get("status") != "ok":
+                out(f"  {label(r):<{LW}} {status_cell(r)}")
+                continue
+            for lab, x in [(label(r), r), (f"  min of {r['n_runs']}", r.get("min", {}))]:
+                out(f"  {lab:<{LW}} holder read {fmt_kib(x.get('holder_read_bytes'))} bytes (its "
+                    f"counter), rchar {fmt_kib(x.get('holder_rchar'))}; wire "
+                    f"{fmt(wire_mib(x), 1)} MiB; wall {fmt(x.get('wall_s'))} s")
+            runs_notes(out, r)
+        baseline_ratios(out, baseline_ratio_rows, "fan-out", fan, [
+            ("wall", fig("wall_s")), ("wire", wire_mib), ("holder read", fig("holder_read_bytes")),
+            ("rchar", fig("holder_rchar"))])
+        fan = []
+    for r in fan:
         out()
         out(f"fan-out: one holder, a {r['file_bytes'] // 1048576} MiB file, four receivers")
         if r.get("status") == "ok":
@@ -604,6 +770,12 @@ def cmd_render(a):
         out("binary size")
         out(f"  x86_64 (as passed, stripped): {r['x86_64_bytes']:,} bytes "
             f"({r['x86_64_bytes'] / MIB:.2f} MiB)")
+        if isinstance(r.get("baseline_x86_64_bytes"), int):
+            q = ratio(r["x86_64_bytes"], r["baseline_x86_64_bytes"])
+            out(f"  x86_64 baseline (stripped): {r['baseline_x86_64_bytes']:,} bytes "
+                f"({r['baseline_x86_64_bytes'] / MIB:.2f} MiB); new/baseline {fmt_ratio(q)}")
+            baseline_ratio_rows.append({"scenario": "binary-size", "variant": "-",
+                                        "x86_64_bytes": q})
         if isinstance(r.get("armv7_bytes"), int):
             out(f"  armv7 ({r['armv7_path']}): {r['armv7_bytes']:,} bytes "
                 f"({r['armv7_bytes'] / MIB:.2f} MiB)")
@@ -691,6 +863,8 @@ def cmd_render(a):
     meta["compare_rsync_fsync"] = compare
 
     meta["method"] = METHOD
+    if meta.get("baseline"):
+        meta["baseline_ratios"] = baseline_ratio_rows
     meta["rows"] = rows
     meta["targets"] = targets
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
