@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::time::Duration;
 
 /// Two storages under one test dir, and a config for each node.
 struct Pair {
@@ -332,6 +333,88 @@ fn one_shot_without_a_reachable_peer_exits_1_with_a_reason() {
     );
 }
 
+/// Regression: a peer refused for using our own node id was reported as "no peer reachable"
+/// without the reason; the summary must say why and what to do.
+#[test]
+fn a_peer_with_our_own_node_id_fails_the_run_and_the_summary_says_why() {
+    let dir = TestDir::new("own-id");
+    dir.write("a/x.txt", b"x");
+    dir.mkdir("b");
+    let b = NodeConfig::new("vm").storage("docs", &dir.join("b"));
+    let a = NodeConfig::new("vm")
+        .storage("docs", &dir.join("a"))
+        .peer(b.port);
+    let daemon = Daemon::start(&b.write(dir.path()));
+    let out = oneshot(&a.write(dir.path()));
+    daemon.stop();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("own node id \"vm\"") && stdout.contains("set node_id"),
+        "{}",
+        show(&out)
+    );
+    assert!(!dir.join("b/x.txt").exists());
+}
+
+/// Regression: with no `peers` and discovery off a one-shot run waited 15 s before saying
+/// there was nobody to synchronize with. It now says so at once (the old build needed 15 s;
+/// the limit is generous).
+#[test]
+fn a_one_shot_with_no_peers_and_no_discovery_says_so_at_once() {
+    let dir = TestDir::new("no-peers");
+    dir.mkdir("a");
+    // The test configs turn discovery off.
+    let a = NodeConfig::new("node-a").storage("docs", &dir.join("a"));
+    let out = oneshot_within(&a.write(dir.path()), Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no peers are configured"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// Regression: a one-shot run waiting for an unreachable peer slept 0 from 5 s to its 15 s
+/// deadline (a deadline already past) and burned about 10 s of CPU. It must sleep.
+#[test]
+fn a_one_shot_waiting_for_an_unreachable_peer_does_not_spin() {
+    let dir = TestDir::new("no-spin");
+    dir.mkdir("a");
+    let a = NodeConfig::new("node-a")
+        .storage("docs", &dir.join("a"))
+        .peer(free_port());
+    let config = a.write(dir.path());
+    let child = bin()
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (code, cpu) = wait_with_cpu(child);
+    assert_eq!(code, Some(1));
+    assert!(cpu < Duration::from_secs(2), "used {cpu:?} of CPU");
+}
+
+/// Waits for `child` and returns its exit code and the CPU time (user + system) it used.
+fn wait_with_cpu(child: std::process::Child) -> (Option<i32>, Duration) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, with valid pointers to a status and a rusage; `child`
+    // is not waited for elsewhere.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, tv(usage.ru_utime) + tv(usage.ru_stime))
+}
+
 #[test]
 fn a_storage_the_peer_lacks_is_reported_not_failed() {
     let dir = TestDir::new("no-shared");
@@ -373,18 +456,24 @@ fn a_receiver_killed_mid_transfer_keeps_its_old_file_and_the_next_run_converges(
     let child = bin()
         .args(["--config"])
         .arg(&ca)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Wait until B is writing its temporary file, then kill B without any chance to clean.
     let temp_growing = wait_for_temp_file(&p.b(), 1024 * 1024);
     assert!(temp_growing, "transfer never started: {}", daemon.log());
     daemon.kill();
-    let mut child = child;
-    let _ = child.wait();
+    let first = child.wait_with_output().unwrap();
     // The old version is intact: never a torn file.
     assert_eq!(file_digest(&old), old_digest);
+    // Regression: the run said "no connected peer has this storage" and exited 0.
+    assert_eq!(first.status.code(), Some(1), "{}", show(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("docs: not synchronized with node-b"),
+        "{}",
+        show(&first)
+    );
 
     // Run again: B restarts (and removes its leftover temp file), A syncs again.
     let daemon = Daemon::start(&cb);

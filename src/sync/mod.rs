@@ -426,10 +426,16 @@ impl SyncThread {
                 }
             }
         }
+        // The one-shot policy before the core's tick, so what it claims is claimed now, and
+        // after, so a run the tick settled ends now.
+        let busy = !self.shell.is_idle();
         if let Some(os) = &mut self.oneshot {
-            os.step(now, &mut self.core, !self.shell.is_idle());
+            os.step(now, &mut self.core, busy);
         }
         self.core.tick(now, &mut self.shell);
+        if let Some(os) = &mut self.oneshot {
+            os.step(now, &mut self.core, busy);
+        }
         let current = self.core.session_info().map(|(sid, _, _)| sid);
         if self.last_session.is_some() && current != self.last_session {
             let (sent, received) = self.shell.net.traffic.get();

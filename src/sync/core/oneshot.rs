@@ -241,3 +241,100 @@ impl OneShot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodeId;
+    use crate::run::RunProblem;
+
+    fn core() -> Core {
+        Core::new(NodeId::new("me").unwrap(), vec!["docs".into()], false)
+    }
+
+    /// Regression: with no `peers` and discovery off the run waited its whole 15 s.
+    #[test]
+    fn with_nobody_to_wait_for_the_run_ends_at_once() {
+        let t0 = Instant::now();
+        let mut c = core();
+        let mut os = OneShot::new(t0, Vec::new(), false, 1);
+        os.step(t0, &mut c, false);
+        assert!(os.is_finished());
+        let r = os.report(&c, 0, 0);
+        assert_eq!(r.problem, Some(RunProblem::NoPeerConfigured));
+        assert!(!r.ok());
+    }
+
+    /// Regression: the wait's deadline was `last_joined + CONNECT_WINDOW` even before any
+    /// peer had joined, a time past after 5 s, so the thread slept 0 and spun until 15 s.
+    /// Whatever happens, a step at `now` never leaves a wake-up at or before `now`.
+    #[test]
+    fn a_step_never_leaves_a_wake_up_in_the_past() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for round in 0..200 {
+            let mut c = core();
+            let configured = vec!["a:1".to_owned(), "b:2".to_owned()];
+            let mut os = OneShot::new(t0, configured, round % 2 == 0, 1);
+            let mut now = t0;
+            while !os.is_finished() && now < t0 + Duration::from_secs(30) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                match x % 5 {
+                    0 => os.peer_joined(now),
+                    1 => os.dial_result("a:1", Err(DialError::Unreachable("refused".into()))),
+                    _ => {}
+                }
+                os.step(now, &mut c, false);
+                if let Some(w) = os.next_wakeup() {
+                    assert!(w > now, "round {round}: wake-up {w:?} not after {now:?}");
+                    // Sleep as the thread would, or be woken earlier by an event.
+                    now = if x % 3 == 0 { w } else { now + ms(x % 700) };
+                } else {
+                    now += ms(100);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_wait_ends_when_every_configured_peer_is_reached() {
+        let t0 = Instant::now();
+        let mut c = core();
+        let mut os = OneShot::new(t0, vec!["a:1".into()], true, 1);
+        os.step(t0, &mut c, false);
+        assert_eq!(os.next_wakeup(), Some(t0 + CONNECT_DEADLINE));
+        os.peer_joined(t0);
+        os.dial_result("a:1", Ok(()));
+        os.step(t0, &mut c, false);
+        assert_eq!(os.next_wakeup(), None, "the wait is over");
+        assert!(c.has_want(0), "the storage is claimed at once");
+    }
+
+    #[test]
+    fn without_any_peer_the_run_ends_at_the_deadline_naming_the_configured_ones() {
+        let t0 = Instant::now();
+        let mut c = core();
+        let mut os = OneShot::new(t0, vec!["a:1".into()], true, 1);
+        os.dial_result("a:1", Err(DialError::OwnNodeId(NodeId::new("me").unwrap())));
+        os.step(
+            t0 + CONNECT_DEADLINE - Duration::from_millis(1),
+            &mut c,
+            false,
+        );
+        assert!(!os.is_finished());
+        os.step(t0 + CONNECT_DEADLINE, &mut c, false);
+        assert!(os.is_finished());
+        let r = os.report(&c, 0, 0);
+        assert_eq!(r.problem, Some(RunProblem::NoPeerConnected));
+        assert_eq!(
+            r.unreached,
+            vec![(
+                "a:1".to_owned(),
+                DialError::OwnNodeId(NodeId::new("me").unwrap())
+            )]
+        );
+    }
+}

@@ -69,6 +69,7 @@ impl Sim {
                     started: self.now,
                     ended: None,
                     ok: None,
+                    clean: false,
                     peer_link_cut: false,
                 });
             }
@@ -105,13 +106,18 @@ impl Sim {
             if r.ended.is_none() && !running.contains(&(r.leader, r.sid)) {
                 r.ended = Some(self.now);
                 let leader = &self.nodes[r.leader];
-                r.ok = leader.core.as_ref().and_then(|c| {
-                    let s = leader.storage(&r.storage)?;
-                    match c.result(s) {
-                        Some(StorageResult::Synced { .. }) => Some(true),
-                        _ => Some(false),
-                    }
-                });
+                let result = leader
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.result(leader.storage(&r.storage)?));
+                r.ok = leader
+                    .core
+                    .as_ref()
+                    .map(|_| matches!(result, Some(StorageResult::Synced { .. })));
+                r.clean = matches!(
+                    result,
+                    Some(StorageResult::Synced { stats, .. }) if stats.failed == 0
+                );
             }
         }
         // Follower side: a follower may lag behind its leader's end, but its session must
@@ -231,6 +237,25 @@ impl Sim {
                 .map(|r| r.ended.unwrap_or(self.now) - r.started)
                 .max()
                 .unwrap_or(0),
+            runs: [
+                self.runs_started,
+                self.runs
+                    .iter()
+                    .filter(|r| r.report.as_ref().is_some_and(RunReport::ok))
+                    .count(),
+                self.runs
+                    .iter()
+                    .filter(|r| r.report.as_ref().is_some_and(|r| !r.ok()))
+                    .count(),
+                self.runs.iter().filter(|r| r.report.is_none()).count(),
+            ],
+            late_runs: self.late_runs,
+            run_ns: self
+                .runs
+                .iter()
+                .map(|r| r.ended - r.started)
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -241,5 +266,44 @@ impl Sim {
             .iter()
             .map(|n| n.reads.get(&key).copied().unwrap_or(0))
             .sum()
+    }
+
+    /// A one-shot run ended with `report`. A run that reports success was synchronized with
+    /// every peer it was connected to, for every storage they share: a clean session of that
+    /// storage, started during the run, included both. And its report's view of its peers
+    /// is the network's: what it says it was synchronized with, it was connected to.
+    pub(super) fn check_run(&self, node: usize, run: &Run, report: &RunReport) {
+        for s in &report.storages {
+            for peer in &s.with {
+                let p = self.idx(peer);
+                if !run.seen.contains(&(p, s.name.clone())) {
+                    self.fail(&format!(
+                        "{} reports {} synchronized with {peer}, which it never saw",
+                        self.name(node),
+                        s.name
+                    ));
+                }
+            }
+        }
+        if !report.ok() {
+            return;
+        }
+        for (p, storage) in &run.seen {
+            let covered = self.sessions.iter().any(|r| {
+                r.clean
+                    && r.storage == *storage
+                    && r.started >= run.started
+                    && r.members.contains(&node)
+                    && r.members.contains(p)
+            });
+            if !covered {
+                self.fail(&format!(
+                    "{}'s one-shot run reports success, but no clean session of {storage} \
+                     included it and {}, which it was connected to",
+                    self.name(node),
+                    self.name(*p)
+                ));
+            }
+        }
     }
 }

@@ -40,9 +40,11 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::oneshot::OneShot;
 use super::{Core, Received, Refusal, Sent, StorageResult};
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
 use crate::proto::{PeerMsg, SessionMsg};
+use crate::run::{DialError, RunReport};
 
 use replica::*;
 
@@ -65,6 +67,8 @@ const TRACE_LEN: usize = 300;
 const STALL: u64 = 60 * SEC;
 /// How often a transfer in flight reports progress to its ends.
 const PROGRESS_EVERY: u64 = SEC;
+/// The one-shot policy's connect window, in virtual ns (what makes a run's start late).
+const CONNECT_WINDOW_NS: u64 = super::oneshot::CONNECT_WINDOW.as_nanos() as u64;
 
 const STORAGES: [&str; 2] = ["docs", "pics"];
 /// Directories and file names are disjoint, so no path is ever a file on one node and a
@@ -108,8 +112,38 @@ impl Config {
     }
 }
 
+/// How a node runs: a daemon, or one-shot runs (a person or cron invoking it by hand; each
+/// start is a new run that ends by itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Daemon,
+    OneShot,
+}
+
+/// A one-shot run in progress on a node.
+struct Run {
+    policy: OneShot,
+    started: u64,
+    /// (peer, storage): the peers that were connected during the run with a storage this
+    /// node has — what a successful run must have been synchronized with.
+    seen: BTreeSet<(usize, String)>,
+}
+
+/// How a one-shot run ended.
+#[derive(Clone, Debug)]
+struct RunRecord {
+    node: usize,
+    started: u64,
+    ended: u64,
+    /// `None`: the run was killed before its end.
+    report: Option<RunReport>,
+}
+
 struct Node {
     id: NodeId,
+    kind: Kind,
+    /// The one-shot run in progress (one-shot nodes that are up).
+    run: Option<Run>,
     storages: Vec<String>,
     fs: Vec<Tree>,
     /// `None` while the node is down (or stopping).
@@ -174,6 +208,11 @@ enum Event {
     Restart {
         node: usize,
     },
+    /// A node leaves: crashes, is killed, or stops (`graceful`).
+    Leave {
+        node: usize,
+        graceful: bool,
+    },
     /// `net` redials a connection that was closed while both nodes stayed up.
     Reconnect {
         a: usize,
@@ -223,6 +262,8 @@ struct SessionRecord {
     /// How the leader recorded it: `Some(true)` synced, `Some(false)` failed or aborted,
     /// `None` while running or if the leader went down.
     ok: Option<bool>,
+    /// Synced with no failed file on any participant: it synchronized all its members.
+    clean: bool,
     /// Two participants other than the leader, both up, were not connected while it ran:
     /// the plan may then route one file from two holders (targets split by reachability).
     peer_link_cut: bool,
@@ -242,6 +283,12 @@ struct Figures {
     /// Longest settle phase and longest session, virtual ns.
     settle_ns: u64,
     session_ns: u64,
+    /// One-shot runs: started, ended reporting success, ended reporting a failure, killed;
+    /// runs started more than the connect window after a peer's run or daemon (late).
+    runs: [usize; 4],
+    late_runs: usize,
+    /// Longest one-shot run, virtual ns.
+    run_ns: u64,
 }
 
 struct Sim {
@@ -272,6 +319,11 @@ struct Sim {
     copies: HashMap<(u64, RelPath), u32>,
     violations: Vec<String>,
     sessions: Vec<SessionRecord>,
+    runs: Vec<RunRecord>,
+    runs_started: usize,
+    late_runs: usize,
+    /// When each node that is up came up.
+    up_since: Vec<Option<u64>>,
     /// (leader, sid) of every session ever led.
     led: HashSet<(usize, u64)>,
     max_concurrent: usize,
@@ -302,6 +354,8 @@ impl Sim {
             .enumerate()
             .map(|(i, st)| Node {
                 id: NodeId::new(&format!("n{i}")).unwrap(),
+                kind: Kind::Daemon,
+                run: None,
                 storages: st.iter().map(|s| s.to_string()).collect(),
                 fs: vec![Tree::new(); st.len()],
                 core: None,
@@ -337,6 +391,10 @@ impl Sim {
             copies: HashMap::new(),
             violations: Vec::new(),
             sessions: Vec::new(),
+            runs: Vec::new(),
+            runs_started: 0,
+            late_runs: 0,
+            up_since: vec![None; n],
             led: HashSet::new(),
             max_concurrent: 0,
             newest: BTreeMap::new(),
@@ -472,6 +530,12 @@ impl Sim {
         f: impl FnOnce(&mut Core, &mut SimIo<'_>, Instant) -> R,
     ) -> Option<R> {
         let now = self.instant();
+        let inc = self.nodes[i].inc;
+        // What the real shell calls busy: files still being sent.
+        let busy = self
+            .transfers
+            .values()
+            .any(|t| t.from == i && t.inc == inc && !t.cancelled);
         let mut effects = Vec::new();
         let node = &mut self.nodes[i];
         let core = node.core.as_mut()?;
@@ -480,7 +544,28 @@ impl Sim {
             rng: &mut node.rng,
             out: &mut effects,
         };
+        // The real loop runs the one-shot policy after every event, before and after the
+        // core's tick (what the policy claims is claimed at once, and a run the tick
+        // settled ends at once).
+        if after_tick {
+            if let Some(run) = &mut node.run {
+                run.policy.step(now, core, busy);
+            }
+        }
         let r = f(core, &mut io, now);
+        let mut past = None;
+        if let Some(run) = &mut node.run {
+            run.policy.step(now, core, busy);
+            past = run.policy.next_wakeup().filter(|&w| w <= now);
+        }
+        if let Some(w) = past {
+            let msg = format!(
+                "{}'s one-shot policy asks to be woken at {:.3} ms, already past",
+                self.name(i),
+                self.ns_of(w) as f64 / MS as f64
+            );
+            self.fail(&msg);
+        }
         self.apply(i, effects);
         self.schedule_tick(i, after_tick);
         Some(r)
@@ -491,6 +576,13 @@ impl Sim {
             return;
         };
         let mut at = self.now + TICK_EVERY;
+        if let Some(w) = self.nodes[i]
+            .run
+            .as_ref()
+            .and_then(|r| r.policy.next_wakeup())
+        {
+            at = at.min(self.ns_of(w).max(self.now));
+        }
         if let Some(d) = core.next_deadline() {
             let d = self.ns_of(d);
             if after_tick && d <= self.now {
@@ -648,7 +740,47 @@ impl Sim {
         }
         self.handle(ev);
         self.check_invariants();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i]
+                .run
+                .as_ref()
+                .is_some_and(|r| r.policy.is_finished())
+            {
+                self.end_run(i);
+            }
+        }
         true
+    }
+
+    /// A one-shot run's policy says it is over: its report is checked and the process
+    /// exits (a graceful stop).
+    fn end_run(&mut self, node: usize) {
+        let Some(run) = self.nodes[node].run.take() else {
+            return;
+        };
+        let report = self.nodes[node]
+            .core
+            .as_ref()
+            .map(|c| run.policy.report(c, 0, 0));
+        self.log(format!(
+            "{} ends its one-shot run: {}",
+            self.name(node),
+            match &report {
+                Some(r) if r.ok() => "ok".to_owned(),
+                Some(r) => format!("failed: {r:?}"),
+                None => "no core".to_owned(),
+            }
+        ));
+        if let Some(report) = &report {
+            self.check_run(node, &run, report);
+        }
+        self.runs.push(RunRecord {
+            node,
+            started: run.started,
+            ended: self.now,
+            report,
+        });
+        self.stop(node, true);
     }
 
     fn handle(&mut self, ev: Event) {
@@ -718,6 +850,11 @@ impl Sim {
             Event::Restart { node } => {
                 if !self.up(node) {
                     self.bring_up(node);
+                }
+            }
+            Event::Leave { node, graceful } => {
+                if self.up(node) {
+                    self.take_down(node, graceful);
                 }
             }
             Event::Reconnect { a, b } => {
@@ -956,9 +1093,21 @@ impl Sim {
             gen,
         };
         self.log(format!("{} and {} connect", self.name(a), self.name(b)));
+        let now = self.instant();
         for (x, y) in [(a, b), (b, a)] {
             self.believes[x][y] = Some(gen);
             let (id, st) = (self.nodes[y].id.clone(), self.nodes[y].storages.clone());
+            let shared: Vec<String> = st
+                .iter()
+                .filter(|s| self.nodes[x].storage(s).is_some())
+                .cloned()
+                .collect();
+            if let Some(run) = &mut self.nodes[x].run {
+                // `net` reports the handshake, then the configured address as reached.
+                run.policy.peer_joined(now);
+                run.policy.dial_result(id.as_str(), Ok(()));
+                run.seen.extend(shared.into_iter().map(|s| (y, s)));
+            }
             self.call(x, false, |c, _, now| c.peer_up(id, st, now));
         }
     }
@@ -971,9 +1120,23 @@ impl Sim {
             self.name(node),
             if graceful { " (graceful)" } else { "" }
         ));
+        if let Some(run) = self.nodes[node].run.take() {
+            self.runs.push(RunRecord {
+                node,
+                started: run.started,
+                ended: self.now,
+                report: None,
+            });
+        }
+        self.stop(node, graceful);
+    }
+
+    /// Stops `node`'s process (`graceful`: as on SIGTERM or at the end of a one-shot run).
+    fn stop(&mut self, node: usize, graceful: bool) {
         if graceful {
             self.call(node, false, |c, io, now| c.shut_down(now, io));
         }
+        self.up_since[node] = None;
         let n = &mut self.nodes[node];
         n.core = None;
         n.inc += 1;
@@ -988,20 +1151,57 @@ impl Sim {
         }
     }
 
-    /// Starts `node` with a fresh core and connects it to every node that is up.
+    /// Starts `node` with a fresh core (a daemon, or a new one-shot run) and connects it to
+    /// every node that is up.
     fn bring_up(&mut self, node: usize) {
         self.drop_links(node);
-        self.log(format!("{} comes up", self.name(node)));
+        let kind = self.nodes[node].kind;
+        self.log(format!("{} comes up ({kind:?})", self.name(node)));
+        let now = self.instant();
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|&j| j != node).collect();
+        if kind == Kind::OneShot {
+            self.runs_started += 1;
+            let late = others
+                .iter()
+                .any(|&j| self.up_since[j].is_some_and(|t| t + CONNECT_WINDOW_NS < self.now));
+            if late {
+                self.late_runs += 1;
+            }
+        }
+        self.up_since[node] = Some(self.now);
+        let names: Vec<String> = others.iter().map(|&j| self.name(j).to_owned()).collect();
+        let down: Vec<String> = others
+            .iter()
+            .filter(|&&j| !self.up(j))
+            .map(|&j| self.name(j).to_owned())
+            .collect();
         let n = &mut self.nodes[node];
         n.inc += 1;
         n.tick_at = None;
-        n.core = Some(Core::new(n.id.clone(), n.storages.clone(), true));
-        for j in 0..self.nodes.len() {
-            if j != node && self.up(j) {
+        n.core = Some(Core::new(
+            n.id.clone(),
+            n.storages.clone(),
+            kind == Kind::Daemon,
+        ));
+        n.run = (kind == Kind::OneShot).then(|| {
+            // Every other node is a configured peer; daemons dial it too.
+            let mut policy = OneShot::new(now, names, true, n.storages.len());
+            for d in down {
+                policy.dial_result(&d, Err(DialError::Unreachable("connection refused".into())));
+            }
+            Run {
+                policy,
+                started: self.now,
+                seen: BTreeSet::new(),
+            }
+        });
+        for j in others {
+            if self.up(j) {
                 self.connect(node, j);
             }
         }
-        self.schedule_tick(node, false);
+        // The policy's first step, as the real loop takes one before it first sleeps.
+        self.call(node, false, |_, _, _| ());
     }
 
     fn start_all(&mut self) {
@@ -1011,10 +1211,15 @@ impl Sim {
         self.check_invariants();
     }
 
+    /// A watcher or cron asks `node` to synchronize `storage` (a one-shot run has neither:
+    /// only its own policy claims storages).
     fn trigger(&mut self, node: usize, storage: &str) {
         let Some(s) = self.nodes[node].storage(storage) else {
             return;
         };
+        if self.nodes[node].kind == Kind::OneShot {
+            return;
+        }
         self.log(format!("{} triggers {storage}", self.name(node)));
         self.call(node, false, |c, _, now| c.trigger(s, now));
     }

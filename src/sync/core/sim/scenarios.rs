@@ -118,6 +118,10 @@ impl Sim {
         self.log(format!(
             "settle: everyone up, storages triggered: {trigger}"
         ));
+        // From now on every node runs as a daemon (one-shot runs have all ended).
+        for n in &mut self.nodes {
+            n.kind = Kind::Daemon;
+        }
         for i in 0..self.nodes.len() {
             if !self.up(i) {
                 self.bring_up(i);
@@ -171,6 +175,71 @@ fn random_schedule(seed: u64) -> Figures {
     sim.figures()
 }
 
+/// One random schedule of one-shot runs among daemons: 2–6 nodes, each a daemon or a node
+/// whose runs are started by hand, at random times — some more than the connect window after
+/// their peers (late) — with random trees, edits, dropped connections, and nodes that leave
+/// in the middle (killed, crashed or stopped), some of which start again. Every run must end
+/// by itself, and a run that reports success must have been synchronized with every peer it
+/// was connected to (checked as it ends, [`Sim::check_run`]). Then every node comes up as a
+/// daemon and all replicas must converge with no update lost.
+fn random_oneshot_schedule(seed: u64) -> Figures {
+    let mut rng = Rng::new(seed ^ 0x000E_5407_5EED);
+    let n = rng.range(2, 6) as usize;
+    let storages: Vec<Vec<&str>> = (0..n)
+        .map(|_| {
+            if rng.chance(2, 3) {
+                vec!["docs", "pics"]
+            } else {
+                vec!["docs"]
+            }
+        })
+        .collect();
+    let mut sim = Sim::new(seed, Config::default(), storages);
+    for i in 0..n {
+        if rng.chance(2, 3) {
+            sim.nodes[i].kind = Kind::OneShot;
+        }
+    }
+    let first = rng.index(n);
+    sim.nodes[first].kind = Kind::OneShot;
+    let universe = file_universe();
+    for i in 0..n {
+        for s in sim.nodes[i].storages.clone() {
+            sim.random_tree(i, &s, &universe);
+        }
+    }
+    // The last start or leave: settling begins only after it.
+    let mut last_start = 0;
+    for i in 0..n {
+        let start = match sim.nodes[i].kind {
+            Kind::Daemon => rng.range(0, 2_000) * MS,
+            Kind::OneShot => rng.range(0, 9_000) * MS,
+        };
+        last_start = last_start.max(start);
+        sim.push(start, Event::Restart { node: i });
+        if rng.chance(1, 4) {
+            let leave = start + rng.range(0, 12_000) * MS;
+            let graceful = rng.chance(1, 2);
+            last_start = last_start.max(leave);
+            sim.push(leave, Event::Leave { node: i, graceful });
+            if rng.chance(1, 2) {
+                let again = leave + rng.range(500, 5_000) * MS;
+                last_start = last_start.max(again);
+                sim.push(again, Event::Restart { node: i });
+            }
+        }
+    }
+    sim.chaos_until = rng.range(2_000, 12_000) * MS;
+    sim.push(rng.range(0, 300) * MS, Event::Chaos);
+    sim.run_until_time(sim.chaos_until.max(last_start));
+    sim.run_until(600 * SEC, "every one-shot run ends", |s| {
+        s.nodes.iter().all(|n| n.run.is_none())
+    });
+    sim.settle(600 * SEC, true);
+    sim.check_converged(&(0..n).collect::<Vec<_>>(), true);
+    sim.figures()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,7 +247,7 @@ mod tests {
     const SCHEDULES: u64 = 1_000;
 
     /// Runs the random schedules of seeds `0..SCHEDULES` and prints one summary line.
-    fn run_schedules() {
+    fn run_schedules(schedule: fn(u64) -> Figures, what: &str) {
         // Wall time only for the summary line; the simulation itself never reads a clock.
         let wall = Instant::now();
         let mut total = Figures::default();
@@ -192,7 +261,7 @@ mod tests {
         };
         let count = seeds.end - seeds.start;
         for seed in seeds {
-            let f = random_schedule(seed);
+            let f = schedule(seed);
             total.sessions += f.sessions;
             total.max_concurrent = total.max_concurrent.max(f.max_concurrent);
             total.losses += f.losses;
@@ -205,9 +274,25 @@ mod tests {
             }
             total.settle_ns = total.settle_ns.max(f.settle_ns);
             total.session_ns = total.session_ns.max(f.session_ns);
+            for (t, r) in total.runs.iter_mut().zip(f.runs) {
+                *t += r;
+            }
+            total.late_runs += f.late_runs;
+            total.run_ns = total.run_ns.max(f.run_ns);
+        }
+        if total.runs[0] > 0 {
+            println!(
+                "sim ({what}): one-shot runs {} started, {} reported success, {} reported a failure, {} killed; {} started late; longest run {:.1} s",
+                total.runs[0],
+                total.runs[1],
+                total.runs[2],
+                total.runs[3],
+                total.late_runs,
+                total.run_ns as f64 / SEC as f64
+            );
         }
         println!(
-            "sim: {count} schedules, {} sessions led, max {} concurrent, {} losses injected, {} connection drops, {} edits, {} events, files received {:?} (committed, kept local, source changed, failed, lost), longest settle {:.1} s, longest session {:.1} s, {:.0} s virtual, {:.1} s wall",
+            "sim ({what}): {count} schedules, {} sessions led, max {} concurrent, {} losses injected, {} connection drops, {} edits, {} events, files received {:?} (committed, kept local, source changed, failed, lost), longest settle {:.1} s, longest session {:.1} s, {:.0} s virtual, {:.1} s wall",
             total.sessions,
             total.max_concurrent,
             total.losses,
@@ -224,7 +309,114 @@ mod tests {
 
     #[test]
     fn simulated_sessions_elect_at_most_one_leader_and_converge() {
-        run_schedules();
+        run_schedules(random_schedule, "daemons");
+    }
+
+    #[test]
+    fn simulated_one_shot_runs_end_and_succeed_only_when_synchronized_with_every_peer() {
+        run_schedules(random_oneshot_schedule, "one-shot runs");
+    }
+
+    /// Regression: with no peer reachable, a one-shot run slept 0 from 5 s to 15 s (a
+    /// deadline already past) and spun a core. The simulator fails on a past wake-up; the
+    /// run must also end at the deadline, saying no peer connected.
+    #[test]
+    fn a_one_shot_run_without_peers_waits_until_the_deadline_without_spinning() {
+        let mut sim = Sim::new(8, Config::default(), vec![vec!["docs"]; 3]);
+        sim.nodes[0].kind = Kind::OneShot;
+        sim.bring_up(0);
+        sim.run_until(60 * SEC, "the run ends", |s| s.nodes[0].run.is_none());
+        let run = &sim.runs[0];
+        let waited = run.ended - run.started;
+        assert!(
+            (15 * SEC..16 * SEC).contains(&waited),
+            "ended after {waited} ns"
+        );
+        let report = run.report.as_ref().expect("the run ended by itself");
+        assert_eq!(
+            report.problem,
+            Some(crate::run::RunProblem::NoPeerConnected)
+        );
+        assert_eq!(report.unreached.len(), 2, "{report:?}");
+        assert!(!report.ok());
+        // A tick every 200 ms at most, and nothing else happens: no busy loop.
+        assert!(sim.events < 200, "{} events", sim.events);
+    }
+
+    /// A peer that connects and is killed before any session with it completed: the run
+    /// must not report success (it used to exit 0 with "no connected peer has this
+    /// storage").
+    #[test]
+    fn a_peer_lost_before_its_session_makes_the_run_fail() {
+        let mut sim = scenario(9, 2, Config::fixed(5 * MS, 10 * MS));
+        sim.nodes[0].kind = Kind::OneShot;
+        sim.bring_up(1);
+        sim.bring_up(0);
+        until_transfers(&mut sim);
+        sim.take_down(1, false);
+        sim.run_until(120 * SEC, "the run ends", |s| s.nodes[0].run.is_none());
+        let report = sim.runs[0].report.clone().expect("the run ended by itself");
+        assert!(!report.ok(), "{report:?}");
+        let docs = &report.storages[0];
+        match &docs.state {
+            crate::run::StorageState::Failed { missing, why } => {
+                assert_eq!(missing, &vec![sim.nodes[1].id.clone()]);
+                assert!(why.is_some(), "{report:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A configured peer that is down: the run synchronizes with the others and fails,
+    /// naming it; when that peer runs later, the same holds the other way round.
+    #[test]
+    fn a_configured_peer_that_is_down_makes_the_run_fail_and_is_named() {
+        let mut sim = scenario(10, 3, Config::fixed(5 * MS, 10 * MS));
+        sim.nodes[0].kind = Kind::OneShot;
+        sim.nodes[2].kind = Kind::OneShot;
+        sim.bring_up(1);
+        sim.bring_up(0);
+        sim.run_until(120 * SEC, "n0's run ends", |s| s.runs.len() == 1);
+        sim.bring_up(2);
+        sim.run_until(120 * SEC, "n2's run ends", |s| s.runs.len() == 2);
+        for (r, absent) in sim.runs.iter().zip([2, 0]) {
+            let report = r.report.as_ref().expect("ended by itself");
+            assert!(!report.ok(), "n{}: {report:?}", r.node);
+            assert_eq!(report.storages[0].state, crate::run::StorageState::Synced);
+            let names: Vec<&str> = report.unreached.iter().map(|(a, _)| a.as_str()).collect();
+            assert_eq!(names, [sim.name(absent)], "n{}: {report:?}", r.node);
+        }
+        // n0 ran before n2 came: only the later two hold everything.
+        sim.check_converged(&[1, 2], false);
+    }
+
+    /// Two one-shot runs started together, and a third that starts after their connect
+    /// window, while their session is still moving files: the first two synchronize again
+    /// with the late one (it was connected to them, so they may not succeed without it), and
+    /// all three succeed.
+    #[test]
+    fn a_late_one_shot_peer_is_synchronized_with_too() {
+        let mut sim = scenario(11, 3, Config::fixed(5 * MS, 4 * SEC));
+        for i in 0..3 {
+            sim.nodes[i].kind = Kind::OneShot;
+        }
+        sim.bring_up(0);
+        sim.bring_up(1);
+        sim.push(6 * SEC, Event::Restart { node: 2 });
+        sim.run_until(300 * SEC, "the runs end", |s| s.runs.len() == 3);
+        assert_eq!(sim.late_runs, 1);
+        assert!(
+            sim.sessions.iter().any(|r| r.members.len() == 3),
+            "no session with the late peer: {:?}",
+            sim.sessions
+        );
+        for r in &sim.runs {
+            let report = r.report.as_ref().expect("ended by itself");
+            if !report.ok() {
+                sim.fail(&format!("n{}: {report:?}", r.node));
+            }
+        }
+        sim.check_converged(&all(3), false);
     }
 
     fn all(n: usize) -> Vec<usize> {
