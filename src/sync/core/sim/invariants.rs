@@ -8,7 +8,92 @@ use std::collections::BTreeSet;
 use super::replica::view;
 use super::*;
 
+/// What a finished schedule saw.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Figures {
+    pub(super) sessions: usize,
+    pub(super) max_concurrent: usize,
+    pub(super) losses: usize,
+    pub(super) drops: usize,
+    pub(super) edits: usize,
+    pub(super) virtual_ns: u64,
+    pub(super) events: u64,
+    pub(super) outcomes: [usize; 5],
+    /// Longest settle phase and longest session, virtual ns.
+    pub(super) settle_ns: u64,
+    pub(super) session_ns: u64,
+    /// One-shot runs: started, ended reporting success, ended reporting a failure, killed;
+    /// runs started more than the connect window after a peer's run or daemon (late).
+    pub(super) runs: [usize; 4],
+    pub(super) late_runs: usize,
+    /// Longest one-shot run, virtual ns.
+    pub(super) run_ns: u64,
+}
+
+/// A message for the trace, without the bulk of indexes and plans.
+pub(super) fn describe(msg: &PeerMsg) -> String {
+    match msg {
+        PeerMsg::Session(SessionMsg::IndexChunk { sid, entries }) => {
+            format!("IndexChunk {{ sid: {sid}, {} entries }}", entries.len())
+        }
+        PeerMsg::Session(SessionMsg::PlanChunk { sid, items }) => {
+            format!("PlanChunk {{ sid: {sid}, {} items }}", items.len())
+        }
+        PeerMsg::Session(SessionMsg::IndexSummary {
+            sid, count, peers, ..
+        }) => format!("IndexSummary {{ sid: {sid}, count: {count}, peers: {peers:?} }}"),
+        other => format!("{other:?}"),
+    }
+}
+
 impl Sim {
+    // ------------------------------------------------------------------------------------
+    // Failure reports
+
+    pub(super) fn state(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let line = match &n.core {
+                None => format!("{}: down", n.id),
+                Some(c) => {
+                    let wants: Vec<usize> =
+                        (0..n.storages.len()).filter(|&s| c.has_want(s)).collect();
+                    format!(
+                        "{}: up, session {:?}, leads {:?}, idle {}, wants {:?}, results {:?}, next deadline {:?}",
+                        n.id,
+                        c.session_info(),
+                        c.led_participants(),
+                        c.is_idle(),
+                        wants,
+                        (0..n.storages.len()).map(|s| c.result(s).cloned()).collect::<Vec<_>>(),
+                        c.next_deadline().map(|d| self.ns_of(d) as f64 / MS as f64),
+                    )
+                }
+            };
+            out.push_str(&line);
+            out.push_str(&format!(
+                " peers {:?}\n",
+                (0..self.nodes.len())
+                    .filter(|&j| self.believes[i][j].is_some())
+                    .map(|j| self.name(j))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        out
+    }
+
+    pub(super) fn fail(&self, msg: &str) -> ! {
+        let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        panic!(
+            "seed {}: {msg}\n--- last {} events (virtual time) ---\n{}\n--- state at {:.3} ms ---\n{}",
+            self.seed,
+            trace.len(),
+            trace.join("\n"),
+            self.now as f64 / MS as f64,
+            self.state()
+        );
+    }
+
     // ------------------------------------------------------------------------------------
     // Checks
 

@@ -46,6 +46,7 @@ use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
 use crate::proto::{PeerMsg, SessionMsg};
 use crate::run::{DialError, RunReport};
 
+use invariants::describe;
 use replica::*;
 
 const MS: u64 = 1_000_000;
@@ -269,28 +270,6 @@ struct SessionRecord {
     peer_link_cut: bool,
 }
 
-/// What a finished schedule saw.
-#[derive(Default, Clone, Copy)]
-struct Figures {
-    sessions: usize,
-    max_concurrent: usize,
-    losses: usize,
-    drops: usize,
-    edits: usize,
-    virtual_ns: u64,
-    events: u64,
-    outcomes: [usize; 5],
-    /// Longest settle phase and longest session, virtual ns.
-    settle_ns: u64,
-    session_ns: u64,
-    /// One-shot runs: started, ended reporting success, ended reporting a failure, killed;
-    /// runs started more than the connect window after a peer's run or daemon (late).
-    runs: [usize; 4],
-    late_runs: usize,
-    /// Longest one-shot run, virtual ns.
-    run_ns: u64,
-}
-
 struct Sim {
     seed: u64,
     cfg: Config,
@@ -469,53 +448,6 @@ impl Sim {
 
     fn draw(&mut self, range: (u64, u64)) -> u64 {
         self.rng.range(range.0, range.1)
-    }
-
-    // ------------------------------------------------------------------------------------
-    // Failure reports
-
-    fn state(&self) -> String {
-        let mut out = String::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            let line = match &n.core {
-                None => format!("{}: down", n.id),
-                Some(c) => {
-                    let wants: Vec<usize> =
-                        (0..n.storages.len()).filter(|&s| c.has_want(s)).collect();
-                    format!(
-                        "{}: up, session {:?}, leads {:?}, idle {}, wants {:?}, results {:?}, next deadline {:?}",
-                        n.id,
-                        c.session_info(),
-                        c.led_participants(),
-                        c.is_idle(),
-                        wants,
-                        (0..n.storages.len()).map(|s| c.result(s).cloned()).collect::<Vec<_>>(),
-                        c.next_deadline().map(|d| self.ns_of(d) as f64 / MS as f64),
-                    )
-                }
-            };
-            out.push_str(&line);
-            out.push_str(&format!(
-                " peers {:?}\n",
-                (0..self.nodes.len())
-                    .filter(|&j| self.believes[i][j].is_some())
-                    .map(|j| self.name(j))
-                    .collect::<Vec<_>>()
-            ));
-        }
-        out
-    }
-
-    fn fail(&self, msg: &str) -> ! {
-        let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
-        panic!(
-            "seed {}: {msg}\n--- last {} events (virtual time) ---\n{}\n--- state at {:.3} ms ---\n{}",
-            self.seed,
-            trace.len(),
-            trace.join("\n"),
-            self.now as f64 / MS as f64,
-            self.state()
-        );
     }
 
     // ------------------------------------------------------------------------------------
@@ -1222,21 +1154,5 @@ impl Sim {
         }
         self.log(format!("{} triggers {storage}", self.name(node)));
         self.call(node, false, |c, _, now| c.trigger(s, now));
-    }
-}
-
-/// A message for the trace, without the bulk of indexes and plans.
-fn describe(msg: &PeerMsg) -> String {
-    match msg {
-        PeerMsg::Session(SessionMsg::IndexChunk { sid, entries }) => {
-            format!("IndexChunk {{ sid: {sid}, {} entries }}", entries.len())
-        }
-        PeerMsg::Session(SessionMsg::PlanChunk { sid, items }) => {
-            format!("PlanChunk {{ sid: {sid}, {} items }}", items.len())
-        }
-        PeerMsg::Session(SessionMsg::IndexSummary {
-            sid, count, peers, ..
-        }) => format!("IndexSummary {{ sid: {sid}, count: {count}, peers: {peers:?} }}"),
-        other => format!("{other:?}"),
     }
 }

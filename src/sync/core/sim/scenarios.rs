@@ -2,6 +2,7 @@
 //! connections), settling, the random schedules run by the thousand, and the scenarios that
 //! pin particular situations.
 
+use super::invariants::Figures;
 use super::replica::*;
 use super::*;
 
