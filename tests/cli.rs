@@ -1,5 +1,7 @@
 //! The real binary from the outside: help, version, check-config, exit codes, signals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::process::Output;

@@ -2,6 +2,8 @@
 //! line what loading it must give (`# expect: ok` or `# expect: error line=N key=K "text"`),
 //! and this test checks each one. Adding a case means adding a fixture file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 //! one way, syncs B (a daemon with the old version) from A (a one-shot run), checks B ends
 //! with exactly A's bytes, and checks the bytes on the wire that A counted (both ways).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::io::{Seek, SeekFrom, Write};

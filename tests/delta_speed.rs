@@ -3,6 +3,8 @@
 //! that signature, as a sender would for an unchanged file — and prints MiB/s for each and
 //! for both together. Run in release: `cargo test --release --test delta_speed -- --ignored`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 use std::io::Read;
 use std::time::Instant;
 

@@ -5,6 +5,8 @@
 //! Every test creates its own storage (and, where needed, an "outside" directory that must
 //! stay untouched) under the temp directory; none depends on another or on the order.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,8 @@
 //! default configs through `check-config`, and the mechanical rules of Buildroot's
 //! `check-package` on the external tree.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -8,6 +8,8 @@
 //! delta against it) reads, hashes and writes every byte and needs about 10 GiB of free disk,
 //! so it runs only with `IC_HEAVY=1`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::fs::File;

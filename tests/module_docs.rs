@@ -1,6 +1,8 @@
 //! Every source file must open with a `//!` module doc saying its job; this test walks
 //! `src/` and fails naming each file that does not.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -4,6 +4,8 @@
 //! top-level modules import each other without a circle; and the sans-I/O core of `sync`
 //! touches no file, socket, thread or clock. Each failure names the file and the import.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -180,7 +182,11 @@ fn thread_modules_import_each_other_only_through_a_handle() {
             let from_thread = THREADS.contains(&s.top.as_str());
             let from_above = ABOVE.contains(&s.top.as_str()) || s.top == "lib";
             if is_thread && from_thread && !through_handle {
-                bad.push(format!("{}: a thread module imports crate::{}", s.rel, p.join("::")));
+                bad.push(format!(
+                    "{}: a thread module imports crate::{}",
+                    s.rel,
+                    p.join("::")
+                ));
             }
             if is_thread && !from_thread && !from_above && !through_handle {
                 bad.push(format!(
@@ -277,7 +283,11 @@ fn the_sync_core_does_no_io_and_reads_no_clock() {
             }
         }
     }
-    assert!(bad.is_empty(), "the core must stay sans-I/O:\n  {}", bad.join("\n  "));
+    assert!(
+        bad.is_empty(),
+        "the core must stay sans-I/O:\n  {}",
+        bad.join("\n  ")
+    );
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! storages (one present on only three of them), every node triggering at once, the leader or
 //! a follower killed mid-session, and one read of a file fanned out to four receivers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::path::PathBuf;

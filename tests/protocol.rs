@@ -7,6 +7,8 @@
 //! names the reason it dropped the peer, nothing was created outside its storage (nor inside
 //! it), and a legitimate node can still synchronize with it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,8 @@
 //! settings; an invalid one is reported and the daemon keeps running as it was. And
 //! `--syslog` sends the log to the local syslog socket.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use common::*;

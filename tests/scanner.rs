@@ -3,6 +3,8 @@
 //! These tests only create and scan trees under the temp directory; they must not depend
 //! on anything outside it, nor on the order they run in.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use std::ffi::{CString, OsStr};

@@ -3,6 +3,8 @@
 //! `.ignore`, symlinks, groups, one-shot against daemon and against one-shot, and a receiver
 //! killed in the middle of a transfer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 mod common;
 
 use common::*;
