@@ -17,7 +17,8 @@ use crate::run::{Mode, Outcome, RunProblem, StorageState};
 pub mod exit {
     /// Everything asked for was done.
     pub const OK: i32 = 0;
-    /// The sync did not complete: no peer reachable, or some storages or files failed.
+    /// The sync did not complete: no peer reachable, a configured peer not reached, a storage
+    /// not synchronized with a connected peer that has it, or files failed.
     pub const SYNC_FAILED: i32 = 1;
     /// Bad command line or bad configuration; nothing was done.
     pub const USAGE: i32 = 2;
@@ -46,7 +47,8 @@ OPTIONS:
 
 EXIT CODES:
     0   success
-    1   the sync did not complete (no peer reachable, or some storages or files failed)
+    1   the sync did not complete: no peer reachable, a configured peer not reached, a
+        storage not synchronized with a connected peer that has it, or files failed
     2   bad command line or configuration (the message names the key and line); nothing done
     3   could not start (e.g. the port is in use)
 ";
