@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use super::plan::check_plan;
-use super::session::{Over, Phase, Role, Session};
-use super::{Ctx, Io, MAX_ENTRIES};
+use super::session::{violated, Over, Phase, Role, Session};
+use super::{Ctx, Io, Violation, MAX_ENTRIES};
 use crate::model::NodeId;
 use crate::proto::{self, PlanItem, SessionMsg};
 use crate::run::SyncError;
@@ -91,13 +91,13 @@ impl Session {
             return;
         }
         if self.phase != Phase::Collect {
-            return io.disconnect(from, super::Violation::PlanAfterEnd);
+            return io.disconnect(from, Violation::PlanAfterEnd);
         }
         let Role::Follow { plan, .. } = &mut self.role else {
             return;
         };
         if (plan.len() + items.len()) as u64 > MAX_ENTRIES {
-            return io.disconnect(from, super::Violation::PlanTooLarge);
+            return io.disconnect(from, Violation::PlanTooLarge);
         }
         plan.extend(items);
     }
@@ -114,8 +114,7 @@ impl Session {
             return None;
         }
         if self.phase != Phase::Collect {
-            io.disconnect(from, super::Violation::PlanEndedTwice);
-            return None;
+            return violated(io, from, Violation::PlanEndedTwice);
         }
         self.phase = Phase::Ready;
         self.local_index = Vec::new();
@@ -124,8 +123,7 @@ impl Session {
         };
         let items = std::mem::take(plan);
         if let Err(v) = check_plan(&items) {
-            io.disconnect(from, v);
-            return None;
+            return violated(io, from, v);
         }
         self.register_items(cx, items, io);
         io.send(from, SessionMsg::PlanReady { sid }.into());
@@ -144,8 +142,7 @@ impl Session {
             return None;
         }
         if self.phase != Phase::Ready {
-            io.disconnect(from, super::Violation::GoBeforePlan);
-            return None;
+            return violated(io, from, Violation::GoBeforePlan);
         }
         self.phase = Phase::Go;
         self.release_held(io);

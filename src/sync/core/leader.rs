@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Instant;
 
 use super::plan::{send_plan_chunks, Planner, PLAN_FLUSH_ITEMS};
-use super::session::{Over, Participant, Phase, Role, Session};
+use super::session::{violated, Over, Participant, Phase, Role, Session};
 use super::{Ctx, Io, Violation, MAX_ENTRIES};
 use crate::diff;
 use crate::model::{FileMeta, NodeId};
@@ -79,15 +79,13 @@ impl Session {
         let local_digest = self.local_digest;
         let p = self.participant(from)?;
         if p.summary.is_some() {
-            io.disconnect(from, Violation::TwoSummaries);
-            return None;
+            return violated(io, from, Violation::TwoSummaries);
         }
         p.summary = Some((count, digest));
         p.peers = peers;
         if digest != local_digest {
             if count > MAX_ENTRIES {
-                io.disconnect(from, Violation::IndexTooLarge);
-                return None;
+                return violated(io, from, Violation::IndexTooLarge);
             }
             p.index_requested = true;
             io.send(from, SessionMsg::IndexRequest { sid }.into());
@@ -137,8 +135,7 @@ impl Session {
         }
         let p = self.participant(from)?;
         if !p.index_requested || p.index_done {
-            io.disconnect(from, Violation::UnrequestedIndexEnd);
-            return None;
+            return violated(io, from, Violation::UnrequestedIndexEnd);
         }
         p.index_done = true;
         self.leader_maybe_plan(cx, now, io)
@@ -250,8 +247,7 @@ impl Session {
             return None;
         }
         if self.phase == Phase::Collect {
-            io.disconnect(from, Violation::ReadyBeforePlan);
-            return None;
+            return violated(io, from, Violation::ReadyBeforePlan);
         }
         if let Some(p) = self.participant(from) {
             p.ready = true;
@@ -288,8 +284,7 @@ impl Session {
             return None;
         }
         if self.phase == Phase::Collect {
-            io.disconnect(from, Violation::DoneBeforePlan);
-            return None;
+            return violated(io, from, Violation::DoneBeforePlan);
         }
         if let Some(p) = self.participant(from) {
             p.done = Some(stats);

@@ -122,6 +122,12 @@ pub(super) struct Session {
     progressed: bool,
 }
 
+/// `from` broke the protocol: it is disconnected and the session goes on without a word.
+pub(super) fn violated(io: &mut dyn Io, from: &NodeId, v: Violation) -> Option<Over> {
+    io.disconnect(from, v);
+    None
+}
+
 impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
