@@ -110,6 +110,11 @@ impl RelPath {
         Ok(RelPath(s))
     }
 
+    /// Appends a relative path of one or more components (`a/b` joined with `c/d`).
+    pub fn join_path(&self, rest: &str) -> Result<RelPath, PathError> {
+        RelPath::from_string(format!("{}/{rest}", self.0))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,0 +1,663 @@
+//! Recording a scan: what is on disk now, against what the store knows, becomes local
+//! changes with new versions — a new or edited file, a deletion (also one made while the
+//! node was off), a move (same inode at a new path), a directory move (a whole subtree under
+//! a new name, recorded as one move). Files whose size, mtime, inode and ctime did not
+//! change are not read; others are hashed.
+//!
+//! A node whose store knows nothing of a storage (a first run, or a lost database) deletes
+//! nothing: every file it has is new.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use super::{kind_code, RawEntry, StorageId, Store, StoreError};
+use crate::history::{Digest, Entry, Vv};
+use crate::model::{EntryKind, FileMeta, RelPath};
+
+/// One entry the scanner found, with what tells a changed file from an unchanged one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub meta: FileMeta,
+    pub ino: u64,
+    pub ctime_ns: i64,
+}
+
+/// What a scan changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanChanges {
+    pub new: u32,
+    pub modified: u32,
+    pub deleted: u32,
+    pub moved: u32,
+    /// Directory moves recorded as one move each.
+    pub dir_moves: u32,
+    /// Bytes read to hash new and changed files.
+    pub hashed: u64,
+}
+
+/// The state of this node's index of a storage after a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanSummary {
+    pub index_id: u64,
+    pub seq: u64,
+    /// Live entries.
+    pub count: u64,
+    /// Of the live entries' paths, kinds and versions: equal digests, equal indexes.
+    pub digest: Digest,
+    pub changes: ScanChanges,
+}
+
+/// A stored row with what a scan compares.
+struct Known {
+    entry: Entry,
+    ino: u64,
+    ctime: i64,
+    seq: u64,
+}
+
+/// What to write for one path.
+enum Write {
+    /// Same content, other metadata (a touch, a restore): new meta, same version.
+    Meta(Found, Known),
+    /// Same everything but inode or ctime: remember them, nothing else.
+    Stat(Found),
+    Version {
+        found: Found,
+        hash: Option<Digest>,
+        vv: Vv,
+        link: Option<RelPath>,
+    },
+    Tombstone {
+        known: Known,
+        vv: Vv,
+        link: Option<RelPath>,
+    },
+}
+
+impl Store {
+    /// Records what `found` (the scanner's entries of `storage`, sorted by path) changed,
+    /// at `now` (seconds). `hash` reads a file's content hash; a file it cannot read is left
+    /// as the store knew it, for the next scan.
+    pub fn record_scan(
+        &mut self,
+        storage: StorageId,
+        found: &[Found],
+        now: u64,
+        hash: &mut dyn FnMut(&RelPath) -> std::io::Result<Digest>,
+    ) -> Result<ScanSummary, StoreError> {
+        let me = self.me.clone();
+        let mut changes = ScanChanges::default();
+        let mut writes: Vec<Write> = Vec::new();
+        let mut news: Vec<(Found, Option<Known>)> = Vec::new();
+        let mut gone: Vec<Known> = Vec::new();
+        // The known rows are read a page at a time, in path order, beside the sorted scan:
+        // memory grows with the changes, not with the storage.
+        let mut known = Pager::new(storage);
+        let mut next = known.next(self)?;
+        for f in found {
+            // Known paths before this one are gone (if live).
+            while let Some(row) = next.take() {
+                if row.entry.meta.path >= f.meta.path {
+                    next = Some(row);
+                    break;
+                }
+                if row.entry.is_live() {
+                    gone.push(row);
+                }
+                next = known.next(self)?;
+            }
+            let row = match next.take() {
+                Some(row) if row.entry.meta.path == f.meta.path => {
+                    next = known.next(self)?;
+                    Some(row)
+                }
+                other => {
+                    next = other;
+                    None
+                }
+            };
+            match row {
+                Some(row) if row.entry.is_live() && row.entry.meta.kind == f.meta.kind => {
+                    let e = &row.entry;
+                    let same_stat = f.meta.kind == EntryKind::Dir
+                        || (e.meta.size == f.meta.size
+                            && e.meta.mtime_ns == f.meta.mtime_ns
+                            && row.ino == f.ino
+                            && row.ctime == f.ctime_ns);
+                    if same_stat {
+                        continue;
+                    }
+                    let h = match hash(&f.meta.path) {
+                        Ok(h) => h,
+                        Err(err) => {
+                            log::warn!("not hashing {}: {err}", f.meta.path);
+                            continue;
+                        }
+                    };
+                    changes.hashed += f.meta.size;
+                    let same_meta =
+                        e.meta.size == f.meta.size && e.meta.mtime_ns == f.meta.mtime_ns;
+                    if e.hash == Some(h) {
+                        writes.push(if same_meta {
+                            Write::Stat(f.clone())
+                        } else {
+                            Write::Meta(f.clone(), row)
+                        });
+                    } else {
+                        changes.modified += 1;
+                        let vv = e.vv.bump(&me, now);
+                        writes.push(Write::Version {
+                            found: f.clone(),
+                            hash: Some(h),
+                            vv,
+                            link: None,
+                        });
+                    }
+                }
+                // A live entry of the other kind: the new one's version follows it.
+                Some(row) if row.entry.is_live() => {
+                    news.push((f.clone(), Some(clone_known(&row))));
+                    gone.push(row);
+                }
+                // A tombstone: a path made again continues its history.
+                Some(row) => news.push((f.clone(), Some(row))),
+                None => news.push((f.clone(), None)),
+            }
+        }
+        while let Some(row) = next.take() {
+            if row.entry.is_live() {
+                gone.push(row);
+            }
+            next = known.next(self)?;
+        }
+
+        // Moves: a new path with the inode (and, for a file, the size and mtime) of a path
+        // that is gone.
+        let mut by_ino: HashMap<(u64, bool), usize> = HashMap::new();
+        for (i, g) in gone.iter().enumerate() {
+            if g.ino != 0 {
+                by_ino.insert((g.ino, g.entry.meta.kind == EntryKind::Dir), i);
+            }
+        }
+        let mut moved_from: Vec<Option<usize>> = vec![None; news.len()];
+        let mut moved_to: Vec<Option<usize>> = vec![None; gone.len()];
+        for (n, (f, prior)) in news.iter().enumerate() {
+            if prior.as_ref().is_some_and(|p| p.entry.is_live()) {
+                continue;
+            }
+            let is_dir = f.meta.kind == EntryKind::Dir;
+            let Some(&g) = by_ino.get(&(f.ino, is_dir)) else {
+                continue;
+            };
+            let old = &gone[g].entry;
+            if moved_to[g].is_some()
+                || (!is_dir
+                    && (old.meta.size != f.meta.size || old.meta.mtime_ns != f.meta.mtime_ns))
+            {
+                continue;
+            }
+            moved_from[n] = Some(g);
+            moved_to[g] = Some(n);
+        }
+        // A directory whose every live entry moved with it to the same place under its new
+        // name is one move.
+        let mut prefix_moves: Vec<(RelPath, RelPath)> = Vec::new();
+        for (g, row) in gone.iter().enumerate() {
+            let (Some(n), EntryKind::Dir) = (moved_to[g], row.entry.meta.kind) else {
+                continue;
+            };
+            let from = &row.entry.meta.path;
+            let to = &news[n].0.meta.path;
+            if prefix_moves.iter().any(|(a, _)| is_below(from, a)) || is_below(to, from) {
+                continue;
+            }
+            let whole = gone.iter().enumerate().all(|(h, other)| {
+                !is_below(&other.entry.meta.path, from)
+                    || moved_to[h].is_some_and(|m| {
+                        news[m].0.meta.path.as_str()
+                            == rebase(&other.entry.meta.path, from, to).as_str()
+                    })
+            });
+            if whole {
+                prefix_moves.push((from.clone(), to.clone()));
+            }
+        }
+        // The gone entries a directory move stands for.
+        let covered: Vec<bool> = gone
+            .iter()
+            .map(|r| {
+                let p = &r.entry.meta.path;
+                prefix_moves
+                    .iter()
+                    .any(|(from, _)| p == from || is_below(p, from))
+            })
+            .collect();
+        for (g, row) in gone.iter().enumerate() {
+            if covered[g] {
+                continue;
+            }
+            let link = moved_to[g].map(|n| news[n].0.meta.path.clone());
+            if link.is_some() {
+                changes.moved += 1;
+            } else {
+                changes.deleted += 1;
+            }
+            let counter = (row.entry.vv.get(&me) + 1).max(now);
+            writes.push(Write::Tombstone {
+                known: clone_known(row),
+                vv: row.entry.vv.with(&me, counter),
+                link,
+            });
+        }
+        for (n, (f, prior)) in news.iter().enumerate() {
+            if let Some(g) = moved_from[n] {
+                if covered[g] {
+                    continue;
+                }
+                let old = &gone[g].entry;
+                let counter = (old.vv.get(&me) + 1).max(now);
+                writes.push(Write::Version {
+                    found: f.clone(),
+                    hash: old.hash,
+                    vv: old.vv.with(&me, counter),
+                    link: Some(old.meta.path.clone()),
+                });
+                continue;
+            }
+            let h = match f.meta.kind {
+                EntryKind::Dir => None,
+                EntryKind::File => match hash(&f.meta.path) {
+                    Ok(h) => {
+                        changes.hashed += f.meta.size;
+                        Some(h)
+                    }
+                    Err(err) => {
+                        log::warn!("not hashing {}: {err}", f.meta.path);
+                        continue;
+                    }
+                },
+            };
+            changes.new += 1;
+            let base = prior
+                .as_ref()
+                .map_or_else(Vv::default, |p| p.entry.vv.clone());
+            writes.push(Write::Version {
+                found: f.clone(),
+                hash: h,
+                vv: base.bump(&me, now),
+                link: None,
+            });
+        }
+        changes.dir_moves = prefix_moves.len() as u32;
+
+        let prefix: Vec<(RelPath, RelPath, Vec<(Found, &Known)>)> = prefix_moves
+            .iter()
+            .map(|(from, to)| {
+                let rows = gone
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        r.entry.meta.path == *from || is_below(&r.entry.meta.path, from)
+                    })
+                    .filter_map(|(g, r)| moved_to[g].map(|n| (news[n].0.clone(), r)))
+                    .collect();
+                (from.clone(), to.clone(), rows)
+            })
+            .collect();
+        self.write_scan(storage, now, writes, prefix)?;
+        let (index_id, seq) = self.local_state(storage)?;
+        let (count, digest) = self.digest(storage)?;
+        Ok(ScanSummary {
+            index_id,
+            seq,
+            count,
+            digest,
+            changes,
+        })
+    }
+
+    fn write_scan(
+        &mut self,
+        storage: StorageId,
+        now: u64,
+        writes: Vec<Write>,
+        prefix: Vec<(RelPath, RelPath, Vec<(Found, &Known)>)>,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() && prefix.is_empty() {
+            return Ok(());
+        }
+        let me = self.me.clone();
+        let me_id = self.node_id(&me)?;
+        let (_, mut seq) = self.local_state(storage)?;
+        // Encode before the transaction: numbering a new node writes too.
+        struct Row {
+            path: String,
+            kind: i64,
+            deleted: bool,
+            size: i64,
+            mtime: i64,
+            mode: i64,
+            hash: Option<Vec<u8>>,
+            vv: Vec<u8>,
+            by: i64,
+            seq: i64,
+            ino: i64,
+            ctime: i64,
+            link: Option<String>,
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        let mut stats: Vec<(String, i64, i64)> = Vec::new();
+        let mut moves: Vec<(i64, String, String, u64, i64)> = Vec::new();
+        for w in writes {
+            match w {
+                Write::Stat(f) => stats.push((f.meta.path.to_string(), f.ino as i64, f.ctime_ns)),
+                Write::Meta(f, k) => {
+                    seq += 1;
+                    let vv = self.encode_vv(&k.entry.vv)?;
+                    let by = self.node_id(&k.entry.by)?;
+                    rows.push(Row {
+                        path: f.meta.path.to_string(),
+                        kind: kind_code(f.meta.kind),
+                        deleted: false,
+                        size: f.meta.size as i64,
+                        mtime: f.meta.mtime_ns,
+                        mode: i64::from(f.meta.mode),
+                        hash: k.entry.hash.map(|h| h.to_vec()),
+                        vv,
+                        by,
+                        seq: seq as i64,
+                        ino: f.ino as i64,
+                        ctime: f.ctime_ns,
+                        link: None,
+                    });
+                }
+                Write::Version {
+                    found,
+                    hash,
+                    vv,
+                    link,
+                } => {
+                    seq += 1;
+                    rows.push(Row {
+                        path: found.meta.path.to_string(),
+                        kind: kind_code(found.meta.kind),
+                        deleted: false,
+                        size: found.meta.size as i64,
+                        mtime: found.meta.mtime_ns,
+                        mode: i64::from(found.meta.mode),
+                        hash: hash.map(|h| h.to_vec()),
+                        vv: self.encode_vv(&vv)?,
+                        by: me_id,
+                        seq: seq as i64,
+                        ino: found.ino as i64,
+                        ctime: found.ctime_ns,
+                        link: link.map(|l| l.to_string()),
+                    });
+                }
+                Write::Tombstone { known, vv, link } => {
+                    seq += 1;
+                    let e = known.entry;
+                    rows.push(Row {
+                        path: e.meta.path.to_string(),
+                        kind: kind_code(e.meta.kind),
+                        deleted: true,
+                        size: e.meta.size as i64,
+                        mtime: e.meta.mtime_ns,
+                        mode: i64::from(e.meta.mode),
+                        hash: e.hash.map(|h| h.to_vec()),
+                        vv: self.encode_vv(&vv)?,
+                        by: me_id,
+                        seq: seq as i64,
+                        ino: 0,
+                        ctime: 0,
+                        link: link.map(|l| l.to_string()),
+                    });
+                }
+            }
+        }
+        for (from, to, moved) in prefix {
+            seq += 1;
+            // One counter for every entry of the move, above any this node gave them.
+            let counter = moved
+                .iter()
+                .map(|(_, k)| k.entry.vv.get(&me) + 1)
+                .max()
+                .unwrap_or(1)
+                .max(now);
+            let before = moved.iter().map(|(_, k)| k.seq).max().unwrap_or(0);
+            for (f, k) in moved {
+                let e = &k.entry;
+                let vv = self.encode_vv(&e.vv.with(&me, counter))?;
+                rows.push(Row {
+                    path: e.meta.path.to_string(),
+                    kind: kind_code(e.meta.kind),
+                    deleted: true,
+                    size: e.meta.size as i64,
+                    mtime: e.meta.mtime_ns,
+                    mode: i64::from(e.meta.mode),
+                    hash: e.hash.map(|h| h.to_vec()),
+                    vv: vv.clone(),
+                    by: me_id,
+                    seq: seq as i64,
+                    ino: 0,
+                    ctime: 0,
+                    link: Some(f.meta.path.to_string()),
+                });
+                rows.push(Row {
+                    path: f.meta.path.to_string(),
+                    kind: kind_code(f.meta.kind),
+                    deleted: false,
+                    size: f.meta.size as i64,
+                    mtime: f.meta.mtime_ns,
+                    mode: i64::from(f.meta.mode),
+                    hash: e.hash.map(|h| h.to_vec()),
+                    vv,
+                    by: me_id,
+                    seq: seq as i64,
+                    ino: f.ino as i64,
+                    ctime: f.ctime_ns,
+                    link: Some(e.meta.path.to_string()),
+                });
+            }
+            moves.push((
+                seq as i64,
+                from.to_string(),
+                to.to_string(),
+                counter,
+                before as i64,
+            ));
+        }
+        let now = now as i64;
+        let tx = self.conn.transaction().map_err(|e| sql(&self.path, e))?;
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO entries
+                     (storage, path, kind, deleted, size, mtime, mode, hash, vv, by, seq, ino,
+                      ctime, changed, link)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )
+                .map_err(|e| sql(&self.path, e))?;
+            for r in &rows {
+                put.execute(params![
+                    storage, r.path, r.kind, r.deleted, r.size, r.mtime, r.mode, r.hash, r.vv,
+                    r.by, r.seq, r.ino, r.ctime, now, r.link
+                ])
+                .map_err(|e| sql(&self.path, e))?;
+            }
+            let mut stat = tx
+                .prepare_cached(
+                    "UPDATE entries SET ino = ?3, ctime = ?4 WHERE storage = ?1 AND path = ?2",
+                )
+                .map_err(|e| sql(&self.path, e))?;
+            for (p, ino, ctime) in &stats {
+                stat.execute(params![storage, p, ino, ctime])
+                    .map_err(|e| sql(&self.path, e))?;
+            }
+            let mut mv = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO moves (storage, seq, from_path, to_path, by, counter, before)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(|e| sql(&self.path, e))?;
+            for (s, from, to, counter, before) in &moves {
+                mv.execute(params![
+                    storage,
+                    s,
+                    from,
+                    to,
+                    me_id,
+                    *counter as i64,
+                    before
+                ])
+                .map_err(|e| sql(&self.path, e))?;
+            }
+            tx.execute(
+                "UPDATE storages SET seq = ?2 WHERE id = ?1",
+                params![storage, seq as i64],
+            )
+            .map_err(|e| sql(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| sql(&self.path, e))?;
+        Ok(())
+    }
+
+    /// The number of live entries of `storage` and the digest of its live index.
+    pub fn digest(&self, storage: StorageId) -> Result<(u64, Digest), StoreError> {
+        let mut h = blake3::Hasher::new();
+        let mut count = 0u64;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path, kind, vv FROM entries WHERE storage = ?1 AND deleted = 0 ORDER BY path",
+            )
+            .map_err(|e| self.sql_err(e))?;
+        let mut rows = stmt.query(params![storage]).map_err(|e| self.sql_err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql_err(e))? {
+            let path: String = r.get(0).map_err(|e| self.sql_err(e))?;
+            let kind: i64 = r.get(1).map_err(|e| self.sql_err(e))?;
+            let vv: Vec<u8> = r.get(2).map_err(|e| self.sql_err(e))?;
+            let vv = self.decode_vv(&vv)?;
+            h.update(&(path.len() as u32).to_le_bytes());
+            h.update(path.as_bytes());
+            h.update(&[kind as u8]);
+            for (n, c) in vv.pairs() {
+                h.update(&(n.as_str().len() as u8).to_le_bytes());
+                h.update(n.as_str().as_bytes());
+                h.update(&c.to_le_bytes());
+            }
+            h.update(&[0xff]);
+            count += 1;
+        }
+        Ok((count, *h.finalize().as_bytes()))
+    }
+}
+
+/// Rows of a storage in path order, a page at a time.
+struct Pager {
+    storage: StorageId,
+    page: std::vec::IntoIter<Known>,
+    after: Option<String>,
+    done: bool,
+}
+
+/// Rows read per page.
+const PAGE: i64 = 2048;
+
+impl Pager {
+    fn new(storage: StorageId) -> Pager {
+        Pager {
+            storage,
+            page: Vec::new().into_iter(),
+            after: None,
+            done: false,
+        }
+    }
+
+    fn next(&mut self, store: &Store) -> Result<Option<Known>, StoreError> {
+        if let Some(k) = self.page.next() {
+            return Ok(Some(k));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        let mut stmt = store
+            .conn
+            .prepare_cached(
+                "SELECT path, kind, deleted, size, mtime, mode, hash, vv, by, link, ino, ctime, seq
+                 FROM entries WHERE storage = ?1 AND path > ?2 ORDER BY path LIMIT ?3",
+            )
+            .map_err(|e| store.sql_err(e))?;
+        let after = self.after.clone().unwrap_or_default();
+        let rows = stmt
+            .query_map(params![self.storage, after, PAGE], |r| {
+                Ok((
+                    RawEntry {
+                        path: r.get(0)?,
+                        kind: r.get(1)?,
+                        deleted: r.get(2)?,
+                        size: r.get(3)?,
+                        mtime: r.get(4)?,
+                        mode: r.get(5)?,
+                        hash: r.get(6)?,
+                        vv: r.get(7)?,
+                        by: r.get(8)?,
+                        link: r.get(9)?,
+                    },
+                    r.get::<_, i64>(10)?,
+                    r.get::<_, i64>(11)?,
+                    r.get::<_, i64>(12)?,
+                ))
+            })
+            .map_err(|e| store.sql_err(e))?;
+        let mut page = Vec::new();
+        for row in rows {
+            let (raw, ino, ctime, seq) = row.map_err(|e| store.sql_err(e))?;
+            self.after = Some(raw.path.clone());
+            page.push(Known {
+                entry: store.entry_of(raw)?,
+                ino: ino as u64,
+                ctime,
+                seq: seq as u64,
+            });
+        }
+        if (page.len() as i64) < PAGE {
+            self.done = true;
+        }
+        self.page = page.into_iter();
+        Ok(self.page.next())
+    }
+}
+
+fn sql(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Sql {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+fn clone_known(k: &Known) -> Known {
+    Known {
+        entry: k.entry.clone(),
+        ino: k.ino,
+        ctime: k.ctime,
+        seq: k.seq,
+    }
+}
+
+/// `p` is strictly below directory `dir`.
+pub(crate) fn is_below(p: &RelPath, dir: &RelPath) -> bool {
+    p.as_str().len() > dir.as_str().len()
+        && p.as_str().starts_with(dir.as_str())
+        && p.as_str().as_bytes()[dir.as_str().len()] == b'/'
+}
+
+/// `p` (at or below `from`) moved to the same place below `to`.
+pub(crate) fn rebase(p: &RelPath, from: &RelPath, to: &RelPath) -> RelPath {
+    if p == from {
+        return to.clone();
+    }
+    let rest = &p.as_str()[from.as_str().len() + 1..];
+    to.join_path(rest).unwrap_or_else(|_| p.clone())
+}
