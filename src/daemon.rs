@@ -63,11 +63,34 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
 
     let (ctl_tx, ctl_rx) = unbounded();
     let (done_tx, done_rx) = bounded::<Outcome>(1);
+    let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
     let sync_net = net_handle.clone();
     let sync_config = config.clone();
     let sync_thread = spawn("sync", move || {
-        sync::run(sync_config, mode, sync_net, net_event_rx, ctl_rx, done_tx)
+        sync::run(
+            sync_config,
+            mode,
+            sync_net,
+            net_event_rx,
+            ctl_rx,
+            ready_tx,
+            done_tx,
+        )
     })?;
+    // The history database and the storages open on the sync thread (only it touches
+    // them); a failure there is a failure to start.
+    let started = ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err("the sync thread stopped while starting".into()));
+    if let Err(e) = started {
+        let _ = ctl_tx.send(SyncCtl::Shutdown);
+        let _ = sync_thread.join();
+        net_handle.shutdown();
+        let _ = net_thread.join();
+        signal_handle.close();
+        let _ = signal_thread.join();
+        return Err(StartError(e));
+    }
 
     log::info!(
         "node {} started ({}), {} storage(s)",

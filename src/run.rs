@@ -124,6 +124,12 @@ pub enum SyncError {
     ShuttingDown,
     /// Files that did not arrive or could not be sent (I/O errors, lost senders, no space).
     FilesFailed(u32),
+    /// The storage root is not the one synchronized before (its marker is missing or
+    /// another, or it is on another file system): an unmounted disk must never read as
+    /// "every file was deleted". Nothing is synchronized until it is back.
+    Guard(String),
+    /// The history database failed.
+    History(String),
 }
 
 impl fmt::Display for SyncError {
@@ -138,6 +144,7 @@ impl fmt::Display for SyncError {
             SyncError::Stalled => f.write_str("no progress for too long"),
             SyncError::ShuttingDown => f.write_str("shutting down"),
             SyncError::FilesFailed(n) => write!(f, "{n} file(s) failed"),
+            SyncError::Guard(why) | SyncError::History(why) => f.write_str(why),
         }
     }
 }

@@ -48,11 +48,20 @@ pub struct ScanOptions<'a> {
     pub exclude: &'a [PathBuf],
 }
 
+/// What tells a changed entry from an unchanged one besides size and mtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatKey {
+    pub ino: u64,
+    pub ctime_ns: i64,
+}
+
 /// The index of one storage as found on disk.
 #[derive(Debug, Default)]
 pub struct ScanResult {
     /// Every indexed file and directory, sorted by path (byte order, `RelPath`'s `Ord`).
     pub entries: Vec<FileMeta>,
+    /// The stat key of each entry, in the same order.
+    pub keys: Vec<StatKey>,
     /// Entries left out because of their kind, name or permissions (not counting ignored,
     /// excluded or internal entries, which are left out on purpose).
     pub skipped: usize,
@@ -109,7 +118,7 @@ pub fn scan(root: &Path, opts: &ScanOptions<'_>) -> Result<ScanResult, ScanError
     walker.list_dir(None, listing);
 
     // Explicit stack instead of recursion: a deep tree cannot overflow the thread stack.
-    while let Some((rel, mode)) = walker.stack.pop() {
+    while let Some((rel, mode, key)) = walker.stack.pop() {
         walker.abs = root.join(rel.as_str());
         match fs::read_dir(&walker.abs) {
             Ok(listing) => {
@@ -117,6 +126,7 @@ pub fn scan(root: &Path, opts: &ScanOptions<'_>) -> Result<ScanResult, ScanError
                 // Indexed only once listed: a directory we cannot list must not look empty
                 // to peers, which would then delete its content everywhere.
                 walker.out.entries.push(FileMeta::dir(rel, mode));
+                walker.out.keys.push(key);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 log::debug!("{rel} vanished during the scan");
@@ -129,7 +139,12 @@ pub fn scan(root: &Path, opts: &ScanOptions<'_>) -> Result<ScanResult, ScanError
     }
 
     let mut out = walker.out;
-    out.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    let mut pairs: Vec<(FileMeta, StatKey)> = std::mem::take(&mut out.entries)
+        .into_iter()
+        .zip(std::mem::take(&mut out.keys))
+        .collect();
+    pairs.sort_unstable_by(|a, b| a.0.path.cmp(&b.0.path));
+    (out.entries, out.keys) = pairs.into_iter().unzip();
     out.temp_files.sort_unstable();
     Ok(out)
 }
@@ -141,8 +156,8 @@ struct Walker<'o, 'a> {
     abs: PathBuf,
     /// NUL-terminated copy of `abs` for `faccessat`, reused for the same reason.
     cpath: Vec<u8>,
-    /// Directories still to list, with their permission bits.
-    stack: Vec<(RelPath, u32)>,
+    /// Directories still to list, with their permission bits and stat key.
+    stack: Vec<(RelPath, u32, StatKey)>,
     out: ScanResult,
 }
 
@@ -185,6 +200,10 @@ impl Walker<'_, '_> {
             return;
         }
         if name.starts_with(INTERNAL_PREFIX) {
+            // The storage's marker is neither indexed nor a leftover.
+            if parent.is_none() && name == crate::fsops::MARKER {
+                return;
+            }
             let rel = match parent {
                 Some(p) => format!("{p}/{name}"),
                 None => name.to_owned(),
@@ -220,6 +239,10 @@ impl Walker<'_, '_> {
         };
         let ft = meta.file_type();
         let is_dir = ft.is_dir();
+        let key = StatKey {
+            ino: meta.ino(),
+            ctime_ns: mtime_ns_from_parts(meta.ctime(), meta.ctime_nsec()),
+        };
         if self.opts.ignore.matches_entry(&rel, is_dir) {
             return;
         }
@@ -227,7 +250,7 @@ impl Walker<'_, '_> {
             // Checked now rather than when listing it, so a directory we could list but not
             // enter (r without x) is reported once instead of once per child.
             match self.access(libc::R_OK | libc::X_OK) {
-                Ok(()) => self.stack.push((rel, meta.mode())),
+                Ok(()) => self.stack.push((rel, meta.mode(), key)),
                 Err(e) => self.unreadable(&rel, "directory", e),
             }
         } else if ft.is_file() {
@@ -237,6 +260,7 @@ impl Walker<'_, '_> {
                     self.out
                         .entries
                         .push(FileMeta::file(rel, meta.len(), mtime_ns, meta.mode()));
+                    self.out.keys.push(key);
                 }
                 Err(e) => self.unreadable(&rel, "file", e),
             }

@@ -1,7 +1,9 @@
 //! Delta transfer between two real processes on 127.0.0.1: only the changed parts of a file
-//! that exists on both sides cross the network. Each test changes A's copy of a big file in
-//! one way, syncs B (a daemon with the old version) from A (a one-shot run), checks B ends
-//! with exactly A's bytes, and checks the bytes on the wire that A counted (both ways).
+//! that exists on both sides cross the network. Each test first synchronizes the same big
+//! file on both nodes (so they share its history; differing first-contact versions would be
+//! a conflict), then changes A's copy in one way, syncs B (a daemon) from A (a one-shot run),
+//! checks B ends with exactly A's bytes, and checks the bytes on the wire that A counted
+//! (both ways) in that second run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -14,7 +16,8 @@ use common::*;
 
 const MIB: u64 = 1024 * 1024;
 
-/// B holds `old` (an older mtime), A holds `new`: sync and return A's wire total.
+/// A and B hold the same `size`-byte file and synchronize once; then A's copy is changed by
+/// `change`: sync again and return A's wire total of that second run.
 fn sync_change(tag: &str, size: u64, change: impl FnOnce(&Path)) -> u64 {
     let dir = TestDir::new(tag);
     let (a, b) = pair_configs(&dir, tag);
@@ -23,12 +26,21 @@ fn sync_change(tag: &str, size: u64, change: impl FnOnce(&Path)) -> u64 {
     set_mtime(&old, 1_600_000_000);
     let new = dir.join("a/disk.img");
     std::fs::copy(&old, &new).unwrap();
+    set_mtime(&new, 1_600_000_000);
+
+    let daemon = Daemon::start(&b.write(dir.path()));
+    let a_cfg = a.write(dir.path());
+    let first = oneshot(&a_cfg);
+    assert_eq!(first.status.code(), Some(0), "{}", show(&first));
+    assert!(
+        wire_total(&String::from_utf8_lossy(&first.stdout)) < MIB,
+        "the same file on both sides moved: {}",
+        show(&first)
+    );
     change(&new);
     set_mtime(&new, 1_700_000_000);
     let want = file_digest(&new);
-
-    let daemon = Daemon::start(&b.write(dir.path()));
-    let out = oneshot(&a.write(dir.path()));
+    let out = oneshot(&a_cfg);
     let (_, log) = daemon.stop();
     assert_eq!(out.status.code(), Some(0), "{}\n{log}", show(&out));
     assert_eq!(
@@ -39,8 +51,8 @@ fn sync_change(tag: &str, size: u64, change: impl FnOnce(&Path)) -> u64 {
     assert!(
         !manifest(&dir.join("b"))
             .keys()
-            .any(|k| k.contains(".iron-carrier.")),
-        "temp left behind"
+            .any(|k| k.contains(".iron-carrier.") || k.contains(".sync-conflict-")),
+        "temp or conflict copy left behind"
     );
     let wire = wire_total(&String::from_utf8_lossy(&out.stdout));
     eprintln!("{tag}: {wire} bytes on the wire");
@@ -126,36 +138,54 @@ fn an_append_sends_the_new_tail() {
     );
 }
 
+/// B's copy is rewritten in the middle with its size and mtime put back, while A edits its
+/// own: B's scan still sees its edit (the inode's ctime moved), so the two are concurrent.
+/// A's version (the newer) keeps the name everywhere and B's bytes are kept beside it.
 #[test]
-fn deltas_are_built_against_the_bytes_the_receiver_really_has() {
-    // B's copy was rewritten in the middle with its size and mtime put back, so its index
-    // says "unchanged" while its bytes differ from A's old ones. The signature is computed
-    // from B's actual bytes, so the delta still rebuilds A's version exactly.
+fn an_edit_that_puts_size_and_mtime_back_is_seen_and_kept_as_a_conflict_copy() {
     let dir = TestDir::new("delta-stale-base");
     let (a, b) = pair_configs(&dir, "stale");
     let old = dir.join("b/f.bin");
     write_random(&old, 4 * MIB, 21);
+    set_mtime(&old, 1_600_000_000);
     let new = dir.join("a/f.bin");
     std::fs::copy(&old, &new).unwrap();
+    set_mtime(&new, 1_600_000_000);
+    let daemon = Daemon::start(&b.write(dir.path()));
+    let a_cfg = a.write(dir.path());
+    let first = oneshot(&a_cfg);
+    assert_eq!(first.status.code(), Some(0), "{}", show(&first));
+    // B's daemon would notice its edit at once and sync it on its own: stop it meanwhile.
+    let (_, _) = daemon.stop();
     overwrite(&new, MIB, 1000, 1);
     set_mtime(&new, 1_700_000_000);
-    // Same size and mtime as what B's index will say, different bytes in the middle.
     overwrite(&old, 2 * MIB, 5000, 2);
     set_mtime(&old, 1_600_000_000);
-    let b_before = file_digest(&old);
+    let b_edit = file_digest(&old);
     let want = file_digest(&new);
     let daemon = Daemon::start(&b.write(dir.path()));
-    let out = oneshot(&a.write(dir.path()));
+    let out = oneshot(&a_cfg);
     let (_, log) = daemon.stop();
-    let got = file_digest(&old);
-    assert_ne!(got, b_before);
-    assert_eq!(got, want, "{log}\n{}", show(&out));
+    assert_eq!(out.status.code(), Some(0), "{log}\n{}", show(&out));
+    assert_eq!(file_digest(&old), want, "{log}\n{}", show(&out));
+    for side in ["a", "b"] {
+        let copies: Vec<String> = manifest(&dir.join(side))
+            .into_keys()
+            .filter(|k| k.contains(".sync-conflict-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "{side}: {copies:?}\n{log}");
+        assert_eq!(
+            file_digest(&dir.join(side).join(&copies[0])),
+            b_edit,
+            "{side}: the conflict copy is not B's edit"
+        );
+    }
 }
 
 #[test]
 fn each_receiver_gets_its_own_delta_in_a_three_node_session() {
-    // A has the newest version; B and C each hold a different older one. One session, two
-    // deltas against two different bases, and everyone ends with A's bytes.
+    // All three share a version; A changes it. One session, a delta to each daemon, and
+    // everyone ends with A's bytes.
     let dir = TestDir::new("delta-three");
     let group = format!("three-{}", std::process::id());
     let mut nodes: Vec<NodeConfig> = ["node-a", "node-b", "node-c"]
@@ -169,20 +199,23 @@ fn each_receiver_gets_its_own_delta_in_a_three_node_session() {
     mesh_peers(&mut nodes);
     let base = dir.join("b/f.img");
     write_random(&base, 8 * MIB, 31);
-    std::fs::copy(&base, dir.join("c/f.img")).unwrap();
-    std::fs::copy(&base, dir.join("a/f.img")).unwrap();
-    overwrite(&dir.join("b/f.img"), MIB, 50_000, 1);
-    overwrite(&dir.join("c/f.img"), 5 * MIB, 70_000, 2);
-    overwrite(&dir.join("a/f.img"), 3 * MIB, 30_000, 3);
-    set_mtime(&dir.join("b/f.img"), 1_600_000_000);
-    set_mtime(&dir.join("c/f.img"), 1_600_000_100);
-    set_mtime(&dir.join("a/f.img"), 1_700_000_000);
-    let want = file_digest(&dir.join("a/f.img"));
+    for n in ["a", "c"] {
+        std::fs::copy(&base, dir.join(n).join("f.img")).unwrap();
+    }
+    for n in ["a", "b", "c"] {
+        set_mtime(&dir.join(n).join("f.img"), 1_600_000_000);
+    }
     let daemons: Vec<Daemon> = nodes[1..]
         .iter()
         .map(|n| Daemon::start(&n.write(dir.path())))
         .collect();
-    let out = oneshot(&nodes[0].write(dir.path()));
+    let a_cfg = nodes[0].write(dir.path());
+    let first = oneshot(&a_cfg);
+    assert_eq!(first.status.code(), Some(0), "{}", show(&first));
+    overwrite(&dir.join("a/f.img"), 3 * MIB, 30_000, 3);
+    set_mtime(&dir.join("a/f.img"), 1_700_000_000);
+    let want = file_digest(&dir.join("a/f.img"));
+    let out = oneshot(&a_cfg);
     let logs: Vec<String> = daemons.into_iter().map(|d| d.stop().1).collect();
     assert_eq!(
         out.status.code(),
@@ -194,6 +227,6 @@ fn each_receiver_gets_its_own_delta_in_a_three_node_session() {
     assert_eq!(file_digest(&dir.join("b/f.img")), want);
     assert_eq!(file_digest(&dir.join("c/f.img")), want);
     let wire = wire_total(&String::from_utf8_lossy(&out.stdout));
-    // Two receivers, each needing its own changed region and A's: far less than 2 × 8 MiB.
+    // Two receivers, each needing the changed region: far less than 2 × 8 MiB.
     assert!(wire < 2 * MIB, "{wire} bytes on the wire");
 }

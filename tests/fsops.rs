@@ -152,13 +152,15 @@ fn new_file_gets_exact_bytes_mode_and_mtime_and_missing_parents_are_created() {
     assert_eq!(mode(&t.join("a")), 0o755);
     assert_eq!(mode(&t.join("a/b")), 0o755);
     assert!(internal_files(t.path()).is_empty());
+    let got = st.stat(&rel("a/b/new.txt")).unwrap().unwrap();
     assert_eq!(
-        st.stat(&rel("a/b/new.txt")).unwrap(),
+        Some(got),
         Some(Stat {
             kind: StatKind::File,
             size: 11,
             mtime_ns: when,
-            mode: 0o640
+            mode: 0o640,
+            ..got
         })
     );
 }
@@ -467,7 +469,8 @@ fn open_read_reads_regular_files_and_refuses_dirs_and_fifos_without_blocking() {
             kind: StatKind::File,
             size: 8,
             mtime_ns: 1_234_567_000_000_890,
-            mode: 0o640
+            mode: 0o640,
+            ..meta
         }
     );
     assert!(st.open_read(&rel("d")).is_err());
@@ -705,4 +708,28 @@ fn dropping_a_prepared_file_removes_its_temp_and_keeps_the_target() {
     drop(prepared);
     assert_eq!(internal_files(t.path()), Vec::<String>::new());
     assert_eq!(std::fs::read(t.path().join("a.txt")).unwrap(), b"old");
+}
+
+/// Regression: the marker's comment lines made its id unreadable, so the second run of
+/// every storage refused to synchronize ("marker file is missing").
+#[test]
+fn the_storage_marker_reads_back_and_is_neither_indexed_nor_a_leftover() {
+    let t = TestDir::new("fsops-marker");
+    let st = open(&t);
+    assert_eq!(st.read_marker().unwrap(), None);
+    st.write_marker(0x0123_4567_89ab_cdef).unwrap();
+    assert_eq!(st.read_marker().unwrap(), Some(0x0123_4567_89ab_cdef));
+    st.write_marker(7).unwrap();
+    assert_eq!(st.read_marker().unwrap(), Some(7));
+    let ignore = IgnoreMatcher::empty();
+    let scanned = scan(
+        t.path(),
+        &ScanOptions {
+            ignore: &ignore,
+            exclude: &[],
+        },
+    )
+    .unwrap();
+    assert!(scanned.entries.is_empty(), "{:?}", scanned.entries);
+    assert!(scanned.temp_files.is_empty(), "{:?}", scanned.temp_files);
 }

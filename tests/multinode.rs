@@ -409,9 +409,10 @@ fn a_file_four_nodes_lack_is_read_once_and_fanned_out() {
         "the holder must read the file exactly once:\n{}",
         logs()
     );
-    // The kernel agrees: everything it read (file + sockets + config) is well under two reads.
+    // The kernel agrees: everything it read is one read to hash the new file for its
+    // history, one to send it to all four, and little else (sockets, config, database).
     assert!(
-        rchar < SIZE + SIZE / 2,
+        rchar < 2 * SIZE + SIZE / 2,
         "rchar {rchar} for a {SIZE}-byte file"
     );
     assert!(log.contains("sent 4 file(s)"), "{log}");

@@ -1,7 +1,8 @@
 //! A crafted peer speaking the protocol from a raw socket attacks a real daemon with hostile
 //! or malformed input: paths escaping the storage, files no plan announced, oversized and
 //! truncated frames, garbage, foreign handshakes, sessions from a node that does not lead,
-//! indexes out of order.
+//! malformed version vectors, an index end that does not match its summary. (An index out
+//! of path order is no attack: the leader keeps its copy of each index by path.)
 //!
 //! After every attack the same four things must hold: the daemon is still running, its log
 //! names the reason it dropped the peer, nothing was created outside its storage (nor inside
@@ -17,13 +18,12 @@ use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 
 use common::{manifest, oneshot, show, Daemon, NodeConfig, TestDir, PATIENCE};
-use iron_carrier::ignore::IgnoreMatcher;
+use iron_carrier::history::{Entry, Record, Vv};
 use iron_carrier::model::{FileMeta, NodeId, RelPath, Version};
 use iron_carrier::proto::{
-    decode, encode_frame, index_digest, split_frame, Digest, ElectionMsg, Hello, LinkMsg, Message,
-    PeerMsg, PlanItem, SessionMsg, TransferMsg, FRAME_HEADER, MAX_FRAME, PROTOCOL_VERSION,
+    decode, encode_frame, split_frame, ElectionMsg, Hello, LinkMsg, Message, PeerMsg, PlanItem,
+    SessionMsg, TransferMsg, FRAME_HEADER, MAX_FRAME, PROTOCOL_VERSION,
 };
-use iron_carrier::scanner::{self, ScanOptions};
 
 /// The storage both the daemon and the crafted peers announce.
 const STORAGE: &str = "docs";
@@ -331,17 +331,6 @@ fn around_storage(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The digest the daemon computes for `store`, from the same scanner it uses.
-fn store_digest(store: &Path) -> (u64, Digest) {
-    let ignore = IgnoreMatcher::empty();
-    let opts = ScanOptions {
-        ignore: &ignore,
-        exclude: &[],
-    };
-    let scanned = scanner::scan(store, &opts).expect("scan the store");
-    (scanned.entries.len() as u64, index_digest(&scanned.entries))
-}
-
 // ---------------------------------------------------------------------------------------
 // Paths that would escape the storage
 
@@ -623,23 +612,14 @@ fn expect_session_start(p: &mut RawPeer) -> u64 {
 fn session_start_from_a_node_that_does_not_lead_is_aborted() {
     let t = Target::start("proto-not-leader");
     let mut p = t.handshake(&hello("zz-follower", None, &[STORAGE]));
-    // "node-b" leads "docs", and a daemon starts a session with every new peer: play the
-    // follower honestly first (same digest, so nothing moves).
+    // "node-b" leads "docs", and a daemon starts a session with every new peer: as a
+    // follower may, decline it first.
     let daemon_sid = expect_session_start(&mut p);
-    let (count, digest) = store_digest(&t.store());
-    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary {
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Abort {
         sid: daemon_sid,
-        count,
-        digest,
-        peers: vec![],
+        reason: "not now".into(),
     })));
-    match p.expect("SessionEnd") {
-        Message::Peer(PeerMsg::Session(SessionMsg::End { sid, ok })) => {
-            assert_eq!(sid, daemon_sid);
-            assert!(ok);
-        }
-        other => panic!("expected SessionEnd, got {other:?}"),
-    }
+    t.wait_for_log("aborted");
     // Now try to lead it without a grant.
     let sid = 0x0D0E_5E55;
     p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Start {
@@ -647,12 +627,19 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
         storage: STORAGE.into(),
         members: vec![],
     })));
-    match p.expect("SessionAbort") {
-        Message::Peer(PeerMsg::Session(SessionMsg::Abort { sid: s, reason })) => {
-            assert_eq!(s, sid);
-            assert!(reason.contains("not the leader"), "reason: {reason}");
+    loop {
+        match p.expect("SessionAbort") {
+            Message::Peer(PeerMsg::Session(SessionMsg::Abort { sid: s, reason })) => {
+                assert_eq!(s, sid);
+                assert!(reason.contains("not the leader"), "reason: {reason}");
+                break;
+            }
+            // The end of the session we declined, and the daemon's next claims (we never
+            // answer them).
+            Message::Peer(PeerMsg::Election(_))
+            | Message::Peer(PeerMsg::Session(SessionMsg::End { .. })) => {}
+            other => panic!("expected SessionAbort, got {other:?}"),
         }
-        other => panic!("expected SessionAbort, got {other:?}"),
     }
     t.wait_for_log("refusing a session from zz-follower: it was not granted the lead");
     // Leave, so the legitimate sync below is not a session with us too.
@@ -662,33 +649,95 @@ fn session_start_from_a_node_that_does_not_lead_is_aborted() {
     t.assert_survived("not granted the lead");
 }
 
-#[test]
-fn index_out_of_order_disconnects_the_follower() {
-    let t = Target::start("proto-index-order");
-    let mut p = t.handshake(&hello("zz-peer", None, &[STORAGE]));
+/// Plays the follower of the daemon's first session up to its index request: a summary
+/// claiming `count` entries of an index the daemon has never seen.
+fn follow_until_index_request(t: &Target, tag: &str, count: u64) -> (RawPeer, u64) {
+    let mut p = t.handshake(&hello(tag, None, &[STORAGE]));
     let sid = expect_session_start(&mut p);
     p.send(&Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary {
         sid,
-        count: 2,
+        index_id: 77,
+        seq: count,
+        count,
         digest: [0; 32],
         peers: vec![],
     })));
     match p.expect("IndexRequest") {
-        Message::Peer(PeerMsg::Session(SessionMsg::IndexRequest { sid: s })) => assert_eq!(s, sid),
+        Message::Peer(PeerMsg::Session(SessionMsg::IndexRequest { sid: s, since })) => {
+            assert_eq!(s, sid);
+            assert_eq!(since, 0, "an index never seen is asked for in full");
+        }
         other => panic!("expected IndexRequest, got {other:?}"),
     }
-    let entry = |name: &str| FileMeta::file(RelPath::new(name).unwrap(), 1, 1_000_000_000, 0o644);
+    (p, sid)
+}
+
+fn index_entry(name: &str, vv: Vv) -> Record {
+    Record::Entry(Entry {
+        meta: FileMeta::file(RelPath::new(name).unwrap(), 1, 1_000_000_000, 0o644),
+        deleted: false,
+        hash: Some([1; 32]),
+        vv,
+        by: NodeId::new("zz-peer").unwrap(),
+        link: None,
+    })
+}
+
+fn one(node: &str, counter: u64) -> Vv {
+    Vv::from_pairs(vec![(NodeId::new(node).unwrap(), counter)]).unwrap()
+}
+
+/// A version vector naming a node twice (unsorted), with a zero counter, or naming more
+/// nodes than any vector may: the frame is refused as malformed, nothing is recorded.
+#[test]
+fn a_malformed_version_vector_disconnects_the_follower() {
+    let t = Target::start("proto-bad-vv");
+    let (mut p, sid) = follow_until_index_request(&t, "zz-peer", 1);
+    let mut chunk = frame(&Message::Peer(PeerMsg::Session(SessionMsg::IndexChunk {
+        sid,
+        records: vec![index_entry(
+            "x",
+            Vv::from_pairs(vec![
+                (NodeId::new("aa").unwrap(), 1),
+                (NodeId::new("bb").unwrap(), 2),
+            ])
+            .unwrap(),
+        )],
+    })));
+    // Swap the two node ids on the wire ("aa" and "bb" are the same length): unsorted.
+    let at = chunk
+        .windows(2)
+        .position(|w| w == b"aa")
+        .expect("the first node id");
+    let bt = chunk
+        .windows(2)
+        .position(|w| w == b"bb")
+        .expect("the second node id");
+    chunk[at..at + 2].copy_from_slice(b"bb");
+    chunk[bt..bt + 2].copy_from_slice(b"aa");
+    p.send_raw(&chunk);
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "malformed version vector");
+    t.assert_survived("malformed version vector");
+}
+
+/// The index a follower sends must lead to the sequence number its summary claimed: an
+/// end that says otherwise is a lie about what the leader now holds of it.
+#[test]
+fn an_index_end_that_does_not_match_the_summary_disconnects_the_follower() {
+    let t = Target::start("proto-index-end");
+    let (mut p, sid) = follow_until_index_request(&t, "zz-peer", 5);
     let mut bytes = frame(&Message::Peer(PeerMsg::Session(SessionMsg::IndexChunk {
         sid,
-        entries: vec![entry("b"), entry("a")],
+        records: vec![index_entry("a", one("zz-peer", 1))],
     })));
     bytes.extend(frame(&Message::Peer(PeerMsg::Session(
-        SessionMsg::IndexEnd { sid },
+        SessionMsg::IndexEnd { sid, seq: 4 },
     ))));
     p.send_raw(&bytes);
     let msgs = p.until_closed();
-    assert_refused(&msgs, "out of order");
-    t.assert_survived("sent an index out of order");
+    assert_refused(&msgs, "does not match its summary");
+    t.assert_survived("sent an index that does not match its summary");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -706,10 +755,18 @@ fn start_receive(t: &Target, path: &str, size: u64, old: Option<Version>) -> (Ra
         1_900_000_000_000_000_000,
         0o644,
     );
+    let entry = Entry {
+        meta: meta.clone(),
+        deleted: false,
+        hash: Some([5; 32]),
+        vv: one("a-evil", 1_900_000_000),
+        by: NodeId::new("a-evil").unwrap(),
+        link: None,
+    };
     p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanChunk {
         sid,
         items: vec![PlanItem::Receive {
-            meta: meta.clone(),
+            entry,
             from: NodeId::new("a-evil").unwrap(),
             expect: old,
         }],

@@ -346,8 +346,9 @@ fn a_peer_with_our_own_node_id_fails_the_run_and_the_summary_says_why() {
     let a = NodeConfig::new("vm")
         .storage("docs", &dir.join("a"))
         .peer(b.port);
-    let daemon = Daemon::start(&b.write(dir.path()));
-    let out = oneshot(&a.write(dir.path()));
+    // Two machines: each its own config and database.
+    let daemon = Daemon::start(&b.write(&dir.mkdir("b-conf")));
+    let out = oneshot(&a.write(&dir.mkdir("a-conf")));
     daemon.stop();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -442,18 +443,23 @@ fn a_storage_the_peer_lacks_is_reported_not_failed() {
 #[test]
 fn a_receiver_killed_mid_transfer_keeps_its_old_file_and_the_next_run_converges() {
     let p = Pair::new("kill-receiver");
-    // B (the daemon, receiver) has an old version; A (one-shot, leader) a newer, big one.
+    // B (the daemon, receiver) has an old version, which A gets first; then A (one-shot,
+    // leader) makes a newer, big one.
     let old = p.b().join("disk.img");
     // Small enough to be sent whole (no delta): this test is about the commit, not deltas.
     write_random(&old, 10 * 1024, 1);
     set_mtime(&old, 1_500_000_000);
     let old_digest = file_digest(&old);
+    let cb = p.b.write(p.dir.path());
+    let ca = p.a.write(p.dir.path());
+    let daemon = Daemon::start(&cb);
+    let shared = oneshot(&ca);
+    assert_eq!(shared.status.code(), Some(0), "{}", show(&shared));
+    let (_, _) = daemon.stop();
     let new = p.a().join("disk.img");
     write_random(&new, 768 * 1024 * 1024, 2);
     let new_digest = file_digest(&new);
 
-    let cb = p.b.write(p.dir.path());
-    let ca = p.a.write(p.dir.path());
     let daemon = Daemon::start(&cb);
     let child = bin()
         .args(["--config"])

@@ -18,7 +18,8 @@ pub struct Target {
 /// The path's version from now on, and what each participant does about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Apply {
-    /// The winning version; its `vv` dominates every participant's.
+    /// The winning version; its `vv` dominates every participant's but the conflict
+    /// losers' (see [`Decision::Conflict`]).
     pub entry: Entry,
     /// Participants that have its content (files: any of them can send it).
     pub holders: Vec<usize>,
@@ -50,7 +51,9 @@ pub enum Decision {
     /// Concurrent versions of different content (or a file against a directory): the
     /// winner takes the name, each loser becomes a conflict copy. Holders of a loser rename
     /// it before the winner arrives, so the winner's targets include them (expecting
-    /// nothing at the path).
+    /// nothing at the path). The winner's version does not absorb the losers': a holder
+    /// that fails to rename keeps a version still concurrent with the winner, and the next
+    /// session makes its copy.
     Conflict {
         apply: Apply,
         losers: Vec<Loser>,
@@ -96,7 +99,7 @@ pub fn decide(here: &[Option<&Entry>], taken: &dyn Fn(&RelPath) -> bool) -> Deci
         // A file against a directory: the directory keeps the name (it may hold files of
         // its own), each file version is kept as a conflict copy.
         let mut winner = dir.clone();
-        winner.vv = merged(&present);
+        winner.vv = conflict_vv(&present, &files);
         return conflict(apply(here, winner), losers(here, &files, None, taken));
     }
 
@@ -112,6 +115,36 @@ pub fn decide(here: &[Option<&Entry>], taken: &dyn Fn(&RelPath) -> bool) -> Deci
         return finish(apply(here, winner));
     }
 
+    // A deletion by a node that had seen the very version the others hold — same content,
+    // same author and counter: the live copies differ from what it deleted only in what
+    // their nodes learnt since (a conflict resolved elsewhere), not in what the file holds.
+    // The deletion wins. Anything edited or moved there since has a counter the deleting
+    // node never saw, and is no such copy.
+    let deletions: Vec<&Entry> = maximal
+        .iter()
+        .map(|&(_, e)| e)
+        .filter(|e| e.deleted)
+        .collect();
+    let seen_by_a_deletion = |e: &Entry| {
+        let made = e.vv.get(&e.by);
+        e.meta.kind == EntryKind::File
+            && e.hash.is_some()
+            && made > 0
+            && deletions.iter().any(|t| {
+                t.meta.kind == EntryKind::File && t.hash == e.hash && t.vv.get(&e.by) >= made
+            })
+    };
+    if let Some(&t) = deletions.first() {
+        if maximal
+            .iter()
+            .all(|(_, e)| e.deleted || seen_by_a_deletion(e))
+        {
+            let mut winner = t.clone();
+            winner.vv = merged(&maximal);
+            return finish(apply(here, winner));
+        }
+    }
+
     // Concurrent versions. An edit beats a deletion; of edits, different content is a
     // conflict, and the most recent modification keeps the name.
     let live: Vec<(usize, &Entry)> = maximal
@@ -119,7 +152,6 @@ pub fn decide(here: &[Option<&Entry>], taken: &dyn Fn(&RelPath) -> bool) -> Deci
         .copied()
         .filter(|(_, e)| e.is_live())
         .collect();
-    let final_vv = merged(&maximal);
     let newest = live.iter().copied().max_by(|(a, ea), (b, eb)| {
         ea.meta
             .mtime_ns
@@ -129,21 +161,40 @@ pub fn decide(here: &[Option<&Entry>], taken: &dyn Fn(&RelPath) -> bool) -> Deci
     });
     let Some((_, newest)) = newest else {
         let mut winner = first.clone();
-        winner.vv = final_vv;
+        winner.vv = merged(&maximal);
         return finish(apply(here, winner));
     };
-    let mut winner = newest.clone();
-    winner.vv = final_vv;
     let losing: Vec<(usize, &Entry)> = live
         .iter()
         .copied()
         .filter(|(_, e)| !e.same_content(newest))
         .collect();
+    let mut winner = newest.clone();
+    winner.vv = conflict_vv(&present, &losing);
     let apply = apply(here, winner);
     if losing.is_empty() {
         return finish(apply);
     }
     conflict(apply, losers(here, &losing, Some(newest), taken))
+}
+
+/// The winner's version in a conflict: everything the participants knew, except what
+/// each loser's author added. Only the rename to a conflict copy, done by a loser's holder,
+/// retires a losing version; a holder that could not rename it (it was down, the file
+/// changed) still has that version, concurrent with the winner, and the next session makes
+/// the copy — had the winner absorbed it, the loser would look old and be overwritten. The
+/// rest of a loser's history (a deletion it had seen, say) is kept, so a node still holding
+/// a version deleted long ago does not look new against the winner. Leaving out the
+/// author's whole counter may make an old version of the author's look new once more: at
+/// worst an extra conflict copy, never a loss.
+fn conflict_vv(all: &[(usize, &Entry)], losers: &[(usize, &Entry)]) -> Vv {
+    all.iter().fold(Vv::default(), |acc, &(i, e)| {
+        if losers.iter().any(|&(l, _)| l == i) {
+            acc.merge(&e.vv.with(&e.by, 0))
+        } else {
+            acc.merge(&e.vv)
+        }
+    })
 }
 
 /// The holders of a losing version rename it before the winner arrives: for them the
@@ -408,6 +459,40 @@ mod tests {
             }]
         );
         assert_eq!(a.set, vec![0], "the survivor records the merged version");
+    }
+
+    /// n0 deleted the version n2 made; meanwhile n1 resolved a conflict on it elsewhere
+    /// (its copy knows n1's lost version too): same content, same making, so the deletion
+    /// wins and nothing comes back. A copy n1 moved there itself is another matter.
+    #[test]
+    fn a_deletion_of_the_very_version_others_hold_wins() {
+        let made = file(7, 5, &[("n2", 4)], "n2");
+        let mut del = gone(&[("n0", 9), ("n2", 4)], "n0");
+        del.hash = made.hash;
+        let mut resolved = made.clone();
+        resolved.vv = vv(&[("n1", 3), ("n2", 4)]);
+        let d = decide(&[Some(&del), Some(&resolved)], &free);
+        let Decision::Apply(a) = d else {
+            panic!("{d:?}")
+        };
+        assert!(a.entry.deleted, "{a:?}");
+        assert!(a.entry.vv.dominates(&del.vv) && a.entry.vv.dominates(&resolved.vv));
+        assert_eq!(
+            a.targets,
+            vec![Target {
+                node: 1,
+                expect: resolved.version()
+            }]
+        );
+        let mut moved = resolved.clone();
+        moved.vv = vv(&[("n1", 10), ("n2", 4)]);
+        moved.by = n("n1");
+        moved.link = Some(p("elsewhere"));
+        let d = decide(&[Some(&del), Some(&moved)], &free);
+        let Decision::Apply(a) = d else {
+            panic!("{d:?}")
+        };
+        assert!(!a.entry.deleted, "a move there beats the deletion: {a:?}");
     }
 
     #[test]

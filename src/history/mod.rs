@@ -20,7 +20,7 @@
 
 mod decide;
 
-pub use decide::{conflict_name, decide, Decision, Loser, Target};
+pub use decide::{conflict_name, decide, Apply, Decision, Loser, Target};
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -214,6 +214,22 @@ pub struct Entry {
     pub link: Option<RelPath>,
 }
 
+/// Point lookups into the indexes a leader diffs (source `i` is participant `i`): what the
+/// planner needs beside the path being decided — a free name for a conflict copy, the other
+/// end of a move.
+pub trait IndexView {
+    /// Whether any of the indexes has an entry (live or not) at `path`.
+    fn taken(&self, path: &RelPath) -> bool;
+    /// Source `i`'s entry at `path`.
+    fn entry(&self, i: usize, path: &RelPath) -> Option<Entry>;
+    /// Source `i`'s entries at or below directory `dir`, in path order.
+    fn below(&self, i: usize, dir: &RelPath) -> Vec<Entry>;
+}
+
+/// What a streamed diff calls for each path: every source's entry there (in source order),
+/// and the view for lookups beside it.
+pub type EachPath<'a> = dyn FnMut(&[Option<&Entry>], &dyn IndexView) + 'a;
+
 /// One line of a node's index as it sends it to a leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -258,6 +274,27 @@ impl Entry {
                 _ => self.meta.size == other.meta.size && self.meta.mtime_ns == other.meta.mtime_ns,
             },
         }
+    }
+}
+
+/// `p` is strictly below directory `dir`.
+pub fn is_below(p: &RelPath, dir: &RelPath) -> bool {
+    let (p, d) = (p.as_str(), dir.as_str());
+    p.len() > d.len() && p.starts_with(d) && p.as_bytes()[d.len()] == b'/'
+}
+
+/// `p` (at or below `from`) moved to the same place below `to`.
+pub fn rebase(p: &RelPath, from: &RelPath, to: &RelPath) -> RelPath {
+    if p == from {
+        return to.clone();
+    }
+    match p
+        .as_str()
+        .strip_prefix(from.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        Some(rest) => to.join_path(rest).unwrap_or_else(|_| p.clone()),
+        None => p.clone(),
     }
 }
 

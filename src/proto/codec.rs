@@ -5,6 +5,7 @@
 //! rejects the whole frame.
 
 use super::*;
+use crate::history::{Entry, Record, Vv};
 use crate::model::{
     validate_name, validate_storage_name, EntryKind, FileMeta, NodeId, RelPath, Version, MODE_MASK,
 };
@@ -169,16 +170,100 @@ impl Enc<'_> {
                     self.version(t.expect);
                 }
             }
-            PlanItem::Receive { meta, from, expect } => {
+            PlanItem::Receive {
+                entry,
+                from,
+                expect,
+            } => {
                 self.u8(1);
-                self.meta(meta);
+                self.entry(entry);
                 self.str(from.as_str());
                 self.version(*expect);
             }
-            PlanItem::MakeDir { path, mode } => {
+            PlanItem::MakeDir { entry } => {
                 self.u8(2);
-                self.str(path.as_str());
-                self.u32(*mode & MODE_MASK);
+                self.entry(entry);
+            }
+            PlanItem::Delete { entry, expect } => {
+                self.u8(3);
+                self.entry(entry);
+                self.version(*expect);
+            }
+            PlanItem::SetVersion { entry, expect } => {
+                self.u8(4);
+                self.entry(entry);
+                self.version(*expect);
+            }
+            PlanItem::Rename {
+                from,
+                expect,
+                entry,
+                gone,
+            } => {
+                self.u8(5);
+                self.str(from.as_str());
+                self.version(Some(*expect));
+                self.entry(entry);
+                self.entry(gone);
+            }
+            PlanItem::MoveDir {
+                from,
+                to,
+                by,
+                counter,
+            } => {
+                self.u8(6);
+                self.str(from.as_str());
+                self.str(to.as_str());
+                self.str(by.as_str());
+                self.u64(*counter);
+            }
+        }
+    }
+    pub(super) fn vv(&mut self, vv: &Vv) {
+        self.u8(vv.pairs().len() as u8);
+        for (n, c) in vv.pairs() {
+            self.str(n.as_str());
+            self.u64(*c);
+        }
+    }
+    pub(super) fn entry(&mut self, e: &Entry) {
+        self.meta(&e.meta);
+        self.bool(e.deleted);
+        match &e.hash {
+            None => self.u8(0),
+            Some(h) => {
+                self.u8(1);
+                self.0.extend_from_slice(h);
+            }
+        }
+        self.vv(&e.vv);
+        self.str(e.by.as_str());
+        match &e.link {
+            None => self.u8(0),
+            Some(l) => {
+                self.u8(1);
+                self.str(l.as_str());
+            }
+        }
+    }
+    pub(super) fn record(&mut self, r: &Record) {
+        match r {
+            Record::Entry(e) => {
+                self.u8(0);
+                self.entry(e);
+            }
+            Record::MovePrefix {
+                from,
+                to,
+                by,
+                counter,
+            } => {
+                self.u8(1);
+                self.str(from.as_str());
+                self.str(to.as_str());
+                self.str(by.as_str());
+                self.u64(*counter);
             }
         }
     }
@@ -273,23 +358,37 @@ fn encode_session(e: &mut Enc<'_>, m: &SessionMsg) {
         }
         SessionMsg::IndexSummary {
             sid,
+            index_id,
+            seq,
             count,
             digest,
             peers,
         } => {
             e.u8(tag::INDEX_SUMMARY);
             e.u64(*sid);
+            e.u64(*index_id);
+            e.u64(*seq);
             e.u64(*count);
             e.0.extend_from_slice(digest);
             e.nodes(peers);
         }
-        SessionMsg::IndexChunk { sid, entries } => {
+        SessionMsg::IndexChunk { sid, records } => {
             e.u8(tag::INDEX_CHUNK);
             e.u64(*sid);
-            e.count(entries.len());
-            for m in entries {
-                e.meta(m);
+            e.count(records.len());
+            for r in records {
+                e.record(r);
             }
+        }
+        SessionMsg::IndexRequest { sid, since } => {
+            e.u8(tag::INDEX_REQUEST);
+            e.u64(*sid);
+            e.u64(*since);
+        }
+        SessionMsg::IndexEnd { sid, seq } => {
+            e.u8(tag::INDEX_END);
+            e.u64(*sid);
+            e.u64(*seq);
         }
         SessionMsg::PlanChunk { sid, items } => {
             e.u8(tag::PLAN_CHUNK);
@@ -306,6 +405,7 @@ fn encode_session(e: &mut Enc<'_>, m: &SessionMsg) {
             e.u64(stats.bytes_sent);
             e.u32(stats.files_received);
             e.u64(stats.bytes_received);
+            e.u32(stats.deleted);
             e.u32(stats.failed);
         }
         SessionMsg::End { sid, ok } => {
@@ -315,15 +415,11 @@ fn encode_session(e: &mut Enc<'_>, m: &SessionMsg) {
         }
         // The messages that are a session id and nothing else.
         SessionMsg::Alive { sid }
-        | SessionMsg::IndexRequest { sid }
-        | SessionMsg::IndexEnd { sid }
         | SessionMsg::PlanEnd { sid }
         | SessionMsg::PlanReady { sid }
         | SessionMsg::Go { sid } => {
             e.u8(match m {
                 SessionMsg::Alive { .. } => tag::SESSION_ALIVE,
-                SessionMsg::IndexRequest { .. } => tag::INDEX_REQUEST,
-                SessionMsg::IndexEnd { .. } => tag::INDEX_END,
                 SessionMsg::PlanEnd { .. } => tag::PLAN_END,
                 SessionMsg::PlanReady { .. } => tag::PLAN_READY,
                 _ => tag::GO,
@@ -396,14 +492,23 @@ pub(super) struct Dec<'a> {
 /// three one-letter directories.
 /// A name (node id, storage): a u16 length and at least one byte.
 pub(super) const MIN_NAME: usize = 2 + 1;
-/// An index entry: a one-byte path, kind, size, mtime, mode.
+/// File metadata: a one-byte path, kind, size, mtime, mode (only inside larger elements).
+#[cfg(test)]
 pub(super) const MIN_META: usize = MIN_NAME + 1 + 8 + 8 + 4;
 /// A version: the "absent" flag alone.
 pub(super) const MIN_VERSION: usize = 1;
 /// A send target: a node id and a version.
 pub(super) const MIN_TARGET: usize = MIN_NAME + MIN_VERSION;
-/// A plan item: the smallest kind is `MakeDir` (kind, a one-byte path, mode).
-pub(super) const MIN_PLAN_ITEM: usize = 1 + MIN_NAME + 4;
+/// A version vector pair: a node id and a counter.
+pub(super) const MIN_VV_PAIR: usize = MIN_NAME + 8;
+/// An entry with its history: metadata, deleted flag, hash flag, an empty vector, the
+/// author, link flag (only inside records and plan items).
+#[cfg(test)]
+pub(super) const MIN_ENTRY: usize = MIN_META + 1 + 1 + 1 + MIN_NAME + 1;
+/// A record: the smallest is a directory move (tag, two one-byte paths, author, counter).
+pub(super) const MIN_RECORD: usize = 1 + MIN_NAME + MIN_NAME + MIN_NAME + 8;
+/// A plan item: the smallest is `MoveDir` (kind, two one-byte paths, author, counter).
+pub(super) const MIN_PLAN_ITEM: usize = 1 + MIN_NAME + MIN_NAME + MIN_NAME + 8;
 /// A signature block: weak sum and strong hash.
 pub(super) const MIN_BLOCK: usize = 4 + crate::delta::STRONG_LEN;
 
@@ -520,6 +625,71 @@ impl<'a> Dec<'a> {
             EntryKind::Dir => FileMeta::dir(path, mode),
         })
     }
+    fn vv(&mut self) -> Result<Vv, DecodeError> {
+        let n = self.u8("version vector length")? as usize;
+        if n > MAX_VV_NODES || n * MIN_VV_PAIR > self.buf.len() {
+            return Err(DecodeError::TooMany("version vector nodes", n as u64));
+        }
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            pairs.push((self.node("version vector node")?, self.u64("counter")?));
+        }
+        Vv::from_pairs(pairs).map_err(|_| DecodeError::Invalid("malformed version vector"))
+    }
+    fn entry(&mut self) -> Result<Entry, DecodeError> {
+        let meta = self.meta()?;
+        let deleted = self.bool("deleted flag")?;
+        let hash = match self.u8("hash flag")? {
+            0 => None,
+            1 => Some(self.array("hash")?),
+            _ => return Err(DecodeError::Invalid("bad hash flag")),
+        };
+        if hash.is_some() && meta.kind == EntryKind::Dir {
+            return Err(DecodeError::Invalid("a directory with a content hash"));
+        }
+        let vv = self.vv()?;
+        let by = self.node("author node id")?;
+        let link = match self.u8("link flag")? {
+            0 => None,
+            1 => Some(self.path()?),
+            _ => return Err(DecodeError::Invalid("bad link flag")),
+        };
+        Ok(Entry {
+            meta,
+            deleted,
+            hash,
+            vv,
+            by,
+            link,
+        })
+    }
+    /// An entry that must be a live file.
+    fn live_file(&mut self) -> Result<Entry, DecodeError> {
+        let e = self.entry()?;
+        if e.deleted || e.meta.kind != EntryKind::File {
+            return Err(DecodeError::Invalid("a file entry that is not a live file"));
+        }
+        Ok(e)
+    }
+    fn record(&mut self) -> Result<Record, DecodeError> {
+        match self.u8("record kind")? {
+            0 => Ok(Record::Entry(self.entry()?)),
+            1 => {
+                let from = self.path()?;
+                let to = self.path()?;
+                if to == from || to.as_str().starts_with(&format!("{from}/")) {
+                    return Err(DecodeError::Invalid("a directory moved into itself"));
+                }
+                Ok(Record::MovePrefix {
+                    from,
+                    to,
+                    by: self.node("author node id")?,
+                    counter: self.u64("counter")?,
+                })
+            }
+            k => Err(DecodeError::BadKind(k)),
+        }
+    }
     fn file_meta(&mut self) -> Result<FileMeta, DecodeError> {
         let m = self.meta()?;
         if m.kind != EntryKind::File {
@@ -581,27 +751,39 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         tag::SESSION_ALIVE => SessionMsg::Alive { sid: d.u64("sid")? }.into(),
         tag::INDEX_SUMMARY => {
             let sid = d.u64("sid")?;
+            let index_id = d.u64("index id")?;
+            let seq = d.u64("sequence number")?;
             let count = d.u64("count")?;
             let digest = d.array("digest")?;
             SessionMsg::IndexSummary {
                 sid,
+                index_id,
+                seq,
                 count,
                 digest,
                 peers: d.nodes("peers", "peer node id")?,
             }
             .into()
         }
-        tag::INDEX_REQUEST => SessionMsg::IndexRequest { sid: d.u64("sid")? }.into(),
+        tag::INDEX_REQUEST => SessionMsg::IndexRequest {
+            sid: d.u64("sid")?,
+            since: d.u64("since")?,
+        }
+        .into(),
         tag::INDEX_CHUNK => {
             let sid = d.u64("sid")?;
-            let n = d.count("index entries", MIN_META)?;
-            let mut entries = Vec::new();
+            let n = d.count("index records", MIN_RECORD)?;
+            let mut records = Vec::new();
             for _ in 0..n {
-                entries.push(d.meta()?);
+                records.push(d.record()?);
             }
-            SessionMsg::IndexChunk { sid, entries }.into()
+            SessionMsg::IndexChunk { sid, records }.into()
         }
-        tag::INDEX_END => SessionMsg::IndexEnd { sid: d.u64("sid")? }.into(),
+        tag::INDEX_END => SessionMsg::IndexEnd {
+            sid: d.u64("sid")?,
+            seq: d.u64("sequence number")?,
+        }
+        .into(),
         tag::PLAN_CHUNK => {
             let sid = d.u64("sid")?;
             let n = d.count("plan items", MIN_PLAN_ITEM)?;
@@ -621,6 +803,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
                 bytes_sent: d.u64("stats")?,
                 files_received: d.u32("stats")?,
                 bytes_received: d.u64("stats")?,
+                deleted: d.u32("stats")?,
                 failed: d.u32("stats")?,
             },
         }
@@ -714,11 +897,7 @@ fn decode_hello(d: &mut Dec<'_>) -> Result<Hello, DecodeError> {
     let version = d.u16("version")?;
     if version != PROTOCOL_VERSION {
         // Nothing after the version can be trusted to have our layout.
-        return Err(DecodeError::Invalid(if version > PROTOCOL_VERSION {
-            "peer speaks a newer protocol version"
-        } else {
-            "peer speaks an older protocol version"
-        }));
+        return Err(DecodeError::Version(version));
     }
     let node_id = d.node("node id")?;
     let group = d.str("group")?;
@@ -764,37 +943,64 @@ fn decode_plan_item(d: &mut Dec<'_>) -> Result<PlanItem, DecodeError> {
             Ok(PlanItem::Send { meta, to })
         }
         1 => {
-            let meta = d.file_meta()?;
+            let entry = d.live_file()?;
             let from = d.node("source node id")?;
             let expect = d.version("expected version")?;
-            Ok(PlanItem::Receive { meta, from, expect })
+            Ok(PlanItem::Receive {
+                entry,
+                from,
+                expect,
+            })
         }
-        2 => Ok(PlanItem::MakeDir {
-            path: d.path()?,
-            mode: d.u32("mode")? & MODE_MASK,
+        2 => {
+            let entry = d.entry()?;
+            if entry.deleted || entry.meta.kind != EntryKind::Dir {
+                return Err(DecodeError::Invalid("a directory to make that is not one"));
+            }
+            Ok(PlanItem::MakeDir { entry })
+        }
+        3 => {
+            let entry = d.entry()?;
+            if !entry.deleted {
+                return Err(DecodeError::Invalid("a deletion that is not a tombstone"));
+            }
+            let expect = d.version("expected version")?;
+            Ok(PlanItem::Delete { entry, expect })
+        }
+        4 => Ok(PlanItem::SetVersion {
+            entry: d.entry()?,
+            expect: d.version("expected version")?,
         }),
+        5 => {
+            let from = d.path()?;
+            let Some(expect) = d.version("expected version")? else {
+                return Err(DecodeError::Invalid("a rename of nothing"));
+            };
+            let entry = d.live_file()?;
+            let gone = d.entry()?;
+            if !gone.deleted || gone.meta.path != from || entry.meta.path == from {
+                return Err(DecodeError::Invalid("a rename that does not add up"));
+            }
+            Ok(PlanItem::Rename {
+                from,
+                expect,
+                entry,
+                gone,
+            })
+        }
+        6 => {
+            let from = d.path()?;
+            let to = d.path()?;
+            if to == from || to.as_str().starts_with(&format!("{from}/")) {
+                return Err(DecodeError::Invalid("a directory moved into itself"));
+            }
+            Ok(PlanItem::MoveDir {
+                from,
+                to,
+                by: d.node("author node id")?,
+                counter: d.u64("counter")?,
+            })
+        }
         k => Err(DecodeError::BadKind(k)),
     }
-}
-
-/// The digest of an index: equal digests mean equal indexes (paths, kinds, sizes, mtimes),
-/// so a session can skip the per-file exchange. Modes are left out, as in the diff.
-pub fn index_digest(entries: &[FileMeta]) -> Digest {
-    let mut h = blake3::Hasher::new();
-    let mut buf = Vec::with_capacity(256);
-    for m in entries {
-        buf.clear();
-        let mut e = Enc(&mut buf);
-        e.str(m.path.as_str());
-        match m.kind {
-            EntryKind::File => {
-                e.u8(0);
-                e.u64(m.size);
-                e.i64(m.mtime_ns);
-            }
-            EntryKind::Dir => e.u8(1),
-        }
-        h.update(&buf);
-    }
-    *h.finalize().as_bytes()
 }

@@ -16,20 +16,21 @@ mod codec;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{
-    decode, encode_frame, file_data_head, frame_len, index_digest, split_frame, FILE_DATA_HEAD,
-};
+pub use codec::{decode, encode_frame, file_data_head, frame_len, split_frame, FILE_DATA_HEAD};
 
 use std::fmt;
 
+use crate::history::{Entry, Record, Vv, MAX_VV};
 use crate::model::{FileMeta, NameError, NodeId, PathError, RelPath, Version};
 
 /// First bytes of every `Hello`: lets a node tell a peer of another protocol (or a port
 /// scanner) from a peer with another version.
 pub const MAGIC: [u8; 8] = *b"IRONCARR";
 /// Version of this protocol. Peers must match exactly. 2: `SessionStart` names the
-/// session's participants.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// session's participants. 3: history — version vectors and tombstones in the index, which a
+/// peer sends as its changes since the leader's copy; plans that delete, move, rename
+/// conflict copies and record versions.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER: usize = 4;
 /// Largest file-data chunk a sender puts in one frame.
@@ -43,6 +44,8 @@ pub const BATCH_BYTES: usize = 256 * 1024;
 pub const MAX_STORAGES: usize = 1024;
 /// Most receivers one `Send` plan item may name, and most node ids in one list.
 pub const MAX_TARGETS: usize = 256;
+/// Most nodes one version vector may name on the wire.
+pub const MAX_VV_NODES: usize = MAX_VV;
 
 pub type Digest = [u8; 32];
 
@@ -59,20 +62,51 @@ pub struct Hello {
     pub storages: Vec<String>,
 }
 
-/// One step of a session plan, sent by the leader to a participant.
+/// One step of a session plan, sent by the leader to a participant. Every step that
+/// changes the participant's copy of a path names the entry it then records (with its
+/// version vector), and what the path must still hold for the step to go ahead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanItem {
     /// Send this file, which must still match `meta`, to each node in `to`.
     Send { meta: FileMeta, to: Vec<SendTo> },
-    /// Expect this file from `from`. Commit it only if the local path still holds `expect`
-    /// (`None`: nothing), the version it had when it was indexed.
+    /// Expect `entry`'s file from `from`. Commit it only if the local path still holds
+    /// `expect` (`None`: nothing), the version it had when it was indexed.
     Receive {
-        meta: FileMeta,
+        entry: Entry,
         from: NodeId,
         expect: Option<Version>,
     },
-    /// Create this directory if it is missing.
-    MakeDir { path: RelPath, mode: u32 },
+    /// Create this directory if it is missing, and record it.
+    MakeDir { entry: Entry },
+    /// Delete the path if it still holds `expect` (a directory: if nothing it holds is
+    /// unknown), and record the tombstone `entry`.
+    Delete {
+        entry: Entry,
+        expect: Option<Version>,
+    },
+    /// The path already has the right content (or none, for a tombstone): record `entry`.
+    SetVersion {
+        entry: Entry,
+        expect: Option<Version>,
+    },
+    /// Rename the local file `from` (which must hold `expect`) to `entry`'s path, record it
+    /// there and record `gone` at `from`: a moved file (the mover's tombstone) or a conflict
+    /// copy (a tombstone with an empty version, linked to the copy: `from` then holds
+    /// nothing until its winner arrives, and peers' copies of this index learn so).
+    Rename {
+        from: RelPath,
+        expect: Version,
+        entry: Entry,
+        gone: Entry,
+    },
+    /// Replay a directory move: every entry this node knows at or below `from` goes to the
+    /// same place below `to`, with `by`'s counter at `counter`.
+    MoveDir {
+        from: RelPath,
+        to: RelPath,
+        by: NodeId,
+        counter: u64,
+    },
 }
 
 /// One receiver of a `Send`, and the version its path holds now (a delta base), if any.
@@ -89,6 +123,8 @@ pub struct PartStats {
     pub bytes_sent: u64,
     pub files_received: u32,
     pub bytes_received: u64,
+    /// Files and directories deleted as planned.
+    pub deleted: u32,
     pub failed: u32,
 }
 
@@ -154,23 +190,30 @@ pub enum SessionMsg {
     Alive {
         sid: u64,
     },
-    /// A participant's index digest, and the nodes it is connected to (so the leader only
-    /// routes transfers over connections that exist).
+    /// A participant's index: its id and last sequence number (what a leader's copy of it
+    /// is compared with), live entries, digest, and the nodes it is connected to (so the
+    /// leader only routes transfers over connections that exist).
     IndexSummary {
         sid: u64,
+        index_id: u64,
+        seq: u64,
         count: u64,
         digest: Digest,
         peers: Vec<NodeId>,
     },
+    /// Leader → participant: send your index's changes after `since` (0: all of it).
     IndexRequest {
         sid: u64,
+        since: u64,
     },
     IndexChunk {
         sid: u64,
-        entries: Vec<FileMeta>,
+        records: Vec<Record>,
     },
+    /// The changes sent lead to sequence number `seq`.
     IndexEnd {
         sid: u64,
+        seq: u64,
     },
     PlanChunk {
         sid: u64,
@@ -378,6 +421,8 @@ pub enum DecodeError {
     BadMagic,
     TooMany(&'static str, u64),
     Invalid(&'static str),
+    /// A peer of another protocol version (in its hello).
+    Version(u16),
 }
 
 impl fmt::Display for DecodeError {
@@ -397,6 +442,16 @@ impl fmt::Display for DecodeError {
             DecodeError::BadMagic => f.write_str("not an iron-carrier peer (bad magic)"),
             DecodeError::TooMany(what, n) => write!(f, "too many {what}: {n}"),
             DecodeError::Invalid(what) => f.write_str(what),
+            DecodeError::Version(v) => write!(
+                f,
+                "peer speaks {} protocol version ({v}; this node speaks {PROTOCOL_VERSION}: \
+                 every node of a group must run the same protocol, upgrade them together)",
+                if *v > PROTOCOL_VERSION {
+                    "a newer"
+                } else {
+                    "an older"
+                }
+            ),
         }
     }
 }
@@ -417,25 +472,72 @@ fn version_len(v: Option<Version>) -> usize {
     1 + if v.is_some() { 16 } else { 0 }
 }
 
-/// Encoded size of one index entry.
+/// Encoded size of one index entry's metadata.
 pub fn meta_len(m: &FileMeta) -> usize {
     str_len(m.path.as_str()) + 1 + 8 + 8 + 4
 }
 
+/// Encoded size of a version vector.
+pub fn vv_len(vv: &Vv) -> usize {
+    1 + vv
+        .pairs()
+        .iter()
+        .map(|(n, _)| str_len(n.as_str()) + 8)
+        .sum::<usize>()
+}
+
+/// Encoded size of an entry with its history.
+pub fn entry_len(e: &Entry) -> usize {
+    meta_len(&e.meta)
+        + 1
+        + 1
+        + if e.hash.is_some() { 32 } else { 0 }
+        + vv_len(&e.vv)
+        + str_len(e.by.as_str())
+        + 1
+        + e.link.as_ref().map_or(0, |l| str_len(l.as_str()))
+}
+
+/// Encoded size of one record of an index.
+pub fn record_len(r: &Record) -> usize {
+    match r {
+        Record::Entry(e) => 1 + entry_len(e),
+        Record::MovePrefix { from, to, by, .. } => {
+            1 + str_len(from.as_str()) + str_len(to.as_str()) + str_len(by.as_str()) + 8
+        }
+    }
+}
+
 /// Encoded size of one plan item.
 pub fn plan_item_len(item: &PlanItem) -> usize {
-    match item {
+    1 + match item {
         PlanItem::Send { meta, to } => {
-            1 + meta_len(meta)
+            meta_len(meta)
                 + 4
                 + to.iter()
                     .map(|t| str_len(t.node.as_str()) + version_len(t.expect))
                     .sum::<usize>()
         }
-        PlanItem::Receive { meta, from, expect } => {
-            1 + meta_len(meta) + str_len(from.as_str()) + version_len(*expect)
+        PlanItem::Receive {
+            entry,
+            from,
+            expect,
+        } => entry_len(entry) + str_len(from.as_str()) + version_len(*expect),
+        PlanItem::MakeDir { entry } => entry_len(entry),
+        PlanItem::Delete { entry, expect } | PlanItem::SetVersion { entry, expect } => {
+            entry_len(entry) + version_len(*expect)
         }
-        PlanItem::MakeDir { path, .. } => 1 + str_len(path.as_str()) + 4,
+        PlanItem::Rename {
+            from,
+            expect,
+            entry,
+            gone,
+        } => {
+            str_len(from.as_str()) + version_len(Some(*expect)) + entry_len(entry) + entry_len(gone)
+        }
+        PlanItem::MoveDir { from, to, by, .. } => {
+            str_len(from.as_str()) + str_len(to.as_str()) + str_len(by.as_str()) + 8
+        }
     }
 }
 

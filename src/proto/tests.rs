@@ -4,6 +4,7 @@
 use super::codec::tag;
 use super::codec::*;
 use super::*;
+use crate::history::{Entry, Record, Vv};
 use crate::model::{FileMeta, NodeId, RelPath, Version};
 
 fn p(s: &str) -> RelPath {
@@ -14,7 +15,40 @@ fn n(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
 
+fn vv(pairs: &[(&str, u64)]) -> Vv {
+    Vv::from_pairs(pairs.iter().map(|(a, c)| (n(a), *c)).collect()).unwrap()
+}
+
+/// A live file entry with a hash, a two-node version and no link.
+fn file_entry(path: &str) -> Entry {
+    Entry {
+        meta: FileMeta::file(p(path), 12, -5_000_000_001, 0o644),
+        deleted: false,
+        hash: Some([7; 32]),
+        vv: vv(&[("a", 1), ("b", u64::MAX)]),
+        by: n("b"),
+        link: None,
+    }
+}
+
+/// The smallest entry: a one-letter directory, no hash, no version, no link.
+fn smallest_entry() -> Entry {
+    Entry {
+        meta: FileMeta::dir(p("d"), 0),
+        deleted: false,
+        hash: None,
+        vv: Vv::default(),
+        by: n("a"),
+        link: None,
+    }
+}
+
 fn samples() -> Vec<Message> {
+    let mut gone = file_entry("old");
+    gone.deleted = true;
+    gone.link = Some(p("a/ü b.txt"));
+    let mut moved = file_entry("a/ü b.txt");
+    moved.link = Some(p("old"));
     vec![
         Message::from(LinkMsg::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -54,20 +88,29 @@ fn samples() -> Vec<Message> {
         Message::from(SessionMsg::Alive { sid: 7 }),
         Message::from(SessionMsg::IndexSummary {
             sid: 1,
+            index_id: u64::MAX,
+            seq: 17,
             count: 3,
             digest: [9; 32],
             peers: vec![n("a"), n("c")],
         }),
-        Message::from(SessionMsg::IndexRequest { sid: 1 }),
+        Message::from(SessionMsg::IndexRequest { sid: 1, since: 0 }),
+        Message::from(SessionMsg::IndexRequest { sid: 1, since: 12 }),
         Message::from(SessionMsg::IndexChunk {
             sid: 1,
-            entries: vec![
-                FileMeta::dir(p("a"), 0o755),
-                FileMeta::file(p("a/ü b.txt"), 12, -5_000_000_001, 0o644),
-                FileMeta::file(p("empty"), 0, 0, 0o600),
+            records: vec![
+                Record::Entry(smallest_entry()),
+                Record::Entry(moved.clone()),
+                Record::Entry(gone.clone()),
+                Record::MovePrefix {
+                    from: p("photos"),
+                    to: p("pics/2026"),
+                    by: n("c"),
+                    counter: 1_800_000_000,
+                },
             ],
         }),
-        Message::from(SessionMsg::IndexEnd { sid: 1 }),
+        Message::from(SessionMsg::IndexEnd { sid: 1, seq: 17 }),
         Message::from(SessionMsg::PlanChunk {
             sid: 2,
             items: vec![
@@ -88,7 +131,7 @@ fn samples() -> Vec<Message> {
                     ],
                 },
                 PlanItem::Receive {
-                    meta: FileMeta::file(p("y/z"), 1, 2, 0o640),
+                    entry: file_entry("y/z"),
                     from: n("a"),
                     expect: Some(Version {
                         size: 5,
@@ -96,13 +139,52 @@ fn samples() -> Vec<Message> {
                     }),
                 },
                 PlanItem::Receive {
-                    meta: FileMeta::file(p("w"), 1, 2, 0o640),
+                    entry: file_entry("w"),
                     from: n("a"),
                     expect: None,
                 },
                 PlanItem::MakeDir {
-                    path: p("d/e"),
-                    mode: 0o700,
+                    entry: smallest_entry(),
+                },
+                PlanItem::Delete {
+                    entry: gone.clone(),
+                    expect: Some(Version {
+                        size: 12,
+                        mtime_ns: -5_000_000_001,
+                    }),
+                },
+                PlanItem::SetVersion {
+                    entry: file_entry("same"),
+                    expect: None,
+                },
+                PlanItem::Rename {
+                    from: p("old"),
+                    expect: Version {
+                        size: 12,
+                        mtime_ns: 1,
+                    },
+                    entry: moved.clone(),
+                    gone: gone.clone(),
+                },
+                PlanItem::Rename {
+                    from: p("f.txt"),
+                    expect: Version {
+                        size: 0,
+                        mtime_ns: 0,
+                    },
+                    entry: file_entry("f.sync-conflict-20270115-080000-b.txt"),
+                    gone: Entry {
+                        meta: FileMeta::file(p("f.txt"), 0, 0, 0o644),
+                        deleted: true,
+                        link: Some(p("f.sync-conflict-20270115-080000-b.txt")),
+                        ..file_entry("f.txt")
+                    },
+                },
+                PlanItem::MoveDir {
+                    from: p("photos"),
+                    to: p("pics"),
+                    by: n("c"),
+                    counter: 9,
                 },
             ],
         }),
@@ -116,6 +198,7 @@ fn samples() -> Vec<Message> {
                 bytes_sent: 2,
                 files_received: 3,
                 bytes_received: 4,
+                deleted: 6,
                 failed: 5,
             },
         }),
@@ -390,18 +473,6 @@ fn decoding_random_bytes_never_panics() {
     }
 }
 
-#[test]
-fn digest_depends_on_content_not_mode() {
-    let a = vec![FileMeta::file(p("a"), 1, 2, 0o644)];
-    let b = vec![FileMeta::file(p("a"), 1, 2, 0o600)];
-    let c = vec![FileMeta::file(p("a"), 1, 3, 0o644)];
-    let d = vec![FileMeta::dir(p("a"), 0o755)];
-    assert_eq!(index_digest(&a), index_digest(&b));
-    assert_ne!(index_digest(&a), index_digest(&c));
-    assert_ne!(index_digest(&a), index_digest(&d));
-    assert_ne!(index_digest(&a), index_digest(&[]));
-}
-
 fn one_byte_name(c: &str) -> NodeId {
     n(c)
 }
@@ -409,13 +480,16 @@ fn one_byte_name(c: &str) -> NodeId {
 /// The smallest element of every kind that is counted on the wire.
 fn smallest_plan_items() -> Vec<PlanItem> {
     let f = FileMeta::file(p("f"), 0, 0, 0);
+    let mut file = smallest_entry();
+    file.meta = f.clone();
+    let mut renamed = smallest_entry();
+    renamed.meta = FileMeta::file(p("g"), 0, 0, 0);
     vec![
         PlanItem::MakeDir {
-            path: p("d"),
-            mode: 0,
+            entry: smallest_entry(),
         },
         PlanItem::Receive {
-            meta: f.clone(),
+            entry: file.clone(),
             from: one_byte_name("a"),
             expect: None,
         },
@@ -425,6 +499,48 @@ fn smallest_plan_items() -> Vec<PlanItem> {
                 node: one_byte_name("a"),
                 expect: None,
             }],
+        },
+        PlanItem::Delete {
+            entry: Entry {
+                deleted: true,
+                ..smallest_entry()
+            },
+            expect: None,
+        },
+        PlanItem::SetVersion {
+            entry: smallest_entry(),
+            expect: None,
+        },
+        PlanItem::Rename {
+            from: p("f"),
+            expect: Version {
+                size: 0,
+                mtime_ns: 0,
+            },
+            entry: renamed,
+            gone: Entry {
+                deleted: true,
+                ..file.clone()
+            },
+        },
+        PlanItem::MoveDir {
+            from: p("d"),
+            to: p("e"),
+            by: one_byte_name("a"),
+            counter: 0,
+        },
+    ]
+}
+
+/// The smallest record of each kind.
+fn smallest_records() -> Vec<Record> {
+    vec![
+        Record::Entry(smallest_entry()),
+        Record::MovePrefix {
+            from: p("d"),
+            to: p("e"),
+            by: one_byte_name("a"),
+            counter: 0,
         },
     ]
 }
@@ -447,6 +563,21 @@ fn minimum_element_sizes_are_the_real_smallest_encodings() {
     );
     assert_eq!(MIN_META, enc(&|e| e.meta(&FileMeta::dir(p("d"), 0))));
     assert_eq!(MIN_META, enc(&|e| e.meta(&FileMeta::file(p("f"), 0, 0, 0))));
+    assert_eq!(MIN_ENTRY, enc(&|e| e.entry(&smallest_entry())));
+    assert_eq!(
+        MIN_VV_PAIR,
+        enc(&|e| e.vv(&vv(&[("a", 1)]))) - enc(&|e| e.vv(&Vv::default()))
+    );
+    let smallest_record = smallest_records()
+        .iter()
+        .map(|r| enc(&|e| e.record(r)))
+        .min();
+    assert_eq!(Some(MIN_RECORD), smallest_record);
+    for r in smallest_records() {
+        assert_eq!(record_len(&r), enc(&|e| e.record(&r)), "{r:?}");
+    }
+    let big = file_entry("some/longer path");
+    assert_eq!(entry_len(&big), enc(&|e| e.entry(&big)));
     let smallest_item = smallest_plan_items()
         .iter()
         .map(|i| enc(&|e| e.plan_item(i)))
@@ -479,9 +610,10 @@ fn minimum_element_sizes_are_the_real_smallest_encodings() {
 fn a_plan_of_one_letter_directories_decodes() {
     let items: Vec<PlanItem> = ["d", "e", "e/f"]
         .iter()
-        .map(|d| PlanItem::MakeDir {
-            path: p(d),
-            mode: 0o755,
+        .map(|d| {
+            let mut entry = smallest_entry();
+            entry.meta = FileMeta::dir(p(d), 0o755);
+            PlanItem::MakeDir { entry }
         })
         .collect();
     let msg = Message::from(SessionMsg::PlanChunk { sid: 1, items });
@@ -513,17 +645,18 @@ fn every_counted_list_of_smallest_elements_decodes() {
         }));
         cases.push(Message::from(SessionMsg::IndexSummary {
             sid: 1,
+            index_id: 0,
+            seq: 0,
             count: 0,
             digest: [0; 32],
             peers: names(k),
         }));
-        cases.push(Message::from(SessionMsg::IndexChunk {
-            sid: 1,
-            entries: names(k)
-                .iter()
-                .map(|n| FileMeta::dir(p(n.as_str()), 0))
-                .collect(),
-        }));
+        for r in smallest_records() {
+            cases.push(Message::from(SessionMsg::IndexChunk {
+                sid: 1,
+                records: vec![r; k],
+            }));
+        }
         for item in smallest_plan_items() {
             cases.push(Message::from(SessionMsg::PlanChunk {
                 sid: 1,
@@ -570,9 +703,11 @@ fn a_count_one_above_what_the_bytes_hold_is_refused() {
     let mut bytes = payload(&Message::from(SessionMsg::PlanChunk {
         sid: 1,
         items: vec![
-            PlanItem::MakeDir {
-                path: p("d"),
-                mode: 0
+            PlanItem::MoveDir {
+                from: p("d"),
+                to: p("e"),
+                by: one_byte_name("a"),
+                counter: 0,
             };
             3
         ],

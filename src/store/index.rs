@@ -6,13 +6,20 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::scan::rebase;
 use super::{kind_code, random_u63, RawEntry, StorageId, Store, StoreError};
-use crate::history::{Entry, Record};
+use crate::history::{rebase, EachPath, Entry, IndexView, Record};
 use crate::model::{NodeId, RelPath};
 
 /// Rows read per page and per source while diffing.
 const PAGE: i64 = 1024;
+
+/// One of this node's rows as stored: the entry, its sequence number, its stat key.
+struct Stored {
+    entry: Entry,
+    seq: i64,
+    ino: u64,
+    ctime: i64,
+}
 
 /// Whose index a diff reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,24 +28,14 @@ pub enum DiffSource {
     Remote(NodeId),
 }
 
-/// Point lookups while a diff streams: the planner's view of every index.
-pub trait IndexView {
-    /// Whether any of the diffed indexes has an entry (live or not) at `path`.
-    fn taken(&self, path: &RelPath) -> bool;
-    /// Source `i`'s entry at `path`.
-    fn entry(&self, i: usize, path: &RelPath) -> Option<Entry>;
-}
-
 /// What a session did here, recorded after the disk has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// A file or directory is now at `entry.meta.path` with this version (received, made,
     /// moved there, renamed there as a conflict copy, or only given a new version).
     Put { entry: Entry, ino: u64, ctime: i64 },
-    /// The path was deleted as planned: this tombstone.
+    /// The path was deleted (or its content renamed away) as planned: this tombstone.
     Tombstone(Entry),
-    /// The path's content was renamed away (to a conflict copy): nothing is known here now.
-    Forget(RelPath),
     /// A directory move was replayed: every live entry at or below `from` is now below
     /// `to`, with `by`'s counter at `counter` (recorded as one move, for compact reports).
     /// `stats` are the moved entries' new inode and ctime (a rename changes the ctime), so
@@ -370,7 +367,7 @@ impl Store {
         &self,
         storage: StorageId,
         sources: &[DiffSource],
-        each: &mut dyn FnMut(&[Option<&Entry>], &dyn IndexView),
+        each: &mut EachPath<'_>,
     ) -> Result<(), StoreError> {
         let ids: Vec<Option<i64>> = sources
             .iter()
@@ -441,7 +438,6 @@ impl Store {
             seq: i64,
         }
         let mut puts: Vec<Put> = Vec::new();
-        let mut forgets: Vec<String> = Vec::new();
         let mut moves: Vec<(i64, String, String, i64, u64, i64)> = Vec::new();
         for a in applied {
             match a {
@@ -474,7 +470,6 @@ impl Store {
                         seq: seq as i64,
                     });
                 }
-                Applied::Forget(path) => forgets.push(path.to_string()),
                 Applied::MovePrefix {
                     from,
                     to,
@@ -484,9 +479,10 @@ impl Store {
                 } => {
                     seq += 1;
                     let by_id = self.node_id(&by)?;
-                    let rows = self.local_below(storage, &from)?;
-                    let before = rows.iter().map(|(_, s, _)| *s).max().unwrap_or(0);
-                    for (e, _, old_stat) in rows.into_iter().filter(|(e, _, _)| e.is_live()) {
+                    let rows = self.rows_below(storage, &from)?;
+                    let before = rows.iter().map(|r| r.seq).max().unwrap_or(0);
+                    for r in rows.into_iter().filter(|r| r.entry.is_live()) {
+                        let (e, old_stat) = (r.entry, (r.ino, r.ctime));
                         let vv = e.vv.with(&by, counter);
                         let new_path = rebase(&e.meta.path, &from, &to);
                         let (ino, ctime) = stats.get(&new_path).copied().unwrap_or(old_stat);
@@ -561,13 +557,6 @@ impl Store {
                 ])
                 .map_err(|e| sql(&self.path, e))?;
             }
-            for f in &forgets {
-                tx.execute(
-                    "DELETE FROM entries WHERE storage = ?1 AND path = ?2",
-                    params![storage, f],
-                )
-                .map_err(|e| sql(&self.path, e))?;
-            }
             for (s, from, to, by, counter, before) in &moves {
                 tx.execute(
                     "INSERT OR REPLACE INTO moves (storage, seq, from_path, to_path, by, counter, before)
@@ -599,12 +588,17 @@ impl Store {
         r.map(|r| self.entry_of(r)).transpose()
     }
 
-    /// This node's entries at or below `dir`, with their sequence numbers and stat keys.
-    pub fn local_below(
-        &self,
-        storage: StorageId,
-        dir: &RelPath,
-    ) -> Result<Vec<(Entry, i64, (u64, i64))>, StoreError> {
+    /// This node's entries at or below `dir`, in path order.
+    pub fn local_below(&self, storage: StorageId, dir: &RelPath) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .rows_below(storage, dir)?
+            .into_iter()
+            .map(|r| r.entry)
+            .collect())
+    }
+
+    /// This node's rows at or below `dir`, with their sequence numbers and stat keys.
+    fn rows_below(&self, storage: StorageId, dir: &RelPath) -> Result<Vec<Stored>, StoreError> {
         let (lo, hi) = super::below(dir);
         let mut stmt = self
             .conn
@@ -628,7 +622,14 @@ impl Store {
         }
         drop(stmt);
         raws.into_iter()
-            .map(|(r, s, k)| Ok((self.entry_of(r)?, s, k)))
+            .map(|(r, seq, (ino, ctime))| {
+                Ok(Stored {
+                    entry: self.entry_of(r)?,
+                    seq,
+                    ino,
+                    ctime,
+                })
+            })
             .collect()
     }
 
@@ -747,6 +748,15 @@ impl IndexView for View<'_> {
 
     fn entry(&self, i: usize, path: &RelPath) -> Option<Entry> {
         self.point(i, path).ok().flatten()
+    }
+
+    fn below(&self, i: usize, dir: &RelPath) -> Vec<Entry> {
+        let s = self.store;
+        let got = match self.ids[i] {
+            None => s.local_below(self.storage, dir),
+            Some(node) => s.remote_below(self.storage, node, dir),
+        };
+        got.unwrap_or_default()
     }
 }
 

@@ -20,7 +20,7 @@
 mod index;
 mod scan;
 
-pub use index::{Applied, DiffSource, IndexView};
+pub use index::{Applied, DiffSource};
 pub use scan::{Found, ScanChanges, ScanSummary};
 
 use std::collections::HashMap;
@@ -503,6 +503,11 @@ pub(crate) fn kind_code(k: EntryKind) -> i64 {
         EntryKind::File => 0,
         EntryKind::Dir => 1,
     }
+}
+
+/// A random id (a storage's marker).
+pub fn random_id() -> u64 {
+    random_u63() as u64
 }
 
 /// A random index id that fits SQLite's signed integers: from the kernel, so two databases

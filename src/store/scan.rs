@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use rusqlite::params;
 
 use super::{kind_code, RawEntry, StorageId, Store, StoreError};
-use crate::history::{Digest, Entry, Vv};
+use crate::history::{is_below, rebase, Digest, Entry, Vv};
 use crate::model::{EntryKind, FileMeta, RelPath};
 
 /// One entry the scanner found, with what tells a changed file from an unchanged one.
@@ -55,6 +55,10 @@ struct Known {
     ctime: i64,
     seq: u64,
 }
+
+/// A directory move a scan found: old name, new name, and each moved entry as found now
+/// with the row it was.
+type PrefixMove<'a> = (RelPath, RelPath, Vec<(Found, &'a Known)>);
 
 /// What to write for one path.
 enum Write {
@@ -212,13 +216,17 @@ impl Store {
             if prefix_moves.iter().any(|(a, _)| is_below(from, a)) || is_below(to, from) {
                 continue;
             }
-            let whole = gone.iter().enumerate().all(|(h, other)| {
-                !is_below(&other.entry.meta.path, from)
-                    || moved_to[h].is_some_and(|m| {
-                        news[m].0.meta.path.as_str()
-                            == rebase(&other.entry.meta.path, from, to).as_str()
-                    })
-            });
+            // Every entry below moved along, and onto fresh paths: a path with a history
+            // (a tombstone) must carry it on, which the one-line form cannot say.
+            let whole = news[n].1.is_none()
+                && gone.iter().enumerate().all(|(h, other)| {
+                    !is_below(&other.entry.meta.path, from)
+                        || moved_to[h].is_some_and(|m| {
+                            news[m].1.is_none()
+                                && news[m].0.meta.path.as_str()
+                                    == rebase(&other.entry.meta.path, from, to).as_str()
+                        })
+                });
             if whole {
                 prefix_moves.push((from.clone(), to.clone()));
             }
@@ -255,12 +263,17 @@ impl Store {
                 if covered[g] {
                     continue;
                 }
+                // The content's history, and the new path's own (a deletion there must
+                // not come back through the move).
                 let old = &gone[g].entry;
-                let counter = (old.vv.get(&me) + 1).max(now);
+                let base = prior
+                    .as_ref()
+                    .map_or_else(|| old.vv.clone(), |p| old.vv.merge(&p.entry.vv));
+                let counter = (base.get(&me) + 1).max(now);
                 writes.push(Write::Version {
                     found: f.clone(),
                     hash: old.hash,
-                    vv: old.vv.with(&me, counter),
+                    vv: base.with(&me, counter),
                     link: Some(old.meta.path.clone()),
                 });
                 continue;
@@ -291,7 +304,7 @@ impl Store {
         }
         changes.dir_moves = prefix_moves.len() as u32;
 
-        let prefix: Vec<(RelPath, RelPath, Vec<(Found, &Known)>)> = prefix_moves
+        let prefix: Vec<PrefixMove<'_>> = prefix_moves
             .iter()
             .map(|(from, to)| {
                 let rows = gone
@@ -322,7 +335,7 @@ impl Store {
         storage: StorageId,
         now: u64,
         writes: Vec<Write>,
-        prefix: Vec<(RelPath, RelPath, Vec<(Found, &Known)>)>,
+        prefix: Vec<PrefixMove<'_>>,
     ) -> Result<(), StoreError> {
         if writes.is_empty() && prefix.is_empty() {
             return Ok(());
@@ -644,20 +657,4 @@ fn clone_known(k: &Known) -> Known {
         ctime: k.ctime,
         seq: k.seq,
     }
-}
-
-/// `p` is strictly below directory `dir`.
-pub(crate) fn is_below(p: &RelPath, dir: &RelPath) -> bool {
-    p.as_str().len() > dir.as_str().len()
-        && p.as_str().starts_with(dir.as_str())
-        && p.as_str().as_bytes()[dir.as_str().len()] == b'/'
-}
-
-/// `p` (at or below `from`) moved to the same place below `to`.
-pub(crate) fn rebase(p: &RelPath, from: &RelPath, to: &RelPath) -> RelPath {
-    if p == from {
-        return to.clone();
-    }
-    let rest = &p.as_str()[from.as_str().len() + 1..];
-    to.join_path(rest).unwrap_or_else(|_| p.clone())
 }

@@ -27,6 +27,7 @@ use crate::model::NodeId;
 use crate::net::handle::{ConnId, NetEvent, NetHandle};
 use crate::proto::{Hello, PeerMsg, TransferMsg};
 use crate::run::{Mode, Outcome};
+use crate::store::Store;
 
 use self::core::oneshot::OneShot;
 use self::core::{Core, Io, Received, Refusal, Violation};
@@ -58,20 +59,24 @@ struct SyncThread {
     last_session: Option<u64>,
 }
 
-/// The thread body.
+/// The thread body. `ready` hears once whether the thread could start (its storages and
+/// history database open); a failure there is a start-up error of the whole process.
 pub fn run(
     config: Config,
     mode: Mode,
     net: NetHandle,
     net_events: Receiver<NetEvent>,
     ctl: Receiver<SyncCtl>,
+    ready: Sender<Result<(), String>>,
     done: Sender<Outcome>,
 ) {
     let mut t = match SyncThread::new(config, mode, net) {
-        Ok(t) => t,
+        Ok(t) => {
+            let _ = ready.send(Ok(()));
+            t
+        }
         Err(e) => {
-            log::error!("{e}");
-            let _ = done.send(Outcome::Failed(e));
+            let _ = ready.send(Err(e));
             // Stay until told to stop so shutdown stays ordered.
             let _ = ctl.recv();
             return;
@@ -115,13 +120,17 @@ pub fn run(
 
 impl SyncThread {
     fn new(config: Config, mode: Mode, net: NetHandle) -> Result<SyncThread, String> {
+        let mut store =
+            Store::open(&config.log_path, &config.node_id).map_err(|e| e.to_string())?;
         let mut storages = Vec::new();
         for cfg in &config.storages {
             let dir = StorageDir::open(&cfg.path)
                 .map_err(|e| format!("cannot open storage {}: {e}", cfg.name))?;
+            let id = store.storage(&cfg.name).map_err(|e| e.to_string())?;
             storages.push(Storage {
                 cfg: cfg.clone(),
                 dir,
+                id,
             });
         }
         if config.encryption != Encryption::Off {
@@ -146,6 +155,7 @@ impl SyncThread {
             storages,
             db_paths(&config.log_path),
             config.max_parallel_transfers as usize,
+            store,
             seed,
         );
         // Daemons that have this node in their `peers` dial it, so a one-shot run without
@@ -335,9 +345,11 @@ impl SyncThread {
         }
     }
 
-    /// Logs how each received file ended and tells the core, once per file.
+    /// Logs how each received file ended, records the committed ones in the history (one
+    /// transaction per batch) and tells the core, once per file.
     fn received(&mut self, ended: Vec<Ended>) {
         let now = Instant::now();
+        let mut touched: Vec<usize> = Vec::new();
         for Ended {
             storage,
             sid,
@@ -347,8 +359,17 @@ impl SyncThread {
         {
             let name = &self.shell.storages[storage].cfg.name;
             let outcome = match end {
-                RecvEnd::Committed { bytes } => {
+                RecvEnd::Committed {
+                    bytes,
+                    entry,
+                    ino,
+                    ctime,
+                } => {
                     log::debug!("{name}: received {path}");
+                    self.shell.record_received(storage, entry, ino, ctime);
+                    if !touched.contains(&storage) {
+                        touched.push(storage);
+                    }
                     Received::Committed { bytes }
                 }
                 RecvEnd::KeptLocal(why) => {
@@ -367,6 +388,9 @@ impl SyncThread {
             };
             self.core
                 .on_received(sid, &path, outcome, now, &mut self.shell);
+        }
+        for storage in touched {
+            self.shell.flush_history(storage);
         }
     }
 

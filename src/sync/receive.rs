@@ -24,8 +24,10 @@ use crate::model::{FileMeta, RelPath, Version};
 use crate::net::handle::{ConnId, NetHandle};
 use crate::proto::{Digest, TransferMsg, CHUNK_SIZE};
 
-use super::core::Violation;
+use super::core::{Accepted, Violation};
 use super::send::Dest;
+use crate::history::{Entry, Vv};
+use crate::model::NodeId;
 
 /// Most received files waiting for one batched commit (each holds two descriptors).
 const MAX_COMMIT_BATCH: usize = 64;
@@ -72,22 +74,24 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A transfer of session `sid` in `storage` that the core accepted: `expect` is what
-    /// the local path must still hold.
+    /// A transfer of session `sid` in `storage` that the core accepted: what the local path
+    /// must still hold, and the version to record.
     pub fn start(
         &mut self,
         conn: ConnId,
         xid: u32,
         (sid, storage): (u64, usize),
         meta: FileMeta,
-        expect: Option<Version>,
+        accepted: Accepted,
     ) -> Result<(), Violation> {
         if self.incoming.contains_key(&(conn, xid)) {
             return Err(Violation::ReusedTransferId);
         }
         let base = self.bases.remove(&(sid, meta.path.clone()));
-        self.incoming
-            .insert((conn, xid), Incoming::new(sid, storage, meta, expect, base));
+        self.incoming.insert(
+            (conn, xid),
+            Incoming::new(sid, storage, meta, accepted, base),
+        );
         Ok(())
     }
 
@@ -427,6 +431,9 @@ struct Incoming {
     meta: FileMeta,
     /// What the local path must still hold for the commit.
     expect: Option<Version>,
+    /// The version recorded once it is committed.
+    vv: Vv,
+    by: NodeId,
     base: Option<Base>,
     temp: Option<TempFile>,
     hasher: blake3::Hasher,
@@ -436,8 +443,13 @@ struct Incoming {
 /// How a received file ended: the one outcome the core hears of it.
 #[derive(Debug)]
 pub enum RecvEnd {
+    /// In place: `entry` (with the content's hash and version) is what the history records;
+    /// `ino` and `ctime` tell the next scan it need not read it.
     Committed {
         bytes: u64,
+        entry: Entry,
+        ino: u64,
+        ctime: i64,
     },
     /// The local file changed since it was indexed: kept, not overwritten.
     KeptLocal(String),
@@ -470,14 +482,16 @@ impl Incoming {
         sid: u64,
         storage: usize,
         meta: FileMeta,
-        expect: Option<Version>,
+        accepted: Accepted,
         base: Option<Signature>,
     ) -> Incoming {
         Incoming {
             sid,
             storage,
             meta,
-            expect,
+            expect: accepted.expect,
+            vv: accepted.vv,
+            by: accepted.by,
             base: base.map(|sig| Base { sig, file: None }),
             temp: None,
             hasher: blake3::Hasher::new(),
@@ -596,8 +610,15 @@ impl Incoming {
         match temp.prepare(self.meta.mode, self.meta.mtime_ns, self.expect) {
             Ok(prepared) => Finished::Ready(Verified {
                 sid: self.sid,
-                path: self.meta.path,
                 bytes: self.received,
+                entry: Entry {
+                    meta: self.meta,
+                    deleted: false,
+                    hash: Some(*hash),
+                    vv: self.vv,
+                    by: self.by,
+                    link: None,
+                },
                 prepared,
             }),
             Err(e) => Finished::Done(RecvEnd::Failed(format!(
@@ -619,8 +640,9 @@ enum Finished {
 /// A received file whose length and hash are right, waiting to be committed.
 struct Verified {
     sid: u64,
-    path: RelPath,
     bytes: u64,
+    /// What the history records once it is in place.
+    entry: Entry,
     prepared: Prepared,
 }
 
@@ -630,16 +652,22 @@ fn commit_verified(batch: Vec<Verified>) -> Vec<(u64, RelPath, RecvEnd)> {
     let mut heads = Vec::with_capacity(batch.len());
     let mut files = Vec::with_capacity(batch.len());
     for v in batch {
-        heads.push((v.sid, v.path, v.bytes));
+        heads.push((v.sid, v.entry, v.bytes));
         files.push(v.prepared);
     }
     let results = fsops::commit_batch(files);
     heads
         .into_iter()
         .zip(results)
-        .map(|((sid, path, bytes), r)| {
+        .map(|((sid, entry, bytes), r)| {
+            let path = entry.meta.path.clone();
             let done = match r {
-                Ok(()) => RecvEnd::Committed { bytes },
+                Ok(st) => RecvEnd::Committed {
+                    bytes,
+                    entry,
+                    ino: st.ino,
+                    ctime: st.ctime_ns,
+                },
                 Err(CommitError::Changed(what)) => RecvEnd::KeptLocal(format!(
                     "{path}: local copy changed during the sync ({what}); kept it"
                 )),

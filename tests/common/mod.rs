@@ -376,6 +376,10 @@ pub fn manifest(root: &Path) -> BTreeMap<String, String> {
             let e = e.expect("entry");
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            // Each node's own storage marker (never synchronized; its id differs per node).
+            if rel == ".iron-carrier.storage" {
+                continue;
+            }
             let ft = e.file_type().expect("file type");
             if ft.is_dir() {
                 out.insert(rel, "dir".to_owned());

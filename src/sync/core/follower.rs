@@ -26,15 +26,16 @@ impl Session {
         now: Instant,
         io: &mut dyn Io,
     ) -> Result<Session, SyncError> {
-        let (index, ignore) = io.scan(storage_idx)?;
+        let (local, ignore) = io.scan(storage_idx)?;
         log::info!("{storage}: joining session {sid:016x} led by {leader}");
-        let digest = proto::index_digest(&index);
         io.send(
             leader,
             SessionMsg::IndexSummary {
                 sid,
-                count: index.len() as u64,
-                digest,
+                index_id: local.index_id,
+                seq: local.seq,
+                count: local.count,
+                digest: local.digest,
                 peers,
             }
             .into(),
@@ -44,39 +45,43 @@ impl Session {
             members: members.into_iter().filter(|n| n != me).collect(),
             plan: Vec::new(),
         };
-        Ok(Session::new(
-            sid,
-            storage_idx,
-            role,
-            index,
-            digest,
-            ignore,
-            now,
-        ))
+        Ok(Session::new(sid, storage_idx, role, local, ignore, now))
     }
 
+    /// The leader asks for this node's index changes after `since`: they go out page by
+    /// page, straight from the store.
     pub(super) fn follower_send_index(
         &mut self,
+        cx: &Ctx<'_>,
         from: &NodeId,
         sid: u64,
+        since: u64,
         now: Instant,
         io: &mut dyn Io,
-    ) {
+    ) -> Option<Over> {
         if !self.joined(from, sid, now) {
-            return;
+            return None;
         }
-        let index = std::mem::take(&mut self.local_index);
-        for chunk in proto::batches(index, proto::meta_len) {
-            io.send(
-                from,
-                SessionMsg::IndexChunk {
-                    sid,
-                    entries: chunk,
-                }
-                .into(),
-            );
+        let leader = from.clone();
+        let sent = io.index_since(self.storage, since, &mut |records, send| {
+            for chunk in proto::batches(records, proto::record_len) {
+                send(
+                    &leader,
+                    SessionMsg::IndexChunk {
+                        sid,
+                        records: chunk,
+                    }
+                    .into(),
+                );
+            }
+        });
+        match sent {
+            Ok(seq) => {
+                io.send(from, SessionMsg::IndexEnd { sid, seq }.into());
+                None
+            }
+            Err(e) => Some(self.abort(&cx.storages[self.storage], e, io)),
         }
-        io.send(from, SessionMsg::IndexEnd { sid }.into());
     }
 
     pub(super) fn follower_on_plan_chunk(
@@ -117,7 +122,6 @@ impl Session {
             return violated(io, from, Violation::PlanEndedTwice);
         }
         self.phase = Phase::Ready;
-        self.local_index = Vec::new();
         let Role::Follow { plan, .. } = &mut self.role else {
             return None;
         };

@@ -1,17 +1,21 @@
-//! The leader's part of a session: start it, collect digests (and indexes only where they
-//! differ), run the streamed diff and send each participant its part of the plan, say `Go`
-//! once everyone is ready, and end the session when every part is done.
+//! The leader's part of a session: start it, collect every participant's summary, bring
+//! its copies of their indexes up to date (only the changes since its copy), run the
+//! streamed diff over its own index and those copies and send each participant its part of
+//! the plan, say `Go` once everyone is ready, and end the session when every part is done.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Instant;
 
-use super::plan::{send_plan_chunks, Planner, PLAN_FLUSH_ITEMS};
+use super::plan::Planner;
 use super::session::{violated, Over, Participant, Phase, Role, Session};
-use super::{Ctx, Io, Violation, MAX_ENTRIES};
-use crate::diff;
-use crate::model::{FileMeta, NodeId};
-use crate::proto::{self, Digest, PartStats, PlanItem, SessionMsg};
+use super::{Ctx, Io, LocalIndex, Violation, MAX_ENTRIES};
+use crate::history::Record;
+use crate::model::NodeId;
+use crate::proto::{self, PartStats, PlanItem, SessionMsg};
 use crate::run::SyncError;
+
+/// Plan items a leader gathers for one remote node before sending them.
+pub(super) const PLAN_FLUSH_ITEMS: usize = 1024;
 
 impl Session {
     /// Scans `storage` and starts session `sid` with every node in `granted`.
@@ -23,7 +27,7 @@ impl Session {
         now: Instant,
         io: &mut dyn Io,
     ) -> Result<Session, SyncError> {
-        let (index, ignore) = io.scan(storage)?;
+        let (local, ignore) = io.scan(storage)?;
         let names: Vec<&str> = granted.iter().map(NodeId::as_str).collect();
         log::info!(
             "{name}: leading session {sid:016x} with {}",
@@ -41,14 +45,12 @@ impl Session {
                 .into(),
             );
         }
-        let digest = proto::index_digest(&index);
         let participants = granted.into_iter().map(Participant::new).collect();
         Ok(Session::new(
             sid,
             storage,
             Role::Lead { participants },
-            index,
-            digest,
+            local,
             ignore,
             now,
         ))
@@ -67,8 +69,7 @@ impl Session {
         cx: &Ctx<'_>,
         from: &NodeId,
         sid: u64,
-        count: u64,
-        digest: Digest,
+        summary: LocalIndex,
         peers: Vec<NodeId>,
         now: Instant,
         io: &mut dyn Io,
@@ -76,50 +77,102 @@ impl Session {
         if !self.led(sid, now) {
             return None;
         }
-        let local_digest = self.local_digest;
         let p = self.participant(from)?;
         if p.summary.is_some() {
             return violated(io, from, Violation::TwoSummaries);
         }
-        p.summary = Some((count, digest));
+        if summary.count > MAX_ENTRIES {
+            return violated(io, from, Violation::IndexTooLarge);
+        }
+        p.summary = Some(summary);
         p.peers = peers;
-        if digest != local_digest {
-            if count > MAX_ENTRIES {
-                return violated(io, from, Violation::IndexTooLarge);
+        self.leader_collect(cx, now, io)
+    }
+
+    /// Once every summary is in: done if every index equals this node's; otherwise each
+    /// participant whose index this node's copy does not have up to its summary is asked
+    /// for what changed since that copy (all of it without a copy).
+    fn leader_collect(&mut self, cx: &Ctx<'_>, now: Instant, io: &mut dyn Io) -> Option<Over> {
+        let storage = self.storage;
+        let sid = self.sid;
+        let local_digest = self.local.digest;
+        let Role::Lead { participants } = &mut self.role else {
+            return None;
+        };
+        if participants.iter().any(|p| p.summary.is_none()) || self.phase != Phase::Collect {
+            return None;
+        }
+        if participants
+            .iter()
+            .any(|p| p.index_requested || p.index_done)
+        {
+            return self.leader_maybe_plan(cx, now, io);
+        }
+        if participants
+            .iter()
+            .all(|p| p.summary.is_some_and(|s| s.digest == local_digest))
+        {
+            let name = &cx.storages[storage];
+            log::info!("{name}: already in sync (index digests match)");
+            self.phase = Phase::Go;
+            self.local_done = true;
+            for p in participants.iter_mut() {
+                p.ready = true;
+                p.done = Some(PartStats::default());
+            }
+            return self.leader_maybe_end(cx, now, io);
+        }
+        let mut failure = None;
+        for p in participants.iter_mut() {
+            let Some(s) = p.summary else { continue };
+            let copy = io.remote_state(storage, &p.node);
+            if copy == Some((s.index_id, s.seq)) {
+                p.index_done = true;
+                continue;
+            }
+            let since = match copy {
+                Some((id, seq)) if id == s.index_id && seq <= s.seq => seq,
+                _ => 0,
+            };
+            if let Err(e) = io.remote_begin(storage, &p.node, since == 0) {
+                failure = Some(e);
+                break;
             }
             p.index_requested = true;
-            io.send(from, SessionMsg::IndexRequest { sid }.into());
+            io.send(&p.node, SessionMsg::IndexRequest { sid, since }.into());
+        }
+        if let Some(e) = failure {
+            return Some(self.abort(&cx.storages[storage], e, io));
         }
         self.leader_maybe_plan(cx, now, io)
     }
 
     pub(super) fn leader_on_index_chunk(
         &mut self,
+        cx: &Ctx<'_>,
         from: &NodeId,
         sid: u64,
-        entries: Vec<FileMeta>,
+        records: Vec<Record>,
         now: Instant,
         io: &mut dyn Io,
-    ) {
+    ) -> Option<Over> {
         if !self.led(sid, now) {
-            return;
+            return None;
         }
-        let Some(p) = self.participant(from) else {
-            return;
-        };
+        let storage = self.storage;
+        let p = self.participant(from)?;
         if !p.index_requested || p.index_done {
-            return io.disconnect(from, Violation::UnrequestedIndex);
+            return violated(io, from, Violation::UnrequestedIndex);
         }
-        if (p.index.len() + entries.len()) as u64 > MAX_ENTRIES {
-            return io.disconnect(from, Violation::IndexTooLarge);
+        p.records += records.len() as u64;
+        if p.records > MAX_ENTRIES.saturating_mul(2) {
+            return violated(io, from, Violation::IndexTooLarge);
         }
-        for e in entries {
-            // Strictly increasing paths: sorted and without duplicates, as the diff needs.
-            if p.index.last().is_some_and(|last| last.path >= e.path) {
-                return io.disconnect(from, Violation::IndexOutOfOrder);
-            }
-            p.index.push(e);
+        if let Err(e) = io.remote_apply(storage, from, &records) {
+            let name = &cx.storages[storage];
+            return Some(self.abort(name, e, io));
         }
+        None
     }
 
     pub(super) fn leader_on_index_end(
@@ -127,21 +180,30 @@ impl Session {
         cx: &Ctx<'_>,
         from: &NodeId,
         sid: u64,
+        seq: u64,
         now: Instant,
         io: &mut dyn Io,
     ) -> Option<Over> {
         if !self.led(sid, now) {
             return None;
         }
+        let storage = self.storage;
         let p = self.participant(from)?;
         if !p.index_requested || p.index_done {
             return violated(io, from, Violation::UnrequestedIndexEnd);
         }
+        let Some(summary) = p.summary else {
+            return violated(io, from, Violation::IndexMismatch);
+        };
+        if seq < summary.seq {
+            return violated(io, from, Violation::IndexMismatch);
+        }
         p.index_done = true;
+        io.remote_end(storage, from, summary.index_id, seq);
         self.leader_maybe_plan(cx, now, io)
     }
 
-    /// Once every digest (and every index asked for) is in: diff, route, distribute.
+    /// Once every index asked for is in: diff, route, distribute.
     fn leader_maybe_plan(&mut self, cx: &Ctx<'_>, now: Instant, io: &mut dyn Io) -> Option<Over> {
         let Role::Lead { participants } = &mut self.role else {
             return None;
@@ -153,16 +215,6 @@ impl Session {
             return None;
         }
         let name = &cx.storages[self.storage];
-        if participants.iter().all(|p| !p.index_requested) {
-            log::info!("{name}: already in sync (index digests match)");
-            self.phase = Phase::Go;
-            self.local_done = true;
-            for p in participants.iter_mut() {
-                p.ready = true;
-                p.done = Some(PartStats::default());
-            }
-            return self.leader_maybe_end(cx, now, io);
-        }
         let me = cx.me.clone();
         // Participants in node-id order, this node included, so the diff's tie-breaks do not
         // depend on who leads.
@@ -184,41 +236,33 @@ impl Session {
         let linked = |a: &NodeId, b: &NodeId| {
             links.contains(&(a.clone(), b.clone())) && links.contains(&(b.clone(), a.clone()))
         };
-        // The diff is streamed: each operation becomes plan items at once, and a remote
-        // node's items go out as soon as a message's worth has gathered, so the leader never
-        // holds the whole plan of its peers. Its own part is kept and registered at the end.
+        let sources: Vec<Option<NodeId>> =
+            nodes.iter().map(|(n, k)| k.map(|_| n.clone())).collect();
+        // The diff is streamed from the store: each path's decision becomes plan items at
+        // once, and a remote node's items go out as soon as a message's worth has gathered,
+        // so the leader never holds the whole plan of its peers. Its own part is kept and
+        // registered at the end.
         let sid = self.sid;
         let mut planner = Planner::new(&ids, &linked);
         let mut parts: Vec<Vec<PlanItem>> = vec![Vec::new(); nodes.len()];
+        let mut paths = 0usize;
         let mut planned = 0usize;
-        let conflicts = {
-            let indexes: Vec<&[FileMeta]> = nodes
-                .iter()
-                .map(|(_, k)| match k {
-                    Some(k) if participants[*k].index_requested => {
-                        participants[*k].index.as_slice()
-                    }
-                    _ => self.local_index.as_slice(),
-                })
-                .collect();
-            diff::diff_each(&indexes, &mut |op| {
-                planned += 1;
-                planner.add(&op, &mut parts);
-                for (pos, (node, k)) in nodes.iter().enumerate() {
-                    if k.is_some() && parts[pos].len() >= PLAN_FLUSH_ITEMS {
-                        send_plan_chunks(io, node, sid, std::mem::take(&mut parts[pos]));
-                    }
+        let result = io.diff(self.storage, &sources, &mut |here, view, send| {
+            paths += 1;
+            let before: usize = parts.iter().map(Vec::len).sum();
+            planner.add(here, view, &mut parts);
+            planned += parts.iter().map(Vec::len).sum::<usize>() - before;
+            for (pos, (node, k)) in nodes.iter().enumerate() {
+                if k.is_some() && parts[pos].len() >= PLAN_FLUSH_ITEMS {
+                    flush(send, node, sid, std::mem::take(&mut parts[pos]));
                 }
-            })
-        };
-        self.local_index = Vec::new();
-        for p in participants.iter_mut() {
-            p.index = Vec::new();
+            }
+        });
+        if let Err(e) = result {
+            return Some(self.abort(name, e, io));
         }
-        for c in &conflicts {
-            log::warn!("{name}: left {} alone: {}", c.path, c.reason);
-        }
-        log::info!("{name}: {planned} operation(s) planned");
+        planner.finish(&mut parts);
+        log::info!("{name}: {paths} path(s) compared, {planned} step(s) planned");
         self.phase = Phase::Ready;
         let mut local = Vec::new();
         for (pos, (node, k)) in nodes.iter().enumerate() {
@@ -226,7 +270,8 @@ impl Session {
             match k {
                 None => local = items,
                 Some(_) => {
-                    send_plan_chunks(io, node, sid, items);
+                    let mut send = |to: &NodeId, msg| io.send(to, msg);
+                    flush(&mut send, node, sid, items);
                     io.send(node, SessionMsg::PlanEnd { sid }.into());
                 }
             }
@@ -322,5 +367,15 @@ impl Session {
         }
         let peers = participants.iter().map(|p| p.node.clone()).collect();
         Some(self.done(cx, peers, failed, failed == 0))
+    }
+}
+
+/// Sends `items` to `node` as `PlanChunk` messages of at most `BATCH_BYTES` each.
+fn flush(send: &mut super::Send<'_>, node: &NodeId, sid: u64, items: Vec<PlanItem>) {
+    if items.is_empty() {
+        return;
+    }
+    for chunk in proto::batches(items, proto::plan_item_len) {
+        send(node, SessionMsg::PlanChunk { sid, items: chunk }.into());
     }
 }

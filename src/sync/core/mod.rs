@@ -54,6 +54,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::history::{Digest, Entry, IndexView, Record, Vv};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{FileMeta, NodeId, RelPath, Version};
 use crate::proto::{ElectionMsg, PartStats, PeerMsg, SendTo, SessionMsg};
@@ -72,9 +73,55 @@ pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// progress tells its leader, during a long session (files may move between followers for
 /// minutes without a word to or from the leader).
 pub const ALIVE_EVERY: Duration = Duration::from_secs(20);
+/// What a receiver says to a file it stopped expecting when the connection to its sender
+/// dropped (the sender may have reconnected since and send it anyway).
+pub const SENDER_LOST: &str = "no longer expected: the connection to its sender dropped";
+
 /// How long a daemon waits after a peer connects before claiming, so that peers connecting
 /// together end up in one session.
 pub const CONNECT_SETTLE: Duration = Duration::from_millis(500);
+
+/// This node's index of a storage right after a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalIndex {
+    pub index_id: u64,
+    pub seq: u64,
+    pub count: u64,
+    pub digest: Digest,
+}
+
+/// Why a plan step was not carried out here. Either way the path is left as it is and the
+/// step counts as failed (the storage is synchronized again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// The path no longer holds what the plan expected (edited meanwhile): kept.
+    Changed(String),
+    Io(String),
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Changed(what) | StepError::Io(what) => f.write_str(what),
+        }
+    }
+}
+
+/// How a planned deletion went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    Done,
+    /// A directory that still holds entries its peers never knew: kept (and made a new
+    /// version, so that its peers get it back with them).
+    Kept,
+}
+
+/// Sends a message to a participant while the diff streams (the store is borrowed then).
+pub type Send<'a> = dyn FnMut(&NodeId, PeerMsg) + 'a;
+
+/// What a leader's diff calls for each path: every participant's entry, the view for
+/// lookups, and a way to send plan chunks while the diff runs.
+pub type EachPlanned<'a> = dyn FnMut(&[Option<&Entry>], &dyn IndexView, &mut Send<'_>) + 'a;
 
 /// The side effects the core asks for. Implemented by the `sync` thread and the simulator.
 pub trait Io {
@@ -82,9 +129,74 @@ pub trait Io {
     fn send(&mut self, to: &NodeId, msg: PeerMsg);
     /// Drops a peer that broke the protocol.
     fn disconnect(&mut self, node: &NodeId, why: Violation);
-    /// Scans storage `storage` (removing leftover temporary files) with its `.ignore`.
-    fn scan(&mut self, storage: usize) -> Result<(Vec<FileMeta>, IgnoreMatcher), SyncError>;
-    fn make_dir(&mut self, storage: usize, path: &RelPath, mode: u32) -> std::io::Result<()>;
+    /// Scans storage `storage` (removing leftover temporary files) with its `.ignore`, and
+    /// records what changed in the history.
+    fn scan(&mut self, storage: usize) -> Result<(LocalIndex, IgnoreMatcher), SyncError>;
+    /// This node's index of `storage` after sequence number `since`, page by page; returns
+    /// the sequence number it leads to.
+    fn index_since(
+        &mut self,
+        storage: usize,
+        since: u64,
+        each: &mut dyn FnMut(Vec<Record>, &mut Send<'_>),
+    ) -> Result<u64, SyncError>;
+    /// How far this node's copy of `node`'s index goes: (index id, sequence number).
+    fn remote_state(&mut self, storage: usize, node: &NodeId) -> Option<(u64, u64)>;
+    /// `node` is about to send its index (`full`: all of it, replacing the copy).
+    fn remote_begin(&mut self, storage: usize, node: &NodeId, full: bool) -> Result<(), SyncError>;
+    fn remote_apply(
+        &mut self,
+        storage: usize,
+        node: &NodeId,
+        records: &[Record],
+    ) -> Result<(), SyncError>;
+    fn remote_end(&mut self, storage: usize, node: &NodeId, index_id: u64, seq: u64);
+    /// Streams the diff of this node's index and the copies of `peers`' (in `sources`
+    /// order: `None` is this node): `each` gets every path's entries, a view for lookups,
+    /// and a way to send.
+    fn diff(
+        &mut self,
+        storage: usize,
+        sources: &[Option<NodeId>],
+        each: &mut EachPlanned<'_>,
+    ) -> Result<(), SyncError>;
+    /// Creates directory `entry` (and records it).
+    fn make_dir(&mut self, storage: usize, entry: &Entry) -> Result<(), StepError>;
+    /// Deletes the path of tombstone `entry` if it still holds `expect`, and records it.
+    fn delete(
+        &mut self,
+        storage: usize,
+        entry: &Entry,
+        expect: Option<Version>,
+    ) -> Result<Deleted, StepError>;
+    /// Records `entry` for a path that holds `expect` (its content is already right).
+    fn set_version(
+        &mut self,
+        storage: usize,
+        entry: &Entry,
+        expect: Option<Version>,
+    ) -> Result<(), StepError>;
+    /// Renames `from` (holding `expect`) to `entry`'s path and records it; `gone` is the
+    /// tombstone to record at `from` (none: `from` is forgotten).
+    fn rename(
+        &mut self,
+        storage: usize,
+        from: &RelPath,
+        expect: Version,
+        entry: &Entry,
+        gone: &Entry,
+    ) -> Result<(), StepError>;
+    /// Replays a directory move (see `PlanItem::MoveDir`).
+    fn move_dir(
+        &mut self,
+        storage: usize,
+        from: &RelPath,
+        to: &RelPath,
+        by: &NodeId,
+        counter: u64,
+    ) -> Result<(), StepError>;
+    /// Writes what the steps above recorded, in one transaction.
+    fn flush_history(&mut self, storage: usize);
     /// Queues each `(meta, to)` of `storage` for sending to every node in `to` (as a delta
     /// to those with a usable old version), in order; each outcome comes back through
     /// [`Core::on_sent`]. The whole list at once: the shell keeps it as it is and starts jobs
@@ -130,6 +242,9 @@ pub enum Violation {
     TooManySignatures,
     /// The data of a transfer broke its announcement (more bytes, a bad block copy).
     Transfer(String),
+    /// A summary with no index where the leader needs one, or an index end that does not
+    /// match its summary.
+    IndexMismatch,
 }
 
 impl fmt::Display for Violation {
@@ -154,6 +269,7 @@ impl fmt::Display for Violation {
             Violation::ReusedTransferId => "reused a transfer id",
             Violation::TooManySignatures => "sent more signatures than we can keep",
             Violation::Transfer(what) => what,
+            Violation::IndexMismatch => "sent an index that does not match its summary",
         };
         f.write_str(s)
     }
@@ -196,6 +312,15 @@ pub enum Sent {
     /// Nothing is wrong; the next sync handles it (source changed, receivers declined).
     Skipped,
     Failed,
+}
+
+/// An incoming file the plan announced: what the local path must still hold, and the version
+/// to record once it is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub expect: Option<Version>,
+    pub vv: Vv,
+    pub by: NodeId,
 }
 
 /// Why an incoming file is not accepted.
@@ -572,7 +697,7 @@ impl Core {
         meta: &FileMeta,
         now: Instant,
         io: &dyn Io,
-    ) -> Result<Option<Version>, Refusal> {
+    ) -> Result<Accepted, Refusal> {
         match self.session.as_mut() {
             Some(s) if s.sid == sid => s.accept_file(from, meta, now, io),
             // Late traffic of an aborted session: harmless, say no.

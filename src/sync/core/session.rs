@@ -7,10 +7,14 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use super::{Ctx, Io, Received, Refusal, Sent, Violation, ALIVE_EVERY, SESSION_IDLE_TIMEOUT};
+use super::{
+    Accepted, Ctx, Deleted, Io, LocalIndex, Received, Refusal, Sent, StepError, Violation,
+    ALIVE_EVERY, SENDER_LOST, SESSION_IDLE_TIMEOUT,
+};
+use crate::history::{Entry, Vv};
 use crate::ignore::IgnoreMatcher;
-use crate::model::{FileMeta, NodeId, RelPath, Version};
-use crate::proto::{Digest, PartStats, PlanItem, SendTo, SessionMsg};
+use crate::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
+use crate::proto::{PartStats, PlanItem, SendTo, SessionMsg};
 use crate::run::SyncError;
 
 /// How a session ended, for [`Core`](super::Core).
@@ -47,9 +51,11 @@ pub(super) enum Phase {
 /// A participant of a session this node leads.
 pub(super) struct Participant {
     pub(super) node: NodeId,
-    pub(super) summary: Option<(u64, Digest)>,
+    /// Its index as it announced it.
+    pub(super) summary: Option<LocalIndex>,
     pub(super) peers: Vec<NodeId>,
-    pub(super) index: Vec<FileMeta>,
+    /// Records of its index received so far.
+    pub(super) records: u64,
     pub(super) index_requested: bool,
     pub(super) index_done: bool,
     pub(super) ready: bool,
@@ -62,7 +68,7 @@ impl Participant {
             node,
             summary: None,
             peers: Vec::new(),
-            index: Vec::new(),
+            records: 0,
             index_requested: false,
             index_done: false,
             ready: false,
@@ -93,6 +99,9 @@ struct Expected {
     mtime_ns: i64,
     /// What the local path must still hold for the commit.
     expect: Option<Version>,
+    /// The version it is recorded with once committed.
+    vv: Vv,
+    by: NodeId,
     started: bool,
 }
 
@@ -102,8 +111,7 @@ pub(super) struct Session {
     pub(super) role: Role,
     pub(super) phase: Phase,
     pub(super) scanned_at: Instant,
-    pub(super) local_index: Vec<FileMeta>,
-    pub(super) local_digest: Digest,
+    pub(super) local: LocalIndex,
     ignore: IgnoreMatcher,
     /// Sends held back until `Go`.
     held: Vec<(FileMeta, Vec<SendTo>)>,
@@ -112,6 +120,9 @@ pub(super) struct Session {
     /// The nodes files are expected from.
     senders: Vec<NodeId>,
     declined: HashSet<RelPath>,
+    /// Files no longer expected because their sender was lost: a sender that reconnected
+    /// and sends one anyway is told no, politely (it planned in good faith).
+    abandoned: HashSet<RelPath>,
     pub(super) stats: PartStats,
     read: u64,
     pub(super) local_done: bool,
@@ -134,8 +145,7 @@ impl Session {
         sid: u64,
         storage: usize,
         role: Role,
-        local_index: Vec<FileMeta>,
-        local_digest: Digest,
+        local: LocalIndex,
         ignore: IgnoreMatcher,
         now: Instant,
     ) -> Session {
@@ -145,14 +155,14 @@ impl Session {
             role,
             phase: Phase::Collect,
             scanned_at: now,
-            local_index,
-            local_digest,
+            local,
             ignore,
             held: Vec::new(),
             sends_left: 0,
             expected: HashMap::new(),
             senders: Vec::new(),
             declined: HashSet::new(),
+            abandoned: HashSet::new(),
             stats: PartStats::default(),
             read: 0,
             local_done: false,
@@ -258,19 +268,29 @@ impl Session {
             SessionMsg::Abort { .. } => None,
             SessionMsg::IndexSummary {
                 sid,
+                index_id,
+                seq,
                 count,
                 digest,
                 peers,
-            } => self.leader_on_summary(cx, from, sid, count, digest, peers, now, io),
-            SessionMsg::IndexRequest { sid } => {
-                self.follower_send_index(from, sid, now, io);
-                None
+            } => {
+                let summary = LocalIndex {
+                    index_id,
+                    seq,
+                    count,
+                    digest,
+                };
+                self.leader_on_summary(cx, from, sid, summary, peers, now, io)
             }
-            SessionMsg::IndexChunk { sid, entries } => {
-                self.leader_on_index_chunk(from, sid, entries, now, io);
-                None
+            SessionMsg::IndexRequest { sid, since } => {
+                self.follower_send_index(cx, from, sid, since, now, io)
             }
-            SessionMsg::IndexEnd { sid } => self.leader_on_index_end(cx, from, sid, now, io),
+            SessionMsg::IndexChunk { sid, records } => {
+                self.leader_on_index_chunk(cx, from, sid, records, now, io)
+            }
+            SessionMsg::IndexEnd { sid, seq } => {
+                self.leader_on_index_end(cx, from, sid, seq, now, io)
+            }
             SessionMsg::PlanChunk { sid, items } => {
                 self.follower_on_plan_chunk(from, sid, items, now, io);
                 None
@@ -292,64 +312,27 @@ impl Session {
         }
     }
 
-    /// Registers this node's part of a plan: directories now, receives expected, sends held
-    /// until `Go`.
+    /// Registers this node's part of a plan: what changes paths here happens now (new
+    /// directories, moves and conflict renames, new versions, then deletions, deepest
+    /// first), receives are expected, sends held until `Go`. What the steps record goes to
+    /// the history in one transaction.
     pub(super) fn register_items(&mut self, cx: &Ctx<'_>, items: Vec<PlanItem>, io: &mut dyn Io) {
         let name = &cx.storages[self.storage];
+        let mut dirs = Vec::new();
+        let mut moves = Vec::new();
+        let mut versions = Vec::new();
+        let mut deletes = Vec::new();
         for item in items {
             match item {
-                PlanItem::MakeDir { path, mode } => {
-                    if self.ignore.is_ignored(&path, true) {
-                        continue;
-                    }
-                    if let Err(e) = io.make_dir(self.storage, &path, mode) {
-                        log::warn!("{name}: cannot create directory {path}: {e}");
-                        self.stats.failed += 1;
-                    }
-                }
-                PlanItem::Receive { meta, from, expect } => {
-                    if from == *cx.me || !cx.peers.contains(&from) {
-                        // The sender is gone (or never was a peer): the file cannot come.
-                        // Counted as failed so the leader tries again.
-                        log::debug!(
-                            "{name}: {} cannot come from {from}: not connected",
-                            meta.path
-                        );
-                        self.stats.failed += 1;
-                        continue;
-                    }
-                    if self.ignore.is_ignored(&meta.path, false) {
-                        log::debug!("{name}: not accepting {}: ignored here", meta.path);
-                        self.declined.insert(meta.path);
-                        continue;
-                    }
-                    if let Some(base) = expect.filter(|_| crate::delta::wanted(meta.size, expect)) {
-                        io.queue_signature(
-                            self.storage,
-                            self.sid,
-                            meta.path.clone(),
-                            base,
-                            from.clone(),
-                        );
-                    }
-                    let from = match self.senders.iter().position(|n| *n == from) {
-                        Some(k) => k as u32,
-                        None => {
-                            self.senders.push(from);
-                            (self.senders.len() - 1) as u32
-                        }
-                    };
-                    self.expected.insert(
-                        meta.path,
-                        Expected {
-                            from,
-                            size: meta.size,
-                            mtime_ns: meta.mtime_ns,
-                            expect,
-                            started: false,
-                        },
-                    );
-                }
+                PlanItem::MakeDir { entry } => dirs.push(entry),
+                PlanItem::Rename { .. } | PlanItem::MoveDir { .. } => moves.push(item),
+                PlanItem::SetVersion { entry, expect } => versions.push((entry, expect)),
+                PlanItem::Delete { entry, expect } => deletes.push((entry, expect)),
+                PlanItem::Receive {
+                    entry,
+                    from,
+                    expect,
+                } => self.expect_file(cx, entry, from, expect, io),
                 PlanItem::Send { meta, mut to } => {
                     // Targets that went away meanwhile are left out; the leader retries.
                     let before = to.len();
@@ -364,6 +347,133 @@ impl Session {
                 }
             }
         }
+        let st = self.storage;
+        let mut failed = 0u32;
+        let fail = |failed: &mut u32, what: &str, path: &RelPath, e: StepError| {
+            match e {
+                StepError::Changed(why) => log::info!("{name}: not {what} {path}: {why}"),
+                StepError::Io(why) => log::warn!("{name}: cannot {what} {path}: {why}"),
+            }
+            *failed += 1;
+        };
+        for e in dirs {
+            if self.ignore.is_ignored(&e.meta.path, true) {
+                continue;
+            }
+            if let Err(err) = io.make_dir(st, &e) {
+                fail(&mut failed, "create", &e.meta.path, err);
+            }
+        }
+        for m in moves {
+            match m {
+                PlanItem::Rename {
+                    from,
+                    expect,
+                    entry,
+                    gone,
+                } => {
+                    if let Err(err) = io.rename(st, &from, expect, &entry, &gone) {
+                        fail(&mut failed, "rename", &from, err);
+                    }
+                }
+                PlanItem::MoveDir {
+                    from,
+                    to,
+                    by,
+                    counter,
+                } => {
+                    if let Err(err) = io.move_dir(st, &from, &to, &by, counter) {
+                        fail(&mut failed, "move", &from, err);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (e, expect) in versions {
+            if let Err(err) = io.set_version(st, &e, expect) {
+                fail(&mut failed, "update", &e.meta.path, err);
+            }
+        }
+        // Deepest first: a directory goes after what it held.
+        deletes.sort_by(|a, b| b.0.meta.path.cmp(&a.0.meta.path));
+        for (e, expect) in deletes {
+            if self
+                .ignore
+                .is_ignored(&e.meta.path, e.meta.kind == EntryKind::Dir)
+            {
+                continue;
+            }
+            match io.delete(st, &e, expect) {
+                Ok(Deleted::Done) => self.stats.deleted += 1,
+                Ok(Deleted::Kept) => {
+                    log::info!(
+                        "{name}: kept directory {}: it holds entries its peers do not know",
+                        e.meta.path
+                    );
+                    // Not a failure, but not the plan either: synchronize again.
+                    failed += 1;
+                }
+                Err(err) => fail(&mut failed, "delete", &e.meta.path, err),
+            }
+        }
+        self.stats.failed += failed;
+        io.flush_history(st);
+    }
+
+    /// Registers a file this node will receive.
+    fn expect_file(
+        &mut self,
+        cx: &Ctx<'_>,
+        entry: Entry,
+        from: NodeId,
+        expect: Option<Version>,
+        io: &mut dyn Io,
+    ) {
+        let name = &cx.storages[self.storage];
+        let meta = entry.meta;
+        if from == *cx.me || !cx.peers.contains(&from) {
+            // The sender is gone (or never was a peer): the file cannot come. Counted as
+            // failed so the leader tries again.
+            log::debug!(
+                "{name}: {} cannot come from {from}: not connected",
+                meta.path
+            );
+            self.stats.failed += 1;
+            return;
+        }
+        if self.ignore.is_ignored(&meta.path, false) {
+            log::debug!("{name}: not accepting {}: ignored here", meta.path);
+            self.declined.insert(meta.path);
+            return;
+        }
+        if let Some(base) = expect.filter(|_| crate::delta::wanted(meta.size, expect)) {
+            io.queue_signature(
+                self.storage,
+                self.sid,
+                meta.path.clone(),
+                base,
+                from.clone(),
+            );
+        }
+        let from = match self.senders.iter().position(|n| *n == from) {
+            Some(k) => k as u32,
+            None => {
+                self.senders.push(from);
+                (self.senders.len() - 1) as u32
+            }
+        };
+        self.expected.insert(
+            meta.path,
+            Expected {
+                from,
+                size: meta.size,
+                mtime_ns: meta.mtime_ns,
+                expect,
+                vv: entry.vv,
+                by: entry.by,
+                started: false,
+            },
+        );
     }
 
     /// `Go`: the sends held until now are handed to the shell.
@@ -408,7 +518,7 @@ impl Session {
         meta: &FileMeta,
         now: Instant,
         io: &dyn Io,
-    ) -> Result<Option<Version>, Refusal> {
+    ) -> Result<Accepted, Refusal> {
         // A sender starts on the leader's `Go`, which may overtake this node's own `Go` on
         // another connection: a registered plan (`Ready`) is enough to accept.
         if self.phase == Phase::Collect {
@@ -417,6 +527,9 @@ impl Session {
         self.last_activity = now;
         if self.declined.contains(&meta.path) {
             return Err(Refusal::Reject("ignored by the receiver's .ignore"));
+        }
+        if self.abandoned.contains(&meta.path) {
+            return Err(Refusal::Reject(SENDER_LOST));
         }
         let unannounced = || Refusal::Violation(Violation::Unannounced(meta.path.clone()));
         let Some(e) = self.expected.get_mut(&meta.path) else {
@@ -429,7 +542,11 @@ impl Session {
         {
             return Err(unannounced());
         }
-        let expect = e.expect;
+        let accepted = Accepted {
+            expect: e.expect,
+            vv: e.vv.clone(),
+            by: e.by.clone(),
+        };
         if let Some(free) = io.free_space(self.storage) {
             if meta.size > free {
                 self.expected.remove(&meta.path);
@@ -440,7 +557,7 @@ impl Session {
         if let Some(e) = self.expected.get_mut(&meta.path) {
             e.started = true;
         }
-        Ok(expect)
+        Ok(accepted)
     }
 
     /// A received file reached its end (committed, kept local, failed, aborted).
@@ -508,10 +625,29 @@ impl Session {
         now: Instant,
         io: &mut dyn Io,
     ) -> Option<Over> {
-        let k = self.senders.iter().position(|n| n == node)? as u32;
-        let before = self.expected.len();
-        self.expected.retain(|_, e| e.from != k);
-        let lost = before - self.expected.len();
+        // Sends not yet handed to the shell (before `Go`) leave the lost node out.
+        let mut lost = 0;
+        for (_, to) in &mut self.held {
+            let before = to.len();
+            to.retain(|t| t.node != *node);
+            lost += before - to.len();
+        }
+        let before = self.held.len();
+        self.held.retain(|(_, to)| !to.is_empty());
+        self.sends_left -= before - self.held.len();
+        if let Some(k) = self.senders.iter().position(|n| n == node) {
+            let k = k as u32;
+            let before = self.expected.len();
+            let abandoned = &mut self.abandoned;
+            self.expected.retain(|path, e| {
+                let keep = e.from != k;
+                if !keep {
+                    abandoned.insert(path.clone());
+                }
+                keep
+            });
+            lost += before - self.expected.len();
+        }
         if lost == 0 {
             return None;
         }

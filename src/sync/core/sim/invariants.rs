@@ -5,8 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use super::replica::view;
+use super::replica::{view, SimIo};
 use super::*;
+use crate::proto::PlanItem;
+use crate::sync::core::Io;
 
 /// What a finished schedule saw.
 #[derive(Default, Clone, Copy)]
@@ -28,21 +30,66 @@ pub(super) struct Figures {
     pub(super) late_runs: usize,
     /// Longest one-shot run, virtual ns.
     pub(super) run_ns: u64,
+    /// User deletions, renames and directory renames and deletions.
+    pub(super) deletes: usize,
+    pub(super) renames: usize,
+    /// Conflict copies in the final replicas; versions the oracle judged.
+    pub(super) conflict_copies: usize,
+    pub(super) checked: usize,
 }
 
 /// A message for the trace, without the bulk of indexes and plans.
 pub(super) fn describe(msg: &PeerMsg) -> String {
     match msg {
-        PeerMsg::Session(SessionMsg::IndexChunk { sid, entries }) => {
-            format!("IndexChunk {{ sid: {sid}, {} entries }}", entries.len())
+        PeerMsg::Session(SessionMsg::IndexChunk { sid, records }) => {
+            format!("IndexChunk {{ sid: {sid}, {} records }}", records.len())
         }
         PeerMsg::Session(SessionMsg::PlanChunk { sid, items }) => {
-            format!("PlanChunk {{ sid: {sid}, {} items }}", items.len())
+            let items: Vec<String> = items.iter().map(describe_item).collect();
+            format!("PlanChunk {{ sid: {sid}, [{}] }}", items.join(", "))
         }
         PeerMsg::Session(SessionMsg::IndexSummary {
             sid, count, peers, ..
         }) => format!("IndexSummary {{ sid: {sid}, count: {count}, peers: {peers:?} }}"),
         other => format!("{other:?}"),
+    }
+}
+
+/// One plan item, in a few words: what it does to which path, with which version.
+fn describe_item(item: &PlanItem) -> String {
+    let v = |e: &crate::history::Entry| {
+        format!(
+            "{}{:?}",
+            if e.deleted { "†" } else { "" },
+            e.vv.pairs()
+                .iter()
+                .map(|(n, c)| format!("{n}:{}", c % 1000))
+                .collect::<Vec<_>>()
+        )
+    };
+    match item {
+        PlanItem::Send { meta, to } => format!(
+            "send {} to {:?}",
+            meta.path,
+            to.iter().map(|t| t.node.as_str()).collect::<Vec<_>>()
+        ),
+        PlanItem::Receive { entry, from, .. } => {
+            format!("recv {} {} from {from}", entry.meta.path, v(entry))
+        }
+        PlanItem::MakeDir { entry } => format!("mkdir {} {}", entry.meta.path, v(entry)),
+        PlanItem::Delete { entry, .. } => format!("del {} {}", entry.meta.path, v(entry)),
+        PlanItem::SetVersion { entry, .. } => format!("set {} {}", entry.meta.path, v(entry)),
+        PlanItem::Rename { from, entry, .. } => {
+            format!("ren {from} -> {} {}", entry.meta.path, v(entry))
+        }
+        PlanItem::MoveDir {
+            from,
+            to,
+            by,
+            counter,
+        } => {
+            format!("movedir {from} -> {to} {by}:{}", counter % 1000)
+        }
     }
 }
 
@@ -215,7 +262,7 @@ impl Sim {
                 continue;
             };
             let l = self.idx(leader);
-            if !self.led.contains(&(l, sid)) {
+            if !self.led.contains(&(l, sid)) && !self.started.contains(&(l, sid)) {
                 self.fail(&format!(
                     "{} follows session {sid} of {leader}, which {leader} never led",
                     self.name(f)
@@ -230,10 +277,15 @@ impl Sim {
         }
     }
 
-    /// Every replica of every storage among `nodes` is identical; with `newest`, each also
-    /// holds the newest version ever written of every path and every directory ever made,
-    /// and nothing else.
-    pub(super) fn check_converged(&self, nodes: &[usize], newest: bool) {
+    /// Every replica of every storage among `nodes` is identical; with `judge`, every node
+    /// scans once more (so the oracle knows everything on disk) and the common state is
+    /// judged against what the scans recorded (see [`super::oracle`]).
+    pub(super) fn check_converged(&mut self, nodes: &[usize], judge: bool) {
+        if judge {
+            for &i in nodes {
+                self.final_scan(i);
+            }
+        }
         for storage in STORAGES {
             let holders: Vec<usize> = nodes
                 .iter()
@@ -266,41 +318,91 @@ impl Sim {
                             )
                         })
                         .collect();
+                    let first_diff = reference
+                        .keys()
+                        .chain(other.keys())
+                        .find(|p| reference.get(*p) != other.get(*p))
+                        .cloned();
+                    let known =
+                        first_diff.map_or_else(String::new, |p| self.histories(nodes, storage, &p));
                     self.fail(&format!(
-                        "{storage}: replicas differ:\n  {}",
+                        "{storage}: replicas differ:\n  {}{known}",
                         diffs.join("\n  ")
                     ));
                 }
             }
-            if !newest {
+            if !judge {
                 continue;
             }
-            for ((s, path), &(mtime, size, content)) in &self.newest {
-                if s != storage {
+            let n = &self.nodes[first];
+            let tree = n.fs[n.storage(storage).unwrap()].clone();
+            if let Err((path, e)) = self.oracle.judge(storage, &tree) {
+                let known = self.histories(nodes, storage, &path);
+                let recorded = self.oracle.recorded_at(storage, &path);
+                self.fail(&format!(
+                    "{storage}: {e}\n  recorded at {path}: {recorded:?}{known}"
+                ));
+            }
+            self.conflict_copies += tree
+                .keys()
+                .filter(|p| p.as_str().contains(".sync-conflict-"))
+                .count();
+        }
+    }
+
+    /// What every node's store says of `path`: its own entry and its copies of the others'.
+    fn histories(&self, nodes: &[usize], storage: &str, path: &RelPath) -> String {
+        let mut out = String::new();
+        for &i in nodes {
+            let n = &self.nodes[i];
+            let Some(s) = n.storage(storage) else {
+                continue;
+            };
+            let id = n.history.ids[s];
+            let e = n.history.store.local(id, path);
+            out.push_str(&format!("\n  {} has {path} as {e:?}", n.id));
+            for &j in nodes {
+                if j == i {
                     continue;
                 }
-                let want = (EntryKind::File, size, mtime, content);
-                if reference.get(path) != Some(&want) {
-                    self.fail(&format!(
-                        "{storage}: lost update: {path} is {:?}, the newest version was {want:?}",
-                        reference.get(path)
-                    ));
-                }
+                let other = self.nodes[j].id.clone();
+                let state = n.history.store.remote_state(id, &other);
+                let mut copy = None;
+                let _ = n.history.store.diff(
+                    id,
+                    &[crate::store::DiffSource::Remote(other.clone())],
+                    &mut |here, _| {
+                        if let Some(e) = here[0].filter(|e| e.meta.path == *path) {
+                            copy = Some((e.deleted, e.vv.clone()));
+                        }
+                    },
+                );
+                out.push_str(&format!(
+                    "\n    its copy of {other} (state {state:?}): {copy:?}"
+                ));
             }
-            for (s, path) in &self.dirs {
-                if s == storage && reference.get(path).map(|v| v.0) != Some(EntryKind::Dir) {
-                    self.fail(&format!("{storage}: directory {path} is missing"));
-                }
-            }
-            for (path, v) in &reference {
-                let key = (storage.to_owned(), path.clone());
-                let known = match v.0 {
-                    EntryKind::File => self.newest.contains_key(&key),
-                    EntryKind::Dir => self.dirs.contains(&key),
-                };
-                if !known {
-                    self.fail(&format!("{storage}: {path} appeared from nowhere"));
-                }
+        }
+        out
+    }
+
+    /// Node `i` scans every storage, as a session would, outside any session.
+    fn final_scan(&mut self, i: usize) {
+        let now = EPOCH_SECS + self.now / SEC;
+        let node = &mut self.nodes[i];
+        let mut out = Vec::new();
+        let mut io = SimIo {
+            fs: &mut node.fs,
+            history: &mut node.history,
+            storages: &node.storages,
+            node: node.id.as_str(),
+            rng: &mut node.rng,
+            out: &mut out,
+            oracle: &mut self.oracle,
+            now,
+        };
+        for s in 0..node.storages.len() {
+            if let Err(e) = io.scan(s) {
+                panic!("seed {}: the final scan failed: {e}", self.seed);
             }
         }
     }
@@ -335,6 +437,10 @@ impl Sim {
                 self.runs.iter().filter(|r| r.report.is_none()).count(),
             ],
             late_runs: self.late_runs,
+            deletes: self.deletes,
+            renames: self.renames,
+            conflict_copies: self.conflict_copies,
+            checked: self.oracle.checked,
             run_ns: self
                 .runs
                 .iter()

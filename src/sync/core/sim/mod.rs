@@ -33,6 +33,7 @@
 //! file and every directory that ever existed, and nothing else.
 
 mod invariants;
+mod oracle;
 mod replica;
 mod scenarios;
 
@@ -41,12 +42,15 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDequ
 use std::time::{Duration, Instant};
 
 use super::oneshot::OneShot;
-use super::{Core, Received, Refusal, Sent, StorageResult};
+use super::{Accepted, Core, Received, Refusal, Sent, StorageResult};
+use crate::history::Entry;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
 use crate::proto::{PeerMsg, SessionMsg};
 use crate::run::{DialError, RunReport};
+use crate::store::Applied;
 
 use invariants::describe;
+use oracle::Oracle;
 use replica::*;
 
 const MS: u64 = 1_000_000;
@@ -57,8 +61,11 @@ const TICK_EVERY: u64 = 200 * MS;
 /// Mtimes of edits start here, above every initial file, so an edit is always the newest
 /// version of its path.
 const EDIT_MTIME_BASE: i64 = 1 << 50;
+/// Virtual wall-clock seconds at the start of every schedule (version counters, tombstone
+/// dates, conflict copies' names): 2027-01-15.
+const EPOCH_SECS: u64 = 1_800_000_000;
 /// Lines of the event trace kept for a failure report.
-const TRACE_LEN: usize = 300;
+const TRACE_LEN: usize = 400;
 
 /// A session running longer than this is stalled: with every loss noticed within 0.5 s and
 /// every file moved within 50 ms, it waits for something that will never come, and only
@@ -147,6 +154,8 @@ struct Node {
     run: Option<Run>,
     storages: Vec<String>,
     fs: Vec<Tree>,
+    /// Its store, kept across restarts as the database file is.
+    history: History,
     /// `None` while the node is down (or stopping).
     core: Option<Core>,
     /// Bumped whenever the core is discarded, so events of a former life do nothing.
@@ -305,17 +314,23 @@ struct Sim {
     up_since: Vec<Option<u64>>,
     /// (leader, sid) of every session ever led.
     led: HashSet<(usize, u64)>,
+    /// (leader, sid) of every session whose `Start` a leader sent.
+    started: HashSet<(usize, u64)>,
     max_concurrent: usize,
-    /// The newest version ever written of every (storage, path): (mtime, size, content).
+    /// The latest version written of every (storage, path) at the start: (mtime, size,
+    /// content), for initial trees that share versions.
     newest: BTreeMap<(String, RelPath), (i64, u64, u64)>,
-    /// Every directory a user ever created.
-    dirs: BTreeSet<(String, RelPath)>,
+    /// What the scans recorded: what the final replicas are judged against.
+    oracle: Oracle,
     used_mtimes: HashSet<i64>,
     last_mtime: i64,
     chaos_until: u64,
     losses: usize,
     drops: usize,
     edits: usize,
+    deletes: usize,
+    renames: usize,
+    conflict_copies: usize,
     events: u64,
     settle_ns: u64,
     /// Received files: committed, kept local, aborted (source changed), failed, lost.
@@ -331,17 +346,22 @@ impl Sim {
         let nodes: Vec<Node> = storages
             .into_iter()
             .enumerate()
-            .map(|(i, st)| Node {
-                id: NodeId::new(&format!("n{i}")).unwrap(),
-                kind: Kind::Daemon,
-                run: None,
-                storages: st.iter().map(|s| s.to_string()).collect(),
-                fs: vec![Tree::new(); st.len()],
-                core: None,
-                inc: 0,
-                rng: Rng::new(rng.next()),
-                tick_at: None,
-                reads: HashMap::new(),
+            .map(|(i, st)| {
+                let id = NodeId::new(&format!("n{i}")).unwrap();
+                let storages: Vec<String> = st.iter().map(|s| s.to_string()).collect();
+                Node {
+                    history: History::new(&id, &storages),
+                    id,
+                    kind: Kind::Daemon,
+                    run: None,
+                    storages,
+                    fs: vec![Tree::new(); st.len()],
+                    core: None,
+                    inc: 0,
+                    rng: Rng::new(rng.next()),
+                    tick_at: None,
+                    reads: HashMap::new(),
+                }
             })
             .collect();
         let by_id = nodes
@@ -375,15 +395,19 @@ impl Sim {
             late_runs: 0,
             up_since: vec![None; n],
             led: HashSet::new(),
+            started: HashSet::new(),
             max_concurrent: 0,
             newest: BTreeMap::new(),
-            dirs: BTreeSet::new(),
+            oracle: Oracle::default(),
             used_mtimes: HashSet::new(),
             last_mtime: EDIT_MTIME_BASE,
             chaos_until: 0,
             losses: 0,
             drops: 0,
             edits: 0,
+            deletes: 0,
+            renames: 0,
+            conflict_copies: 0,
             events: 0,
             settle_ns: 0,
             outcomes: [0; 5],
@@ -473,8 +497,13 @@ impl Sim {
         let core = node.core.as_mut()?;
         let mut io = SimIo {
             fs: &mut node.fs,
+            history: &mut node.history,
+            storages: &node.storages,
+            node: node.id.as_str(),
             rng: &mut node.rng,
             out: &mut effects,
+            oracle: &mut self.oracle,
+            now: EPOCH_SECS + self.now / SEC,
         };
         // The real loop runs the one-shot policy after every event, before and after the
         // core's tick (what the policy claims is claimed at once, and a run the tick
@@ -538,6 +567,11 @@ impl Sim {
         for e in effects {
             match e {
                 Effect::Send(to, msg) => {
+                    // A session may start and abort within one event, before any check
+                    // sees it led: its `Start` is what followers know it by.
+                    if let PeerMsg::Session(SessionMsg::Start { sid, .. }) = &msg {
+                        self.started.insert((i, *sid));
+                    }
                     let j = self.idx(&to);
                     self.send(i, j, msg);
                 }
@@ -845,15 +879,15 @@ impl Sim {
                     c.accept_file(&from_id, sid, meta, now, io)
                 })
                 .expect("receiver is up");
-            let expect = match verdict {
-                Ok(expect) => expect,
+            let accepted_as = match verdict {
+                Ok(a) => a,
                 Err(Refusal::Reject(why)) => {
                     let same = self.nodes[r]
                         .core
                         .as_ref()
                         .and_then(Core::session_info)
                         .is_some_and(|(s, _, _)| s == sid);
-                    if same {
+                    if same && why != super::SENDER_LOST {
                         // Its own session, and nothing in the simulation is ignored or
                         // lacks space: the file was planned for it and will never come
                         // again, so the session can only hang.
@@ -888,41 +922,7 @@ impl Sim {
             let outcome = if !valid {
                 Received::Aborted
             } else {
-                let rs = self.nodes[r]
-                    .storage(&storage_name)
-                    .expect("a receiver has the storage");
-                let current = self.nodes[r].fs[rs].get(&t.meta.path);
-                // As `fsops` commits: only if the target is still what was indexed.
-                let unchanged = match expect {
-                    None => current.is_none(),
-                    Some(v) => current.is_some_and(|f| f.meta.version() == Some(v)),
-                };
-                if let Some(cur) = current.filter(|c| c.meta.mtime_ns > t.meta.mtime_ns) {
-                    if unchanged {
-                        let msg = format!(
-                            "{} would replace {} {}@{} by the older {}@{}",
-                            self.nodes[r].id,
-                            t.meta.path,
-                            cur.meta.size,
-                            cur.meta.mtime_ns,
-                            t.meta.size,
-                            t.meta.mtime_ns
-                        );
-                        self.fail(&msg);
-                    }
-                }
-                if !unchanged {
-                    Received::KeptLocal
-                } else {
-                    let file = SimFile {
-                        meta: t.meta.clone(),
-                        content,
-                    };
-                    match put_file(&mut self.nodes[r].fs[rs], file) {
-                        Ok(()) => Received::Committed { bytes: t.meta.size },
-                        Err(_) => Received::Failed,
-                    }
-                }
+                self.commit(r, &storage_name, &t.meta, content, &accepted_as)
             };
             match outcome {
                 Received::Committed { .. } => self.outcomes[0] += 1,
@@ -959,6 +959,69 @@ impl Sim {
         ));
         let sid = t.sid;
         self.call(from, false, |c, io, now| c.on_sent(sid, sent, now, io));
+    }
+
+    /// Commits a received version on `r` as `fsops` does — only if the path still holds
+    /// what was indexed — and records it in `r`'s store, as the shell does after the disk
+    /// has it.
+    fn commit(
+        &mut self,
+        r: usize,
+        storage: &str,
+        meta: &FileMeta,
+        content: u64,
+        accepted: &Accepted,
+    ) -> Received {
+        let rs = self.nodes[r]
+            .storage(storage)
+            .expect("a receiver has the storage");
+        let current = self.nodes[r].fs[rs].get(&meta.path);
+        let unchanged = match accepted.expect {
+            None => current.is_none(),
+            Some(v) => current.is_some_and(|f| f.meta.version() == Some(v)),
+        };
+        if !unchanged {
+            return Received::KeptLocal;
+        }
+        // What the receiver's history says is there must be older than what replaces it:
+        // anything else overwrites a version nobody decided to drop.
+        let id = self.nodes[r].history.ids[rs];
+        let known = self.nodes[r]
+            .history
+            .store
+            .local(id, &meta.path)
+            .expect("the simulated store reads");
+        if let Some(k) = known.filter(|k| k.is_live() && current.is_some()) {
+            if !accepted.vv.dominates(&k.vv) || accepted.vv == k.vv {
+                let msg = format!(
+                    "{} would replace {} {:?} by {:?}, which does not supersede it",
+                    self.nodes[r].id, meta.path, k.vv, accepted.vv
+                );
+                self.fail(&msg);
+            }
+        }
+        let file = SimFile::new(meta.clone(), content);
+        let (ino, ctime) = (file.ino, file.ctime);
+        if put_file(&mut self.nodes[r].fs[rs], file).is_err() {
+            return Received::Failed;
+        }
+        let entry = Entry {
+            meta: meta.clone(),
+            deleted: false,
+            hash: Some(hash_of(content)),
+            vv: accepted.vv.clone(),
+            by: accepted.by.clone(),
+            link: None,
+        };
+        let now = EPOCH_SECS + self.now / SEC;
+        let h = &mut self.nodes[r].history;
+        if let Err(e) = h
+            .store
+            .record(id, vec![Applied::Put { entry, ino, ctime }], now)
+        {
+            self.fail(&format!("the simulated store failed: {e}"));
+        }
+        Received::Committed { bytes: meta.size }
     }
 
     fn notify_down(&mut self, obs: usize, subj: usize) {

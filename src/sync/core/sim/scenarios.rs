@@ -21,12 +21,12 @@ impl Sim {
         if roll < 55 || (roll < 62 && down.is_empty()) {
             if !up.is_empty() {
                 let i = up[self.rng.index(up.len())];
-                self.random_edit(i);
+                self.random_user_op(i);
             }
         } else if roll < 62 {
             // Someone edits files while their daemon is off.
             let i = down[self.rng.index(down.len())];
-            self.random_edit(i);
+            self.random_user_op(i);
         } else if roll < 88 {
             if !up.is_empty() {
                 let i = up[self.rng.index(up.len())];
@@ -62,14 +62,6 @@ impl Sim {
         if next < self.chaos_until {
             self.push(next, Event::Chaos);
         }
-    }
-
-    pub(super) fn random_edit(&mut self, node: usize) {
-        let st = self.nodes[node].storages.clone();
-        let s = st[self.rng.index(st.len())].clone();
-        let universe = file_universe();
-        let p = universe[self.rng.index(universe.len())].clone();
-        self.edit(node, &s, p);
     }
 
     /// Runs every event up to virtual time `t`.
@@ -279,6 +271,10 @@ mod tests {
                 *t += r;
             }
             total.late_runs += f.late_runs;
+            total.deletes += f.deletes;
+            total.renames += f.renames;
+            total.conflict_copies += f.conflict_copies;
+            total.checked += f.checked;
             total.run_ns = total.run_ns.max(f.run_ns);
         }
         if total.runs[0] > 0 {
@@ -292,6 +288,10 @@ mod tests {
                 total.run_ns as f64 / SEC as f64
             );
         }
+        println!(
+            "sim ({what}): history: {} deletions, {} renames by users; {} conflict copies in the final replicas; {} versions judged",
+            total.deletes, total.renames, total.conflict_copies, total.checked
+        );
         println!(
             "sim ({what}): {count} schedules, {} sessions led, max {} concurrent, {} losses injected, {} connection drops, {} edits, {} events, files received {:?} (committed, kept local, source changed, failed, lost), longest settle {:.1} s, longest session {:.1} s, {:.0} s virtual, {:.1} s wall",
             total.sessions,
@@ -640,7 +640,7 @@ mod tests {
         let s2 = sim.nodes[2].storage("docs").unwrap();
         let content = sim.nodes[2].fs[s2][&x.path].content;
         // n0, the leader-to-be, already has x: only n1 lacks it.
-        sim.write(0, "docs", SimFile { meta: x, content });
+        sim.write(0, "docs", SimFile::new(x, content));
         sim.start_all();
         let first = until_transfers(&mut sim);
         assert_eq!(sim.queued[0].1, 2, "n2 (a follower) sends x");

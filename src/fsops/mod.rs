@@ -25,6 +25,10 @@
 //! (it is 0 or implied on 64-bit). `time_t` stays 32-bit on 32-bit glibc by default: mtimes
 //! outside 1901..2038 cannot be read or applied there (applying one is `InvalidInput`).
 
+mod edit;
+
+pub use edit::MARKER;
+
 use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
@@ -67,13 +71,16 @@ pub enum StatKind {
     Other,
 }
 
-/// What one `stat` saw. `mode` holds only the permission bits (`0o777`).
+/// What one `stat` saw. `mode` holds only the permission bits (`0o777`); `ino` and
+/// `ctime_ns` tell a scan whether a file may have changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
     pub kind: StatKind,
     pub size: u64,
     pub mtime_ns: i64,
     pub mode: u32,
+    pub ino: u64,
+    pub ctime_ns: i64,
 }
 
 impl Stat {
@@ -362,7 +369,7 @@ impl TempFile {
         let prepared = self.prepare(mode, mtime_ns, expect)?;
         commit_batch_with(vec![prepared], Durability::Fsync)
             .pop()
-            .unwrap_or(Ok(()))
+            .map_or(Ok(()), |r| r.map(drop))
     }
 
     /// Applies `mode & 0o777` and `mtime_ns` to the temp file.
@@ -525,7 +532,7 @@ impl Prepared {
 /// file's own errors), and after the renames every directory. A batch of fewer than
 /// [`SYNCFS_MIN_BATCH`] files (a large file, typically) is fsynced file by file without
 /// `syncfs`, which would also write other programs' dirty data. Results are in batch order.
-pub fn commit_batch(batch: Vec<Prepared>) -> Vec<Result<(), CommitError>> {
+pub fn commit_batch(batch: Vec<Prepared>) -> Vec<Result<Stat, CommitError>> {
     let how = if batch.len() < SYNCFS_MIN_BATCH {
         Durability::Fsync
     } else if syncfs_reports_errors() {
@@ -555,7 +562,7 @@ pub enum Durability {
 /// [`commit_batch`] with the way to durability chosen by the caller (public for the tests of
 /// every way).
 #[doc(hidden)]
-pub fn commit_batch_with(batch: Vec<Prepared>, how: Durability) -> Vec<Result<(), CommitError>> {
+pub fn commit_batch_with(batch: Vec<Prepared>, how: Durability) -> Vec<Result<Stat, CommitError>> {
     let use_syncfs = how != Durability::Fsync;
     let trust_syncfs = how == Durability::Syncfs;
     let synced = use_syncfs && syncfs_all(batch.iter()) && trust_syncfs;
@@ -585,7 +592,19 @@ pub fn commit_batch_with(batch: Vec<Prepared>, how: Durability) -> Vec<Result<()
             }
         }
     }
+    // What each file is now (its inode, and the ctime the rename gave it), for the
+    // history: the next scan need not read it again.
+    let mut stats: Vec<Option<Stat>> = vec![None; results.len()];
+    for (i, p) in &placed {
+        stats[*i] = stat_file(&p.temp.file).ok();
+    }
     results
+        .into_iter()
+        .zip(stats)
+        .map(|(r, st)| {
+            r.and_then(|()| st.ok_or_else(|| CommitError::Io(io::Error::other("cannot stat"))))
+        })
+        .collect()
 }
 
 /// `syncfs` once per file system of `files`, through the earliest-opened file on each.
@@ -741,6 +760,8 @@ fn stat_at(dir: &OwnedFd, name: &CString) -> io::Result<Stat> {
         size: u64::try_from(st.st_size).unwrap_or(0),
         mtime_ns: mtime_ns_from_parts(widen_i64(st.st_mtime), widen_i64(st.st_mtime_nsec)),
         mode: st.st_mode & MODE_MASK,
+        ino: widen_u64(st.st_ino),
+        ctime_ns: mtime_ns_from_parts(widen_i64(st.st_ctime), widen_i64(st.st_ctime_nsec)),
     })
 }
 
@@ -765,6 +786,8 @@ fn stat_from_metadata(meta: &std::fs::Metadata) -> Stat {
         size: meta.len(),
         mtime_ns: mtime_ns_from_parts(meta.mtime(), meta.mtime_nsec()),
         mode: meta.mode() & MODE_MASK,
+        ino: meta.ino(),
+        ctime_ns: mtime_ns_from_parts(meta.ctime(), meta.ctime_nsec()),
     }
 }
 
