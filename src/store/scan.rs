@@ -1,7 +1,8 @@
 //! Recording a scan: what is on disk now, against what the store knows, becomes local
 //! changes with new versions — a new or edited file, a deletion (also one made while the
-//! node was off), a move (same inode at a new path), a directory move (a whole subtree under
-//! a new name, recorded as one move). Files whose size, mtime, inode and ctime did not
+//! node was off), a move (same inode at a new path, or the same content at a new path where
+//! the old one is gone), a directory move (a whole subtree under a new name, recorded as one
+//! move). Files whose size, mtime, inode and ctime did not
 //! change are not read; others are hashed.
 //!
 //! A node whose store knows nothing of a storage (a first run, or a lost database) deletes
@@ -204,6 +205,35 @@ impl Store {
             moved_from[n] = Some(g);
             moved_to[g] = Some(n);
         }
+        // A new file with the content of a file that is gone (copied, then the original
+        // deleted; a move across file systems): a move too. New files are hashed anyway;
+        // only those with the size of a gone file are hashed here, the rest below.
+        let mut news_hash: Vec<Option<Digest>> = vec![None; news.len()];
+        let mut by_hash: HashMap<(Digest, u64), Vec<usize>> = HashMap::new();
+        for (g, row) in gone.iter().enumerate() {
+            if let (None, EntryKind::File, Some(h)) =
+                (moved_to[g], row.entry.meta.kind, row.entry.hash)
+            {
+                by_hash.entry((h, row.entry.meta.size)).or_default().push(g);
+            }
+        }
+        let sizes: std::collections::HashSet<u64> = by_hash.keys().map(|(_, s)| *s).collect();
+        for (n, (f, prior)) in news.iter().enumerate() {
+            if moved_from[n].is_some()
+                || f.meta.kind != EntryKind::File
+                || !sizes.contains(&f.meta.size)
+                || prior.as_ref().is_some_and(|p| p.entry.is_live())
+            {
+                continue;
+            }
+            let Ok(h) = hash(&f.meta.path) else { continue };
+            changes.hashed += f.meta.size;
+            news_hash[n] = Some(h);
+            if let Some(g) = by_hash.get_mut(&(h, f.meta.size)).and_then(Vec::pop) {
+                moved_from[n] = Some(g);
+                moved_to[g] = Some(n);
+            }
+        }
         // A directory whose every live entry moved with it to the same place under its new
         // name is one move.
         let mut prefix_moves: Vec<(RelPath, RelPath)> = Vec::new();
@@ -280,6 +310,7 @@ impl Store {
             }
             let h = match f.meta.kind {
                 EntryKind::Dir => None,
+                EntryKind::File if news_hash[n].is_some() => news_hash[n],
                 EntryKind::File => match hash(&f.meta.path) {
                     Ok(h) => {
                         changes.hashed += f.meta.size;

@@ -206,6 +206,44 @@ fn a_renamed_file_is_a_move_and_is_not_read() {
     assert_eq!(old.vv, new.vv);
 }
 
+/// Copied to a new name (new inode, new mtime), then the original deleted: the content is
+/// what tells it is a move, and only the file of a matching size is read.
+#[test]
+fn a_copy_then_delete_is_a_move_by_content() {
+    let me = n("a");
+    let mut st = Store::open_in_memory(&me).unwrap();
+    let s = st.storage("docs").unwrap();
+    let c: HashMap<String, u8> = [
+        ("old".to_owned(), 7),
+        ("new".to_owned(), 7),
+        ("other".to_owned(), 9),
+    ]
+    .into_iter()
+    .collect();
+    st.record_scan(s, &[file("old", 5, 50, 42)], 100, &mut hasher(&c))
+        .unwrap();
+    let r = st
+        .record_scan(
+            s,
+            &[file("new", 5, 60, 43), file("other", 6, 60, 44)],
+            200,
+            &mut hasher(&c),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.changes.moved, r.changes.new, r.changes.deleted),
+        (1, 1, 0),
+        "{:?}",
+        r.changes
+    );
+    assert_eq!(r.changes.hashed, 5 + 6, "each new file read once");
+    let old = st.local(s, &p("old")).unwrap().unwrap();
+    let new = st.local(s, &p("new")).unwrap().unwrap();
+    assert!(old.deleted && new.is_live());
+    assert_eq!(old.link, Some(p("new")));
+    assert_eq!(new.link, Some(p("old")));
+}
+
 fn tree(root: &str, files: usize, base_ino: u64) -> Vec<Found> {
     let mut v = vec![dir(root, base_ino)];
     for i in 0..files {
