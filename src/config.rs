@@ -555,27 +555,33 @@ impl<'a> Parser<'a> {
                 format!("{key}.path")
             };
             let raw = self.path_value(path_item, &path_key, path_str)?;
-            let meta = std::fs::metadata(&raw).map_err(|e| {
-                self.err(
-                    path_item,
-                    &path_key,
-                    format!("{}: {}", raw.display(), describe_io(&e)),
-                )
-            })?;
-            if !meta.is_dir() {
-                return Err(self.err(
-                    path_item,
-                    &path_key,
-                    format!("{} is not a directory", raw.display()),
-                ));
-            }
-            let path = std::fs::canonicalize(&raw).map_err(|e| {
-                self.err(
-                    path_item,
-                    &path_key,
-                    format!("{}: {}", raw.display(), describe_io(&e)),
-                )
-            })?;
+            // A root that does not exist (yet) is that storage's error when it is
+            // synchronized — a disk not mounted at boot must not stop the other storages —
+            // but a path that exists and is no directory is a mistake in the config.
+            let path = match std::fs::metadata(&raw) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => raw.clone(),
+                Err(e) => {
+                    return Err(self.err(
+                        path_item,
+                        &path_key,
+                        format!("{}: {}", raw.display(), describe_io(&e)),
+                    ))
+                }
+                Ok(meta) if !meta.is_dir() => {
+                    return Err(self.err(
+                        path_item,
+                        &path_key,
+                        format!("{} is not a directory", raw.display()),
+                    ));
+                }
+                Ok(_) => std::fs::canonicalize(&raw).map_err(|e| {
+                    self.err(
+                        path_item,
+                        &path_key,
+                        format!("{}: {}", raw.display(), describe_io(&e)),
+                    )
+                })?,
+            };
             for (other, _) in &out {
                 if path.starts_with(&other.path) || other.path.starts_with(&path) {
                     return Err(self.err(

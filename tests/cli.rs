@@ -83,7 +83,7 @@ fn check_config_on_a_bad_config_exits_2_naming_key_and_line() {
 fn bad_config_stops_a_run_before_anything_starts() {
     let out = run(&[
         "--config",
-        &fixture("err_missing_storage_dir.toml"),
+        &fixture("err_storage_not_a_dir.toml"),
         "--daemon",
     ]);
     assert_eq!(out.status.code(), Some(2));

@@ -124,8 +124,20 @@ impl SyncThread {
             Store::open(&config.log_path, &config.node_id).map_err(|e| e.to_string())?;
         let mut storages = Vec::new();
         for cfg in &config.storages {
-            let dir = StorageDir::open(&cfg.path)
-                .map_err(|e| format!("cannot open storage {}: {e}", cfg.name))?;
+            // A root that cannot be opened (a disk not mounted yet) is that storage's error,
+            // at every scan, not the node's: the others synchronize.
+            let dir = match StorageDir::open(&cfg.path) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    log::error!(
+                        "{}: the storage root {} cannot be opened ({e}); it is not \
+                         synchronized until it can",
+                        cfg.name,
+                        cfg.path.display()
+                    );
+                    None
+                }
+            };
             let id = store.storage(&cfg.name).map_err(|e| e.to_string())?;
             storages.push(Storage {
                 cfg: cfg.clone(),
@@ -301,7 +313,9 @@ impl SyncThread {
                 let Some(storage) = self.core.session_storage() else {
                     return;
                 };
-                let dir = &shell.storages[storage].dir;
+                let Ok(dir) = shell.storages[storage].dir() else {
+                    return;
+                };
                 let ended = shell.receiver.end(conn, xid, &hash, dir, now);
                 self.received(ended);
             }
@@ -323,7 +337,9 @@ impl SyncThread {
             return;
         };
         let shell = &mut self.shell;
-        let dir = &shell.storages[storage].dir;
+        let Ok(dir) = shell.storages[storage].dir() else {
+            return;
+        };
         match shell.receiver.chunk(conn, xid, chunk, dir) {
             ChunkOutcome::Unknown => {}
             ChunkOutcome::Written => self.core.on_progress(now),
@@ -402,14 +418,15 @@ impl SyncThread {
         };
         let shell = &mut self.shell;
         let st = &shell.storages[storage];
-        let (read, more_sigs) = shell
-            .receiver
-            .pump_signatures(&st.dir, &shell.net, SIGN_BUDGET);
+        let Ok(dir) = st.dir() else {
+            return false;
+        };
+        let (read, more_sigs) = shell.receiver.pump_signatures(dir, &shell.net, SIGN_BUDGET);
         let dest = |n: &NodeId| shell_dest(&shell.by_node, &shell.peers, n);
         let (ended, sent, more) =
             shell
                 .outbox
-                .pump(&st.cfg.name, &st.dir, &shell.net, PUMP_BUDGET, &dest);
+                .pump(&st.cfg.name, dir, &shell.net, PUMP_BUDGET, &dest);
         let now = Instant::now();
         if read + sent > 0 {
             // A long file in flight is progress even though no message arrives.

@@ -42,8 +42,19 @@ pub struct Peer {
 /// A storage: its configuration, its open root and its id in the store.
 pub struct Storage {
     pub cfg: StorageConfig,
-    pub dir: StorageDir,
+    /// The root, opened anew at every scan (a card mounted after start-up is seen, one
+    /// unmounted is not held busy between sessions); `None` while it cannot be opened.
+    pub dir: Option<StorageDir>,
     pub id: StorageId,
+}
+
+impl Storage {
+    /// The open root: a session of this storage only runs after a scan opened it.
+    pub fn dir(&self) -> std::io::Result<&StorageDir> {
+        self.dir
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the storage root is not open"))
+    }
 }
 
 /// Everything the core's side effects need.
@@ -78,6 +89,14 @@ fn step(e: CommitError) -> StepError {
         CommitError::Changed(what) => StepError::Changed(format!("changed meanwhile: {what}")),
         CommitError::Io(e) => StepError::Io(e.to_string()),
     }
+}
+
+fn io_step(e: std::io::Error) -> StepError {
+    StepError::Io(e.to_string())
+}
+
+fn no_root(e: std::io::Error) -> SyncError {
+    SyncError::Guard(e.to_string())
 }
 
 /// Sends `msg` to `node` if it is connected (a free function: it borrows only the maps).
@@ -185,14 +204,23 @@ impl Shell {
     /// The mass-deletion guard: the root must be the storage synchronized before (its
     /// marker, its file system). A storage seen for the first time gets its marker.
     fn check_root(&mut self, i: usize) -> Result<(), SyncError> {
+        let st = &mut self.storages[i];
+        st.dir = None;
+        let dir = StorageDir::open(&st.cfg.path).map_err(|e| {
+            SyncError::Guard(format!(
+                "the storage root {} cannot be opened ({e}): is its disk mounted? Nothing is \
+                 synchronized until it is back",
+                st.cfg.path.display()
+            ))
+        })?;
+        st.dir = Some(dir);
         let st = &self.storages[i];
+        let dir = st.dir().map_err(no_root)?;
         let guard = self.store.guard(st.id).map_err(history)?;
-        let marker = st
-            .dir
+        let marker = dir
             .read_marker()
             .map_err(|e| SyncError::Guard(format!("cannot read the storage marker: {e}")))?;
-        let dev = st
-            .dir
+        let dev = dir
             .root_dev()
             .map_err(|e| SyncError::Guard(format!("cannot stat the storage root: {e}")))?;
         let path = st.cfg.path.display();
@@ -217,7 +245,7 @@ impl Shell {
                     Some(id) => id,
                     None => {
                         let id = crate::store::random_id();
-                        st.dir.write_marker(id).map_err(|e| {
+                        dir.write_marker(id).map_err(|e| {
                             SyncError::Guard(format!("cannot write the storage marker: {e}"))
                         })?;
                         id
@@ -266,6 +294,8 @@ impl Io for Shell {
     }
 
     fn scan(&mut self, i: usize) -> Result<(LocalIndex, IgnoreMatcher), SyncError> {
+        // The root first: a scan of an empty mount point must never be recorded.
+        self.check_root(i)?;
         let st = &self.storages[i];
         let ignore =
             IgnoreMatcher::load(&st.cfg.path).map_err(|e| SyncError::Scan(e.to_string()))?;
@@ -277,12 +307,11 @@ impl Io for Shell {
             scanner::scan(&st.cfg.path, &opts).map_err(|e| SyncError::Scan(e.to_string()))?;
         // Called only when no session is active, so no temporary file can be in use.
         for t in &result.temp_files {
-            match st.dir.remove_internal(t) {
+            match st.dir().and_then(|d| d.remove_internal(t)) {
                 Ok(()) => log::info!("{}: removed leftover temporary file {t}", st.cfg.name),
                 Err(e) => log::warn!("{}: cannot remove leftover {t}: {e}", st.cfg.name),
             }
         }
-        self.check_root(i)?;
         let found: Vec<Found> = result
             .entries
             .into_iter()
@@ -294,7 +323,7 @@ impl Io for Shell {
             })
             .collect();
         let st = &self.storages[i];
-        let dir = &st.dir;
+        let dir = st.dir().map_err(no_root)?;
         let now = now_secs();
         let summary = self
             .store
@@ -420,8 +449,8 @@ impl Io for Shell {
 
     fn make_dir(&mut self, storage: usize, entry: &Entry) -> Result<(), StepError> {
         let st = self.storages[storage]
-            .dir
-            .make_dir(&entry.meta.path, entry.meta.mode)
+            .dir()
+            .and_then(|d| d.make_dir(&entry.meta.path, entry.meta.mode))
             .map_err(|e| StepError::Io(e.to_string()))?;
         self.queue(
             storage,
@@ -440,7 +469,7 @@ impl Io for Shell {
         entry: &Entry,
         expect: Option<Version>,
     ) -> Result<Deleted, StepError> {
-        let dir = &self.storages[storage].dir;
+        let dir = self.storages[storage].dir().map_err(io_step)?;
         let path = &entry.meta.path;
         if entry.meta.kind == EntryKind::Dir {
             let removed = dir
@@ -490,7 +519,7 @@ impl Io for Shell {
         entry: &Entry,
         expect: Option<Version>,
     ) -> Result<(), StepError> {
-        let dir = &self.storages[storage].dir;
+        let dir = self.storages[storage].dir().map_err(io_step)?;
         let found = dir
             .stat(&entry.meta.path)
             .map_err(|e| StepError::Io(e.to_string()))?;
@@ -528,7 +557,8 @@ impl Io for Shell {
         gone: &Entry,
     ) -> Result<(), StepError> {
         let st = self.storages[storage]
-            .dir
+            .dir()
+            .map_err(io_step)?
             .rename_file(from, &entry.meta.path, expect)
             .map_err(step)?;
         self.queue(
@@ -552,6 +582,7 @@ impl Io for Shell {
         counter: u64,
     ) -> Result<(), StepError> {
         let st = &self.storages[storage];
+        let dir = st.dir().map_err(io_step)?;
         let rows = self
             .store
             .local_below(st.id, from)
@@ -563,13 +594,10 @@ impl Io for Shell {
         for e in &live {
             let new = rebase(&e.meta.path, from, to);
             let r = match (e.meta.kind, e.version()) {
-                (EntryKind::Dir, _) => st
-                    .dir
+                (EntryKind::Dir, _) => dir
                     .make_dir(&new, e.meta.mode)
                     .map_err(|err| StepError::Io(err.to_string())),
-                (EntryKind::File, Some(v)) => {
-                    st.dir.rename_file(&e.meta.path, &new, v).map_err(step)
-                }
+                (EntryKind::File, Some(v)) => dir.rename_file(&e.meta.path, &new, v).map_err(step),
                 (EntryKind::File, None) => continue,
             };
             match r {
@@ -589,7 +617,7 @@ impl Io for Shell {
         dirs.sort_by(|a, b| b.meta.path.cmp(&a.meta.path));
         let mut kept_dirs = false;
         for d in dirs {
-            if !st.dir.remove_dir(&d.meta.path).unwrap_or(false) {
+            if !dir.remove_dir(&d.meta.path).unwrap_or(false) {
                 kept_dirs = true;
             }
         }
@@ -611,7 +639,7 @@ impl Io for Shell {
             let new = rebase(&e.meta.path, from, to);
             let (ino, ctime) = stats.get(&new).copied().unwrap_or((0, 0));
             let keep_old =
-                e.meta.kind == EntryKind::Dir && st.dir.stat(&e.meta.path).ok().flatten().is_some();
+                e.meta.kind == EntryKind::Dir && dir.stat(&e.meta.path).ok().flatten().is_some();
             if !keep_old {
                 records.push(Applied::Tombstone(Entry {
                     deleted: true,
@@ -678,7 +706,7 @@ impl Io for Shell {
     }
 
     fn free_space(&self, storage: usize) -> Option<u64> {
-        self.storages[storage].dir.free_space().ok()
+        self.storages[storage].dir().ok()?.free_space().ok()
     }
 
     fn random(&mut self) -> u64 {

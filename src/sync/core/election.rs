@@ -21,8 +21,12 @@ const GRANT_LEASE: Duration = Duration::from_secs(15);
 /// How long a wanted storage must stay without any connected holder before the node
 /// concludes that no peer has it.
 const ALONE_GRACE: Duration = Duration::from_secs(2);
-/// Aborted attempts at one trigger before it is given up (until the next trigger).
+/// Aborted attempts at one trigger before a daemon gives it up (until the next trigger).
 const MAX_ATTEMPTS: u32 = 8;
+/// The same for a one-shot run: someone waits for it, and its own policy claims a storage
+/// again a few times anyway (a peer refusing a storage, e.g. for a root that is not the one
+/// synchronized before, refuses it for as long as the person takes to fix it).
+pub(crate) const ONESHOT_MAX_ATTEMPTS: u32 = 2;
 
 /// What the election decided, for [`Core`](super::Core) to act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,14 +66,29 @@ struct Granted {
     expires: Instant,
 }
 
-#[derive(Default)]
 pub(crate) struct Election {
     wants: BTreeMap<usize, Want>,
     claim: Option<Claim>,
     grant: Option<Granted>,
+    max_attempts: u32,
+}
+
+impl Default for Election {
+    fn default() -> Election {
+        Election::new(MAX_ATTEMPTS)
+    }
 }
 
 impl Election {
+    pub(crate) fn new(max_attempts: u32) -> Election {
+        Election {
+            wants: BTreeMap::new(),
+            claim: None,
+            grant: None,
+            max_attempts,
+        }
+    }
+
     pub(crate) fn is_idle(&self) -> bool {
         self.wants.is_empty() && self.claim.is_none() && self.grant.is_none()
     }
@@ -354,7 +373,7 @@ impl Election {
         if failed {
             if let Some(w) = self.wants.get_mut(&storage) {
                 w.attempts += 1;
-                if w.attempts > MAX_ATTEMPTS {
+                if w.attempts > self.max_attempts {
                     self.wants.remove(&storage);
                 } else {
                     w.not_before = now + Duration::from_millis(250 << w.attempts.min(6));
@@ -379,7 +398,7 @@ impl Election {
             alone_since: None,
         });
         w.attempts += 1;
-        if w.attempts > MAX_ATTEMPTS {
+        if w.attempts > self.max_attempts {
             self.wants.remove(&storage);
             return;
         }

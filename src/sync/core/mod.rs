@@ -403,7 +403,11 @@ impl Core {
             storages,
             peers: Peers::default(),
             trigger_on_connect,
-            election: Election::default(),
+            election: if trigger_on_connect {
+                Election::default()
+            } else {
+                Election::new(election::ONESHOT_MAX_ATTEMPTS)
+            },
             session: None,
             results: BTreeMap::new(),
             records,
