@@ -72,9 +72,11 @@ esac
 if [ "$preset" = small ]; then
   n_small=1000; n_big=4; big_mib=16; delta_over_mib=32; delta_ins_mib=8
   idle_s=10; n_five=200; fan_mib=16; speed_mib=64; with_syncthing=0; n_scale=0
+  rename_mib=16; n_rescan=10000
 else
   n_small=10000; n_big=4; big_mib=256; delta_over_mib=256; delta_ins_mib=64
   idle_s=60; n_five=2000; fan_mib=100; speed_mib=1024; with_syncthing=1; n_scale=0
+  rename_mib=100; n_rescan=100000
   [ "$preset" = full ] && n_scale=100000
 fi
 latency_samples=3
@@ -585,6 +587,88 @@ ic_delta_speed() { # MiB
   rec "${ids[@]}" status=ok result="${line#delta-speed: }" no_match="${nomatch#delta-speed-nomatch: }"
 }
 
+# History (iron-carrier alone). Renames: A and B share a big file and a directory of 1,000
+# files; A renames the file, runs, renames the directory, runs: the wire of each run. A run
+# with one small new file comes first: the first index exchange after the initial sync
+# carries, once, the entries B recorded as it received the files (reported apart).
+ic_rename() { # MiB
+  local a=$run/a b=$run/b w0 w1 rf rd sf sd cu
+  mkdir -p "$a/album" "$b"
+  gen_big "$a/big.bin" "$1" 9
+  python3 -c 'import sys
+for i in range(1000):
+    open(f"{sys.argv[1]}/album/p{i:04d}.jpg", "w").write(f"photo {i}\n")' "$a"
+  ic_config a 25231 25232 "$a"
+  ic_config b 25232 25231 "$b"
+  start b "$bin" --daemon -q --config "$run/b.toml"
+  wait_listen 25232
+  run_timed a 1800 "$bin" -q --config "$run/a.toml"
+  check_same "$a" "$b"
+  echo "one more" > "$a/catch-up.txt"
+  w0=$(wire_now)
+  run_timed a 600 "$bin" -q --config "$run/a.toml"
+  w1=$(wire_now)
+  cu=$((w1 - w0))
+  mv "$a/big.bin" "$a/big-renamed.bin"
+  w0=$(wire_now)
+  run_timed a 600 "$bin" -q --config "$run/a.toml"
+  w1=$(wire_now)
+  check_same "$a" "$b"
+  rf=$((w1 - w0))
+  sf=$(awk '/^network:/ { print $3 + $6 }' "$run/a.log")
+  mv "$a/album" "$a/album-2026"
+  w0=$(wire_now)
+  run_timed a 600 "$bin" -q --config "$run/a.toml"
+  w1=$(wire_now)
+  check_same "$a" "$b"
+  rd=$((w1 - w0))
+  sd=$(awk '/^network:/ { print $3 + $6 }' "$run/a.log")
+  stop b
+  rec "${ids[@]}" status=ok file_bytes=$(($1 * 1048576)) dir_files=1000 \
+    rename_file_wire_bytes="$rf" rename_dir_wire_bytes="$rd" rename_file_ic_bytes="${sf:-0}" \
+    rename_dir_ic_bytes="${sd:-0}" catch_up_wire_bytes="$cu" b_rss_kib="$(rss b)"
+}
+
+# Re-scan: A holds N tiny files, B none. A's first run hashes and sends them all; its second
+# (nothing changed) must read no file. Scan times and bytes read from A's log (-v), its
+# database's size, and the database transactions of each run.
+ic_rescan() { # files
+  local a=$run/a b=$run/b first_wall first_rss db
+  mkdir -p "$a" "$b"
+  python3 - "$a" "$1" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i % 100:02d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:06d}.txt"), "w") as f:
+        f.write(f"file {i}\n")
+PY
+  ic_config a 25231 25232 "$a"
+  ic_config b 25232 25231 "$b"
+  start b "$bin" --daemon -q --config "$run/b.toml"
+  wait_listen 25232
+  run_timed a 3600 "$bin" -v --config "$run/a.toml"
+  first_wall=$wall
+  first_rss=$(rss a)
+  mv "$run/a.log" "$run/a1.log"
+  check_same "$a" "$b"
+  run_timed a 3600 "$bin" -v --config "$run/a.toml"
+  stop b
+  scan_s() { grep -m1 'scanned .* entries' "$1" | sed -n 's/.* in \([0-9.]*\) s$/\1/p'; }
+  read_b() { grep -m1 ' bytes read$' "$1" | sed -n 's/.*, \([0-9]*\) bytes read$/\1/p'; }
+  tx() { grep 'database transactions' "$1" | tail -1 | sed -n 's/.*; \([0-9]*\) database transactions.*/\1/p'; }
+  sessions() { grep -c 'session done' "$1" || true; }
+  db=$(($(stat -c %s "$run/a.db") + $(stat -c %s "$run/a.db-wal" 2> /dev/null || echo 0)))
+  rec "${ids[@]}" status=ok files="$1" first_scan_s="$(scan_s "$run/a1.log")" \
+    rescan_s="$(scan_s "$run/a.log")" first_read_bytes="$(read_b "$run/a1.log")" \
+    rescan_read_bytes="$(read_b "$run/a.log")" db_bytes="$db" \
+    db_bytes_per_10k=$((db * 10000 / $1)) first_transactions="$(tx "$run/a1.log")" \
+    rescan_transactions="$(tx "$run/a.log")" first_sessions="$(sessions "$run/a1.log")" \
+    rescan_sessions="$(sessions "$run/a.log")" first_wall_s="$first_wall" rescan_wall_s="$wall" \
+    a_rss_first_kib="$first_rss" a_rss_rescan_kib="$(rss a)" b_rss_kib="$(rss b)"
+}
+
 # --- rsync ---------------------------------------------------------------------------------
 
 # rsync daemon (the receiver) on 127.0.0.1:8730 with one writable module on $1.
@@ -851,6 +935,8 @@ fi
 measure_ic five-nodes - ic_mesh "$data/five"
 rm -rf "$data/small" "$data/big" "$data/scale"
 measure_ic fan-out - ic_fanout "$fan_mib"
+measure_ic rename - ic_rename "$rename_mib"
+measure_ic rescan - ic_rescan "$n_rescan"
 measure delta-speed iron-carrier - ic_delta_speed "$speed_mib"
 
 # Binary size: the binary passed in (stripped copy), and an armv7 build in target/dist/.
@@ -885,7 +971,7 @@ py record "$root/meta.json" preset="$preset" cores="$(nproc)" machine="$(uname -
   date="$date_start" load_start="$load_start" \
   load_end="$(cut -d' ' -f1-3 /proc/loadavg)" duration_s=$(($(date +%s) - started)) \
   versions="$versions" binary="$bin_src" "${baseline_meta[@]}" \
-  params:="{\"n_small\":$n_small,\"n_big\":$n_big,\"big_mib\":$big_mib,\"delta_over_mib\":$delta_over_mib,\"delta_ins_mib\":$delta_ins_mib,\"idle_s\":$idle_s,\"n_five\":$n_five,\"fan_mib\":$fan_mib,\"speed_mib\":$speed_mib,\"n_scale\":$n_scale,\"syncthing\":$with_syncthing}"
+  params:="{\"n_small\":$n_small,\"n_big\":$n_big,\"big_mib\":$big_mib,\"delta_over_mib\":$delta_over_mib,\"delta_ins_mib\":$delta_ins_mib,\"idle_s\":$idle_s,\"n_five\":$n_five,\"fan_mib\":$fan_mib,\"speed_mib\":$speed_mib,\"n_scale\":$n_scale,\"rename_mib\":$rename_mib,\"n_rescan\":$n_rescan,\"syncthing\":$with_syncthing}"
 echo
 py render "$rows" "$root/meta.json" "$outdir/results.json" --table "$outdir/results.txt"
 log "results in $outdir/results.json and $outdir/results.txt"

@@ -209,7 +209,9 @@ impl Store {
             )
             .map_err(|e| sql(&self.path, e))?;
         }
-        tx.commit().map_err(|e| sql(&self.path, e))
+        tx.commit().map_err(|e| sql(&self.path, e))?;
+        self.transactions += 1;
+        Ok(())
     }
 
     /// Applies records `node` sent to this node's copy of its index, in one transaction.
@@ -300,7 +302,9 @@ impl Store {
                 .map_err(|e| sql(&self.path, e))?;
             }
         }
-        tx.commit().map_err(|e| sql(&self.path, e))
+        tx.commit().map_err(|e| sql(&self.path, e))?;
+        self.transactions += 1;
+        Ok(())
     }
 
     fn remote_below(
@@ -343,6 +347,7 @@ impl Store {
                 params![storage, id, index_id as i64, seq as i64],
             )
             .map_err(|e| self.sql_err(e))?;
+        self.transactions += 1;
         Ok(())
     }
 
@@ -358,6 +363,7 @@ impl Store {
                 params![storage, id],
             )
             .map_err(|e| self.sql_err(e))?;
+        self.transactions += 1;
         Ok(())
     }
 
@@ -571,7 +577,9 @@ impl Store {
             )
             .map_err(|e| sql(&self.path, e))?;
         }
-        tx.commit().map_err(|e| sql(&self.path, e))
+        tx.commit().map_err(|e| sql(&self.path, e))?;
+        self.transactions += 1;
+        Ok(())
     }
 
     /// This node's entry at `path`, if it has one.
@@ -653,6 +661,7 @@ impl Store {
             )
             .map_err(|e| self.sql_err(e))?;
         if n > 0 {
+            self.transactions += 1;
             self.trim();
         }
         Ok(n)

@@ -97,6 +97,8 @@ pub struct Store {
     /// Node ids and their row ids, both ways.
     ids: HashMap<NodeId, i64>,
     names: HashMap<i64, NodeId>,
+    /// Write transactions committed since opening (flash wears with each: reported).
+    transactions: u64,
 }
 
 impl Store {
@@ -141,6 +143,7 @@ impl Store {
             me: me.clone(),
             ids: HashMap::new(),
             names: HashMap::new(),
+            transactions: 0,
         };
         store.check_and_lock(file)?;
         store.migrate()?;
@@ -149,6 +152,11 @@ impl Store {
     }
 
     /// This node's id.
+    /// Write transactions committed since the store was opened.
+    pub fn transactions(&self) -> u64 {
+        self.transactions
+    }
+
     pub fn me(&self) -> &NodeId {
         &self.me
     }

@@ -564,6 +564,7 @@ impl Store {
             .map_err(|e| sql(&self.path, e))?;
         }
         tx.commit().map_err(|e| sql(&self.path, e))?;
+        self.transactions += 1;
         Ok(())
     }
 

@@ -480,7 +480,11 @@ impl SyncThread {
         let current = self.core.session_info().map(|(sid, _, _)| sid);
         if self.last_session.is_some() && current != self.last_session {
             let (sent, received) = self.shell.net.traffic.get();
-            log::info!("network so far: sent {sent} bytes, received {received} bytes");
+            log::info!(
+                "network so far: sent {sent} bytes, received {received} bytes; {} database \
+                 transactions",
+                self.shell.store.transactions()
+            );
             if current.is_none() {
                 self.shell.release_idle_memory();
             }

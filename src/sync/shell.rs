@@ -294,6 +294,7 @@ impl Io for Shell {
     }
 
     fn scan(&mut self, i: usize) -> Result<(LocalIndex, IgnoreMatcher), SyncError> {
+        let started = std::time::Instant::now();
         // The root first: a scan of an empty mount point must never be recorded.
         self.check_root(i)?;
         let st = &self.storages[i];
@@ -343,10 +344,11 @@ impl Io for Shell {
             );
         }
         log::debug!(
-            "{}: scanned {} entries ({} skipped)",
+            "{}: scanned {} entries ({} skipped) in {:.3} s",
             st.cfg.name,
             found.len(),
-            result.skipped
+            result.skipped,
+            started.elapsed().as_secs_f64()
         );
         match self
             .store

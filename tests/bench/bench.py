@@ -757,6 +757,38 @@ def cmd_render(a):
                 f"{r['wall_s']:.2f} s")
         else:
             out(f"  {status_cell(r)}")
+    for r in by.get("rename", []):
+        out()
+        out("history: renames after a first sync (A one-shot, B daemon)")
+        if r.get("status") == "ok":
+            out(f"  a {r['file_bytes'] // MIB} MiB file renamed: wire {r['rename_file_wire_bytes']:,} "
+                f"bytes ({r['rename_file_ic_bytes']:,} by A's count)")
+            out(f"  a directory of {r['dir_files']:,} files renamed: wire "
+                f"{r['rename_dir_wire_bytes']:,} bytes ({r['rename_dir_ic_bytes']:,} by A's count)")
+            if "catch_up_wire_bytes" in r:
+                out(f"  (before them, a run with one small new file: wire "
+                    f"{r['catch_up_wire_bytes']:,} bytes — the first index exchange after the "
+                    f"initial sync carries, once, the entries B recorded as it received the "
+                    f"{r['dir_files'] + 1:,} files)")
+        else:
+            out(f"  {status_cell(r)}")
+    for r in by.get("rescan", []):
+        out()
+        out("history: scans and the database (A one-shot, B daemon)")
+        if r.get("status") == "ok":
+            out(f"  first scan of {r['files']:,} new files: {r['first_scan_s']} s, "
+                f"{r['first_read_bytes']:,} bytes read; run {r['first_wall_s']} s, "
+                f"{r['first_sessions']} session(s), {r['first_transactions']} database "
+                f"transactions, A peak RSS {r['a_rss_first_kib']:,} KiB")
+            read = r.get("rescan_read_bytes")
+            out(f"  re-scan, nothing changed: {r['rescan_s']} s, "
+                f"{read if read not in (None, '') else 0} bytes read; run {r['rescan_wall_s']} s, "
+                f"{r['rescan_sessions']} session(s), {r['rescan_transactions']} database "
+                f"transactions, A peak RSS {r['a_rss_rescan_kib']:,} KiB")
+            out(f"  database: {r['db_bytes']:,} bytes for {r['files']:,} files "
+                f"({r['db_bytes_per_10k']:,} bytes per 10,000 files)")
+        else:
+            out(f"  {status_cell(r)}")
     for r in by.get("delta-speed", []):
         out()
         out("delta throughput (in-process, release build)")
@@ -828,6 +860,29 @@ def cmd_render(a):
         target("peak RSS ≤ 8 MiB per node in every scenario",
                f"worst {worst[1]:,} KiB ({worst[1] / 1024:.1f} MiB) in {worst[0]}", "≤ 8 MiB",
                worst[1] <= 8192)
+    r = ic("rename")
+    for key, what in (("rename_file_wire_bytes", "a big file"),
+                      ("rename_dir_wire_bytes", "a 1,000-file directory")):
+        name = f"rename of {what}: wire < 64 KiB"
+        if ok(r):
+            target(name, f"{r[key]:,} bytes", "< 65,536 bytes", r[key] < 65536)
+        else:
+            target(name, "not measured", "< 65,536 bytes", None)
+    r = ic("rescan")
+    if ok(r):
+        read = r.get("rescan_read_bytes") or 0
+        target("re-scan of unchanged files reads no file", f"{read} bytes read in "
+               f"{r['rescan_s']} s (first scan {r['first_scan_s']} s)", "0 bytes", read == 0)
+    else:
+        target("re-scan of unchanged files reads no file", "not measured", "0 bytes", None)
+    r = ic("scale")
+    if ok(r) and isinstance(r.get("rss_kib"), list):
+        worst = max(r["rss_kib"])
+        target("100,000 files over 5 nodes: peak RSS ≤ 32 MiB per node",
+               f"worst {worst:,} KiB ({worst / 1024:.1f} MiB)", "≤ 32 MiB", worst <= 32768)
+    else:
+        target("100,000 files over 5 nodes: peak RSS ≤ 32 MiB per node",
+               "not measured (--full only)", "≤ 32 MiB", None)
     r = ic("idle")
     if ok(r):
         cpu = max(r["a_cpu_pct"], r["b_cpu_pct"])
