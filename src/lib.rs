@@ -9,7 +9,6 @@ pub mod config;
 pub mod cron;
 pub mod daemon;
 pub mod delta;
-pub mod diff;
 pub mod fsops;
 pub mod history;
 pub mod ignore;

@@ -1,8 +1,8 @@
 //! The layering rules of `src/`, checked from the source text (in the spirit of
 //! `module_docs.rs`): thread modules never import each other except through a thread's
 //! `handle`; modules below the threads import no thread, nor the wiring above them; the
-//! top-level modules import each other without a circle; and the sans-I/O core of `sync`
-//! touches no file, socket, thread or clock. Each failure names the file and the import.
+//! top-level modules import each other without a circle; the history rules are pure; and
+//! the sans-I/O core of `sync` touches no file, socket, thread or clock. Each failure names the file and the import.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -255,8 +255,9 @@ fn top_level_modules_import_each_other_without_a_circle() {
 fn the_sync_core_does_no_io_and_reads_no_clock() {
     // The simulator (core/sim) is test code: it reads a clock for its epoch and its wall
     // time summary, never for the core.
-    const FORBIDDEN: [&str; 10] = [
+    const FORBIDDEN: [&str; 11] = [
         "crate::fsops",
+        "crate::store",
         "crate::scanner",
         "crate::net",
         "crate::mem",
@@ -288,6 +289,35 @@ fn the_sync_core_does_no_io_and_reads_no_clock() {
         "the core must stay sans-I/O:\n  {}",
         bad.join("\n  ")
     );
+}
+
+/// The history rules decide from entries alone: they import nothing but the model, and
+/// touch no file, socket, thread or clock (the store, below them, is what remembers).
+#[test]
+fn history_is_pure() {
+    const FORBIDDEN: [&str; 7] = [
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "Instant::now",
+        "SystemTime::now",
+        "rusqlite",
+        "std::io",
+    ];
+    let mut bad = Vec::new();
+    for s in sources().into_iter().filter(|s| s.top == "history") {
+        for path in crate_paths(&s.code) {
+            if !matches!(path.first().map(String::as_str), Some("history" | "model")) {
+                bad.push(format!("{}: crate::{}", s.rel, path.join("::")));
+            }
+        }
+        for f in FORBIDDEN {
+            if s.code.contains(f) {
+                bad.push(format!("{}: {f}", s.rel));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "history must stay pure:\n  {}", bad.join("\n  "));
 }
 
 #[test]
