@@ -33,7 +33,7 @@ fn sync_change(tag: &str, size: u64, change: impl FnOnce(&Path)) -> u64 {
     let first = oneshot(&a_cfg);
     assert_eq!(first.status.code(), Some(0), "{}", show(&first));
     assert!(
-        wire_total(&String::from_utf8_lossy(&first.stdout)) < MIB,
+        wire_total(&first) < MIB,
         "the same file on both sides moved: {}",
         show(&first)
     );
@@ -54,22 +54,9 @@ fn sync_change(tag: &str, size: u64, change: impl FnOnce(&Path)) -> u64 {
             .any(|k| k.contains(".iron-carrier.") || k.contains(".sync-conflict-")),
         "temp or conflict copy left behind"
     );
-    let wire = wire_total(&String::from_utf8_lossy(&out.stdout));
+    let wire = wire_total(&out);
     eprintln!("{tag}: {wire} bytes on the wire");
     wire
-}
-
-/// Sent + received bytes from the one-shot summary's "network:" line.
-fn wire_total(stdout: &str) -> u64 {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("network: "))
-        .unwrap_or_else(|| panic!("no network line in {stdout}"));
-    let nums: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    nums[0] + nums[1]
 }
 
 fn overwrite(p: &Path, at: u64, len: usize, seed: u8) {
@@ -226,7 +213,7 @@ fn each_receiver_gets_its_own_delta_in_a_three_node_session() {
     );
     assert_eq!(file_digest(&dir.join("b/f.img")), want);
     assert_eq!(file_digest(&dir.join("c/f.img")), want);
-    let wire = wire_total(&String::from_utf8_lossy(&out.stdout));
+    let wire = wire_total(&out);
     // Two receivers, each needing the changed region: far less than 2 × 8 MiB.
     assert!(wire < 2 * MIB, "{wire} bytes on the wire");
 }

@@ -109,20 +109,6 @@ fn all_logs(logs: &[&Daemon]) -> String {
         .join("\n---\n")
 }
 
-/// Sent + received bytes from a one-shot summary's "network:" line.
-fn wire(out: &Output) -> u64 {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("network: "))
-        .unwrap_or_else(|| panic!("no network line in {stdout}"));
-    let nums: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    nums[0] + nums[1]
-}
-
 fn names(root: &Path) -> Vec<String> {
     manifest(root).into_keys().collect()
 }
@@ -176,7 +162,7 @@ fn deletions_renames_and_directory_changes_reach_the_other_node_and_stay() {
             .ino(),
         ino_before
     );
-    let bytes = wire(&out);
+    let bytes = wire_total(&out);
     assert!(bytes < 64 * 1024, "{bytes} bytes on the wire for renames");
 
     // Nothing comes back, from either side.

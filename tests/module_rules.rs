@@ -317,7 +317,11 @@ fn history_is_pure() {
             }
         }
     }
-    assert!(bad.is_empty(), "history must stay pure:\n  {}", bad.join("\n  "));
+    assert!(
+        bad.is_empty(),
+        "history must stay pure:\n  {}",
+        bad.join("\n  ")
+    );
 }
 
 #[test]

@@ -461,3 +461,19 @@ pub fn write_random(p: &Path, len: u64, seed: u64) {
     }
     f.flush().expect("flush");
 }
+
+/// Sent + received bytes from a one-shot run's summary ("network: sent N bytes, received M
+/// bytes").
+#[allow(dead_code)] // not every test crate counts bytes
+pub fn wire_total(out: &Output) -> u64 {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("network: "))
+        .unwrap_or_else(|| panic!("no network line in {stdout}"));
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    nums[0] + nums[1]
+}
