@@ -417,6 +417,16 @@ ic_pair() { # source-dir|delta-dir kind(oneway|delta)
   ic_config b 25232 25231 "$b"
   start b "$bin" --daemon -q --config "$run/b.toml"
   wait_listen 25232
+  if [ "$2" = delta ]; then
+    # A delta is an edit of a file both nodes already share: with no history, two
+    # different files at one path are concurrent versions (a conflict, both kept). So a
+    # first, unmeasured run shares the old version, then A's copy is overwritten in place.
+    mv "$a/disk.img" "$run/a-new.img"
+    cp --preserve=timestamps "$b/disk.img" "$a/disk.img"
+    run_timed a 1800 "$bin" -q --config "$run/a.toml"
+    cp --preserve=timestamps "$run/a-new.img" "$a/disk.img"
+    rm "$run/a-new.img"
+  fi
   ip netns exec "$ns" stdbuf -oL ss -E -tinH > "$run/ss.events" 2>&1 &
   local ss_pid=$!
   sleep 0.2

@@ -33,6 +33,9 @@ pub const OUT_LOW: usize = 256 * 1024;
 pub const IN_HIGH: usize = 2 * 1024 * 1024;
 /// ...and resumes below this.
 pub const IN_LOW: usize = 512 * 1024;
+/// Messages from this size on are handed to `net` encoded (see [`NetHandle::send_msg`]);
+/// smaller ones, coalesced by `net`, as they are.
+const ENCODED_FROM: usize = 4096;
 
 /// Commands from `sync` to `net`.
 #[derive(Debug)]
@@ -156,10 +159,20 @@ impl NetHandle {
     }
 
     /// Queues `msg` for `conn`, accounting its size in the connection's outbound gauge.
+    /// A big message (a chunk of a plan or an index) travels as its encoded frame: a
+    /// leader queues every peer's plan faster than `net` writes it, and the frame is a
+    /// fraction of the decoded items' memory (100,000 files: a few MiB, not tens).
     pub fn send_msg(&self, conn: ConnId, outbound: &AtomicUsize, msg: impl Into<Message>) {
         let msg = msg.into();
-        outbound.fetch_add(crate::proto::frame_len(&msg), Ordering::AcqRel);
-        self.send(NetCmd::Send { conn, msg });
+        let mut frame = Vec::new();
+        crate::proto::encode_frame(&msg, &mut frame);
+        if frame.len() >= ENCODED_FROM {
+            frame.shrink_to_fit();
+            self.send_frame(conn, outbound, Arc::new(frame));
+        } else {
+            outbound.fetch_add(frame.len(), Ordering::AcqRel);
+            self.send(NetCmd::Send { conn, msg });
+        }
     }
 
     /// Queues an encoded frame for `conn`, accounting its size in the outbound gauge.

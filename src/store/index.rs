@@ -10,8 +10,9 @@ use super::{kind_code, random_u63, RawEntry, StorageId, Store, StoreError};
 use crate::history::{rebase, EachPath, Entry, IndexView, Record};
 use crate::model::{NodeId, RelPath};
 
-/// Rows read per page and per source while diffing.
-const PAGE: i64 = 1024;
+/// Rows read per page and per source while diffing: a page per source is held, so the
+/// diff's memory is this times the participants, whatever the storage's size.
+const PAGE: i64 = 256;
 
 /// One of this node's rows as stored: the entry, its sequence number, its stat key.
 struct Stored {

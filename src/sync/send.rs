@@ -22,7 +22,7 @@ use crate::model::{FileMeta, NodeId, RelPath};
 use crate::net::handle::{ConnId, NetHandle, OUT_HIGH};
 use crate::proto::{self, Digest, SendTo, TransferMsg, CHUNK_SIZE};
 
-use super::core::Sent;
+use super::core::{IntoSends, Sends, Sent};
 
 /// Where a file goes: a connection and its outbound gauge.
 #[derive(Clone)]
@@ -526,7 +526,7 @@ fn finish(a: &mut Active, net: &NetHandle) -> Result<Step, SendError> {
 /// files at once cost the sending node more than a megabyte for nothing.
 struct PendingSends {
     sid: u64,
-    sends: std::vec::IntoIter<(FileMeta, Vec<SendTo>)>,
+    sends: IntoSends,
 }
 
 /// The jobs one core send was split into (one whole-file stream, one job per delta).
@@ -561,7 +561,7 @@ impl Outbox {
     }
 
     /// The core's sends of session `sid`, released at `Go`.
-    pub fn queue(&mut self, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
+    pub fn queue(&mut self, sid: u64, sends: Sends) {
         self.pending.push_back(PendingSends {
             sid,
             sends: sends.into_iter(),

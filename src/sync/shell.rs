@@ -19,12 +19,12 @@ use crate::history::{rebase, Digest, Entry, Record};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
 use crate::net::handle::{ConnId, NetCmd, NetHandle};
-use crate::proto::{LinkMsg, Message, PeerMsg, SendTo};
+use crate::proto::{LinkMsg, Message, PeerMsg};
 use crate::run::SyncError;
 use crate::scanner::{self, ScanOptions};
 use crate::store::{Applied, DiffSource, Found, StorageId, Store, StoreError};
 
-use super::core::{Deleted, EachPlanned, Io, LocalIndex, Send, StepError, Violation};
+use super::core::{Deleted, EachPlanned, Io, LocalIndex, Send, Sends, StepError, Violation};
 use super::receive::Receiver;
 use super::send::{Dest, Outbox};
 
@@ -685,7 +685,7 @@ impl Io for Shell {
         }
     }
 
-    fn queue_sends(&mut self, _storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
+    fn queue_sends(&mut self, _storage: usize, sid: u64, sends: Sends) {
         self.outbox.queue(sid, sends);
     }
 

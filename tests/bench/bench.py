@@ -759,7 +759,7 @@ def cmd_render(a):
             out(f"  {status_cell(r)}")
     for r in by.get("rename", []):
         out()
-        out("history: renames after a first sync (A one-shot, B daemon)")
+        out(f"history: renames after a first sync (A one-shot, B daemon): {label(r)}")
         if r.get("status") == "ok":
             out(f"  a {r['file_bytes'] // MIB} MiB file renamed: wire {r['rename_file_wire_bytes']:,} "
                 f"bytes ({r['rename_file_ic_bytes']:,} by A's count)")
@@ -774,8 +774,10 @@ def cmd_render(a):
             out(f"  {status_cell(r)}")
     for r in by.get("rescan", []):
         out()
-        out("history: scans and the database (A one-shot, B daemon)")
-        if r.get("status") == "ok":
+        out(f"history: scans and the database (A one-shot, B daemon): {label(r)}")
+        if r.get("status") == "ok" and r.get("first_scan_s") in (None, ""):
+            out(f"  {label(r)}: its log reports no scan times (a build before the history)")
+        elif r.get("status") == "ok":
             out(f"  first scan of {r['files']:,} new files: {r['first_scan_s']} s, "
                 f"{r['first_read_bytes']:,} bytes read; run {r['first_wall_s']} s, "
                 f"{r['first_sessions']} session(s), {r['first_transactions']} database "

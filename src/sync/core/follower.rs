@@ -1,10 +1,9 @@
 //! A follower's part of a session: join it (scan, send the digest and whom this node sees),
-//! send the index when asked, take the plan in chunks, check and register it, start sending
+//! send the index when asked, take the plan chunk by chunk and register it, start sending
 //! on `Go`, and finish on `SessionEnd`.
 
 use std::time::Instant;
 
-use super::plan::check_plan;
 use super::session::{violated, Over, Phase, Role, Session};
 use super::{Ctx, Io, Violation, MAX_ENTRIES};
 use crate::model::NodeId;
@@ -43,7 +42,6 @@ impl Session {
         let role = Role::Follow {
             leader: leader.clone(),
             members: members.into_iter().filter(|n| n != me).collect(),
-            plan: Vec::new(),
         };
         Ok(Session::new(sid, storage_idx, role, local, ignore, now))
     }
@@ -84,8 +82,11 @@ impl Session {
         }
     }
 
+    /// A chunk of this node's part of the plan: registered as it comes (see
+    /// [`Session::take_items`]).
     pub(super) fn follower_on_plan_chunk(
         &mut self,
+        cx: &Ctx<'_>,
         from: &NodeId,
         sid: u64,
         items: Vec<PlanItem>,
@@ -98,13 +99,13 @@ impl Session {
         if self.phase != Phase::Collect {
             return io.disconnect(from, Violation::PlanAfterEnd);
         }
-        let Role::Follow { plan, .. } = &mut self.role else {
-            return;
-        };
-        if (plan.len() + items.len()) as u64 > MAX_ENTRIES {
+        self.planned += items.len() as u64;
+        if self.planned > MAX_ENTRIES {
             return io.disconnect(from, Violation::PlanTooLarge);
         }
-        plan.extend(items);
+        if let Err(v) = self.take_items(cx, items) {
+            io.disconnect(from, v);
+        }
     }
 
     pub(super) fn follower_on_plan_end(
@@ -122,14 +123,9 @@ impl Session {
             return violated(io, from, Violation::PlanEndedTwice);
         }
         self.phase = Phase::Ready;
-        let Role::Follow { plan, .. } = &mut self.role else {
-            return None;
-        };
-        let items = std::mem::take(plan);
-        if let Err(v) = check_plan(&items) {
+        if let Err(v) = self.register_steps(cx, io) {
             return violated(io, from, v);
         }
-        self.register_items(cx, items, io);
         io.send(from, SessionMsg::PlanReady { sid }.into());
         self.maybe_part_done(cx, now, io)
     }

@@ -14,8 +14,10 @@ use crate::model::NodeId;
 use crate::proto::{self, PartStats, PlanItem, SessionMsg};
 use crate::run::SyncError;
 
-/// Plan items a leader gathers for one remote node before sending them.
-pub(super) const PLAN_FLUSH_ITEMS: usize = 1024;
+/// Plan items a leader gathers for one node before sending them (or, its own, taking
+/// them). Decoded items are large (a few hundred bytes each) and one batch per node is
+/// held at a time: 256 keeps five nodes' batches under half a MiB.
+pub(super) const PLAN_FLUSH_ITEMS: usize = 256;
 
 impl Session {
     /// Scans `storage` and starts session `sid` with every node in `granted`.
@@ -239,22 +241,27 @@ impl Session {
         let sources: Vec<Option<NodeId>> =
             nodes.iter().map(|(n, k)| k.map(|_| n.clone())).collect();
         // The diff is streamed from the store: each path's decision becomes plan items at
-        // once, and a remote node's items go out as soon as a message's worth has gathered,
-        // so the leader never holds the whole plan of its peers. Its own part is kept and
-        // registered at the end.
+        // once, and a node's items go out (or, this node's own, are taken) as soon as a
+        // message's worth has gathered, so no node's plan is ever held whole.
         let sid = self.sid;
         let mut planner = Planner::new(&ids, &linked);
         let mut parts: Vec<Vec<PlanItem>> = vec![Vec::new(); nodes.len()];
         let mut paths = 0usize;
         let mut planned = 0usize;
+        let mut own: Result<(), Violation> = Ok(());
         let result = io.diff(self.storage, &sources, &mut |here, view, send| {
             paths += 1;
             let before: usize = parts.iter().map(Vec::len).sum();
             planner.add(here, view, &mut parts);
             planned += parts.iter().map(Vec::len).sum::<usize>() - before;
             for (pos, (node, k)) in nodes.iter().enumerate() {
-                if k.is_some() && parts[pos].len() >= PLAN_FLUSH_ITEMS {
-                    flush(send, node, sid, std::mem::take(&mut parts[pos]));
+                if parts[pos].len() >= PLAN_FLUSH_ITEMS {
+                    let items = std::mem::take(&mut parts[pos]);
+                    match k {
+                        Some(_) => flush(send, node, sid, items),
+                        None if own.is_ok() => own = self.take_items(cx, items),
+                        None => {}
+                    }
                 }
             }
         });
@@ -264,11 +271,11 @@ impl Session {
         planner.finish(&mut parts);
         log::info!("{name}: {paths} path(s) compared, {planned} step(s) planned");
         self.phase = Phase::Ready;
-        let mut local = Vec::new();
         for (pos, (node, k)) in nodes.iter().enumerate() {
             let items = std::mem::take(&mut parts[pos]);
             match k {
-                None => local = items,
+                None if own.is_ok() => own = self.take_items(cx, items),
+                None => {}
                 Some(_) => {
                     let mut send = |to: &NodeId, msg| io.send(to, msg);
                     flush(&mut send, node, sid, items);
@@ -276,7 +283,11 @@ impl Session {
                 }
             }
         }
-        self.register_items(cx, local, io);
+        if let Err(v) = own.and_then(|()| self.register_steps(cx, io)) {
+            // The planner broke a rule it is the one to keep: a bug, never a peer's doing.
+            let why = SyncError::History(format!("this node's own plan is invalid: {v}"));
+            return Some(self.abort(name, why, io));
+        }
         self.leader_maybe_go(cx, now, io)
     }
 

@@ -42,10 +42,12 @@
 //! the session; the storage is then retried with back-off by those who remain.
 
 pub mod election;
+mod expected;
 mod follower;
 mod leader;
 pub mod oneshot;
 pub mod plan;
+mod sends;
 mod session;
 #[cfg(test)]
 mod sim;
@@ -57,10 +59,11 @@ use std::time::{Duration, Instant};
 use crate::history::{Digest, Entry, IndexView, Record, Vv};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{FileMeta, NodeId, RelPath, Version};
-use crate::proto::{ElectionMsg, PartStats, PeerMsg, SendTo, SessionMsg};
+use crate::proto::{ElectionMsg, PartStats, PeerMsg, SessionMsg};
 use crate::run::SyncError;
 
 use election::{Election, ElectionEvent};
+pub use sends::{IntoSends, Sends};
 use session::{Over, Session};
 
 /// Most index entries or plan items accepted from one peer in one session. Bounds memory
@@ -201,7 +204,7 @@ pub trait Io {
     /// to those with a usable old version), in order; each outcome comes back through
     /// [`Core::on_sent`]. The whole list at once: the shell keeps it as it is and starts jobs
     /// from it as the sender makes room (10,000 ready jobs at once would cost megabytes).
-    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>);
+    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Sends);
     /// Computes the block signature of this node's version `base` of `path` and sends it
     /// to `to`, the node that will send the new version as a delta.
     fn queue_signature(

@@ -13,7 +13,8 @@ use crate::history::{
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
 use crate::proto::{PlanItem, SendTo};
 
-/// A follower's checks on the plan it received: every path at most once per kind of item.
+/// A node's checks on the local steps of its part of a plan: every path at most once per
+/// kind of item (receives and sends are checked as they are taken, chunk by chunk).
 /// A node the plan names but this node is not (or no longer) connected to is not a
 /// violation: a connection may drop after the leader planned; registering the plan deals
 /// with such items.

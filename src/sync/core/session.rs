@@ -4,9 +4,12 @@
 //! `follower.rs`. Every step that can end the session returns how it ended ([`Over`]);
 //! [`Core`](super::Core) then drops the session and tells the election.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
+use super::expected::{Expected, Row, Twice, Wait};
+use super::plan::check_plan;
+use super::sends::Sends;
 use super::{
     Accepted, Ctx, Deleted, Io, LocalIndex, Received, Refusal, Sent, StepError, Violation,
     ALIVE_EVERY, SENDER_LOST, SESSION_IDLE_TIMEOUT,
@@ -14,7 +17,7 @@ use super::{
 use crate::history::{Entry, Vv};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
-use crate::proto::{PartStats, PlanItem, SendTo, SessionMsg};
+use crate::proto::{PartStats, PlanItem, SessionMsg};
 use crate::run::SyncError;
 
 /// How a session ended, for [`Core`](super::Core).
@@ -85,24 +88,7 @@ pub(super) enum Role {
         leader: NodeId,
         /// The other participants, as the leader announced them.
         members: Vec<NodeId>,
-        /// Plan items received so far.
-        plan: Vec<PlanItem>,
     },
-}
-
-/// A file this node expects in the running session.
-struct Expected {
-    /// Index into the session's `senders`: a node id per expected file would cost a heap
-    /// allocation each (10,000 files: 10,000 copies of the same few names).
-    from: u32,
-    size: u64,
-    mtime_ns: i64,
-    /// What the local path must still hold for the commit.
-    expect: Option<Version>,
-    /// The version it is recorded with once committed.
-    vv: Vv,
-    by: NodeId,
-    started: bool,
 }
 
 pub(super) struct Session {
@@ -113,16 +99,19 @@ pub(super) struct Session {
     pub(super) scanned_at: Instant,
     pub(super) local: LocalIndex,
     ignore: IgnoreMatcher,
+    /// This node's local steps of the plan (directories, moves, versions, deletions), run
+    /// together once the plan is complete, in the order they need. Receives and sends are
+    /// registered as the plan's chunks arrive, so a plan of 100,000 files is never held.
+    steps: Vec<PlanItem>,
+    /// Items of this node's part taken so far (bounded by `MAX_ENTRIES`).
+    pub(super) planned: u64,
     /// Sends held back until `Go`.
-    held: Vec<(FileMeta, Vec<SendTo>)>,
+    held: Sends,
     sends_left: usize,
-    expected: HashMap<RelPath, Expected>,
-    /// The nodes files are expected from.
-    senders: Vec<NodeId>,
+    expected: Expected,
+    /// The node ids expected files refer to, each once.
+    names: Vec<NodeId>,
     declined: HashSet<RelPath>,
-    /// Files no longer expected because their sender was lost: a sender that reconnected
-    /// and sends one anyway is told no, politely (it planned in good faith).
-    abandoned: HashSet<RelPath>,
     pub(super) stats: PartStats,
     read: u64,
     pub(super) local_done: bool,
@@ -157,12 +146,13 @@ impl Session {
             scanned_at: now,
             local,
             ignore,
-            held: Vec::new(),
+            steps: Vec::new(),
+            planned: 0,
+            held: Sends::default(),
             sends_left: 0,
-            expected: HashMap::new(),
-            senders: Vec::new(),
+            expected: Expected::default(),
+            names: Vec::new(),
             declined: HashSet::new(),
-            abandoned: HashSet::new(),
             stats: PartStats::default(),
             read: 0,
             local_done: false,
@@ -292,7 +282,7 @@ impl Session {
                 self.leader_on_index_end(cx, from, sid, seq, now, io)
             }
             SessionMsg::PlanChunk { sid, items } => {
-                self.follower_on_plan_chunk(from, sid, items, now, io);
+                self.follower_on_plan_chunk(cx, from, sid, items, now, io);
                 None
             }
             SessionMsg::PlanEnd { sid } => self.follower_on_plan_end(cx, from, sid, now, io),
@@ -312,11 +302,61 @@ impl Session {
         }
     }
 
-    /// Registers this node's part of a plan: what changes paths here happens now (new
+    /// Takes a chunk of this node's part of the plan as it arrives: receives are expected
+    /// and sends held until `Go` at once; the local steps wait for [`Self::register_steps`].
+    /// Nothing here touches the disk, so the order of chunks does not matter.
+    pub(super) fn take_items(
+        &mut self,
+        cx: &Ctx<'_>,
+        items: Vec<PlanItem>,
+    ) -> Result<(), Violation> {
+        for item in items {
+            match item {
+                PlanItem::Receive {
+                    entry,
+                    from,
+                    expect,
+                } => self.expect_file(cx, entry, from, expect)?,
+                PlanItem::Send { meta, mut to } => {
+                    if to.is_empty() {
+                        return Err(Violation::PlanSendToNobody);
+                    }
+                    // Targets that went away meanwhile are left out; the leader retries.
+                    let before = to.len();
+                    to.retain(|t| t.node != *cx.me && cx.peers.contains(&t.node));
+                    if to.len() < before {
+                        self.stats.failed += 1;
+                    }
+                    if !to.is_empty() {
+                        self.sends_left += 1;
+                        self.held.push(meta, to);
+                    }
+                }
+                step => self.steps.push(step),
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan is complete: checks what could not be checked chunk by chunk (a path sent
+    /// twice, a local step twice), then what changes paths here happens now (new
     /// directories, moves and conflict renames, new versions, then deletions, deepest
-    /// first), receives are expected, sends held until `Go`. What the steps record goes to
-    /// the history in one transaction.
-    pub(super) fn register_items(&mut self, cx: &Ctx<'_>, items: Vec<PlanItem>, io: &mut dyn Io) {
+    /// first), and the delta signatures of the files expected are asked for (after the
+    /// moves: they may bring the base). What the steps record goes to the history in one
+    /// transaction.
+    pub(super) fn register_steps(
+        &mut self,
+        cx: &Ctx<'_>,
+        io: &mut dyn Io,
+    ) -> Result<(), Violation> {
+        if !self.held.seal() {
+            return Err(Violation::PlanPathTwice);
+        }
+        self.expected
+            .seal()
+            .map_err(|Twice| Violation::PlanPathTwice)?;
+        let items = std::mem::take(&mut self.steps);
+        check_plan(&items)?;
         let name = &cx.storages[self.storage];
         let mut dirs = Vec::new();
         let mut moves = Vec::new();
@@ -328,23 +368,7 @@ impl Session {
                 PlanItem::Rename { .. } | PlanItem::MoveDir { .. } => moves.push(item),
                 PlanItem::SetVersion { entry, expect } => versions.push((entry, expect)),
                 PlanItem::Delete { entry, expect } => deletes.push((entry, expect)),
-                PlanItem::Receive {
-                    entry,
-                    from,
-                    expect,
-                } => self.expect_file(cx, entry, from, expect, io),
-                PlanItem::Send { meta, mut to } => {
-                    // Targets that went away meanwhile are left out; the leader retries.
-                    let before = to.len();
-                    to.retain(|t| t.node != *cx.me && cx.peers.contains(&t.node));
-                    if to.len() < before {
-                        self.stats.failed += 1;
-                    }
-                    if !to.is_empty() {
-                        self.sends_left += 1;
-                        self.held.push((meta, to));
-                    }
-                }
+                PlanItem::Receive { .. } | PlanItem::Send { .. } => {}
             }
         }
         let st = self.storage;
@@ -418,19 +442,37 @@ impl Session {
         }
         self.stats.failed += failed;
         io.flush_history(st);
+        let bases = self.expected.rows().filter_map(|(path, e)| {
+            e.expect
+                .filter(|_| crate::delta::wanted(e.size, e.expect))
+                .map(|base| (path, base, e.from))
+        });
+        for (path, base, from) in bases {
+            io.queue_signature(
+                st,
+                self.sid,
+                path.clone(),
+                base,
+                self.names[from as usize].clone(),
+            );
+        }
+        Ok(())
     }
 
-    /// Registers a file this node will receive.
+    /// Registers a file this node will receive. A path expected twice breaks the plan.
     fn expect_file(
         &mut self,
         cx: &Ctx<'_>,
         entry: Entry,
         from: NodeId,
         expect: Option<Version>,
-        io: &mut dyn Io,
-    ) {
+    ) -> Result<(), Violation> {
         let name = &cx.storages[self.storage];
         let meta = entry.meta;
+        // A path twice among the expected is found when the plan is sealed.
+        if self.declined.contains(&meta.path) {
+            return Err(Violation::PlanPathTwice);
+        }
         if from == *cx.me || !cx.peers.contains(&from) {
             // The sender is gone (or never was a peer): the file cannot come. Counted as
             // failed so the leader tries again.
@@ -439,41 +481,52 @@ impl Session {
                 meta.path
             );
             self.stats.failed += 1;
-            return;
+            return Ok(());
         }
         if self.ignore.is_ignored(&meta.path, false) {
             log::debug!("{name}: not accepting {}: ignored here", meta.path);
             self.declined.insert(meta.path);
-            return;
+            return Ok(());
         }
-        if let Some(base) = expect.filter(|_| crate::delta::wanted(meta.size, expect)) {
-            io.queue_signature(
-                self.storage,
-                self.sid,
-                meta.path.clone(),
-                base,
-                from.clone(),
-            );
-        }
-        let from = match self.senders.iter().position(|n| *n == from) {
-            Some(k) => k as u32,
-            None => {
-                self.senders.push(from);
-                (self.senders.len() - 1) as u32
-            }
-        };
-        self.expected.insert(
+        let from = self.name(from);
+        let vv = entry
+            .vv
+            .pairs()
+            .iter()
+            .map(|(n, c)| (self.name_ref(n), *c))
+            .collect();
+        let by = self.name(entry.by);
+        self.expected.push(
             meta.path,
-            Expected {
+            Row {
                 from,
                 size: meta.size,
                 mtime_ns: meta.mtime_ns,
                 expect,
-                vv: entry.vv,
-                by: entry.by,
-                started: false,
+                vv,
+                by,
+                wait: Wait::Pending,
             },
         );
+        Ok(())
+    }
+
+    /// The index of `node` in `names`, added if new.
+    fn name(&mut self, node: NodeId) -> u32 {
+        match self.names.iter().position(|n| *n == node) {
+            Some(k) => k as u32,
+            None => {
+                self.names.push(node);
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
+    fn name_ref(&mut self, node: &NodeId) -> u32 {
+        match self.names.iter().position(|n| n == node) {
+            Some(k) => k as u32,
+            None => self.name(node.clone()),
+        }
     }
 
     /// `Go`: the sends held until now are handed to the shell.
@@ -495,7 +548,7 @@ impl Session {
         if self.phase == Phase::Collect
             || self.local_done
             || self.sends_left > 0
-            || !self.expected.is_empty()
+            || self.expected.left() > 0
         {
             return None;
         }
@@ -528,34 +581,41 @@ impl Session {
         if self.declined.contains(&meta.path) {
             return Err(Refusal::Reject("ignored by the receiver's .ignore"));
         }
-        if self.abandoned.contains(&meta.path) {
-            return Err(Refusal::Reject(SENDER_LOST));
-        }
         let unannounced = || Refusal::Violation(Violation::Unannounced(meta.path.clone()));
         let Some(e) = self.expected.get_mut(&meta.path) else {
             return Err(unannounced());
         };
-        if e.started
-            || self.senders[e.from as usize] != *from
+        match e.wait {
+            Wait::Pending => {}
+            Wait::Abandoned => return Err(Refusal::Reject(SENDER_LOST)),
+            Wait::Started | Wait::Over => return Err(unannounced()),
+        }
+        if self.names[e.from as usize] != *from
             || e.size != meta.size
             || e.mtime_ns != meta.mtime_ns
         {
             return Err(unannounced());
         }
+        let pairs =
+            e.vv.iter()
+                .map(|(k, c)| (self.names[*k as usize].clone(), *c))
+                .collect();
+        // The pairs came from a checked vector, in its order: this cannot fail.
+        let vv = Vv::from_pairs(pairs).map_err(|_| unannounced())?;
         let accepted = Accepted {
             expect: e.expect,
-            vv: e.vv.clone(),
-            by: e.by.clone(),
+            vv,
+            by: self.names[e.by as usize].clone(),
         };
         if let Some(free) = io.free_space(self.storage) {
             if meta.size > free {
-                self.expected.remove(&meta.path);
+                self.expected.finish(&meta.path);
                 self.stats.failed += 1;
                 return Err(Refusal::Reject("not enough space on the receiver"));
             }
         }
         if let Some(e) = self.expected.get_mut(&meta.path) {
-            e.started = true;
+            e.wait = Wait::Started;
         }
         Ok(accepted)
     }
@@ -571,7 +631,9 @@ impl Session {
     ) -> Option<Over> {
         self.last_activity = now;
         self.progressed = true;
-        self.expected.remove(path)?;
+        if !self.expected.finish(path) {
+            return None;
+        }
         match outcome {
             Received::Committed { bytes } => {
                 self.stats.files_received += 1;
@@ -626,27 +688,11 @@ impl Session {
         io: &mut dyn Io,
     ) -> Option<Over> {
         // Sends not yet handed to the shell (before `Go`) leave the lost node out.
-        let mut lost = 0;
-        for (_, to) in &mut self.held {
-            let before = to.len();
-            to.retain(|t| t.node != *node);
-            lost += before - to.len();
-        }
         let before = self.held.len();
-        self.held.retain(|(_, to)| !to.is_empty());
+        let mut lost = self.held.drop_node(node);
         self.sends_left -= before - self.held.len();
-        if let Some(k) = self.senders.iter().position(|n| n == node) {
-            let k = k as u32;
-            let before = self.expected.len();
-            let abandoned = &mut self.abandoned;
-            self.expected.retain(|path, e| {
-                let keep = e.from != k;
-                if !keep {
-                    abandoned.insert(path.clone());
-                }
-                keep
-            });
-            lost += before - self.expected.len();
+        if let Some(k) = self.names.iter().position(|n| n == node) {
+            lost += self.expected.abandon_from(k as u32);
         }
         if lost == 0 {
             return None;

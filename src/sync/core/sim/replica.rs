@@ -9,10 +9,10 @@ use super::{Event, Sim, DIRS, EDIT_MTIME_BASE, NAMES};
 use crate::history::{is_below, rebase, Digest, Entry, Record};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
-use crate::proto::{PeerMsg, SendTo};
+use crate::proto::PeerMsg;
 use crate::run::SyncError;
 use crate::store::{Applied, DiffSource, Found, StorageId, Store};
-use crate::sync::core::{Deleted, EachPlanned, Io, LocalIndex, Send, StepError, Violation};
+use crate::sync::core::{Deleted, EachPlanned, Io, LocalIndex, Send, Sends, StepError, Violation};
 
 /// splitmix64: tiny, seedable, good enough to drive schedules.
 #[derive(Clone)]
@@ -580,7 +580,7 @@ impl Io for SimIo<'_> {
         }
     }
 
-    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Vec<(FileMeta, Vec<SendTo>)>) {
+    fn queue_sends(&mut self, storage: usize, sid: u64, sends: Sends) {
         for (meta, to) in sends {
             self.out.push(Effect::QueueSend {
                 storage,
