@@ -853,3 +853,47 @@ fn a_file_whose_hash_does_not_match_is_never_committed() {
     assert!(!t.store().join("new.bin").exists());
     t.assert_survived("content hash mismatch");
 }
+
+/// A follower takes a plan chunk by chunk: a path it is told to receive in one chunk and
+/// again in another is still found, when the plan ends, and breaks the plan.
+#[test]
+fn a_path_to_receive_twice_in_two_chunks_disconnects_the_leader() {
+    let t = Target::start("proto-plan-twice");
+    let sid = 0x7717_CE00;
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    lead_session(&mut p, sid);
+    let receive = |mtime: i64| {
+        let meta = FileMeta::file(RelPath::new("twice.txt").unwrap(), 5, mtime, 0o644);
+        PlanItem::Receive {
+            entry: Entry {
+                meta,
+                deleted: false,
+                hash: Some([5; 32]),
+                vv: one("a-evil", 1_900_000_000),
+                by: NodeId::new("a-evil").unwrap(),
+                link: None,
+            },
+            from: NodeId::new("a-evil").unwrap(),
+            expect: None,
+        }
+    };
+    for mtime in [1_900_000_000_000_000_000, 1_900_000_001_000_000_000] {
+        p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanChunk {
+            sid,
+            items: vec![receive(mtime)],
+        })));
+    }
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanEnd {
+        sid,
+    })));
+    let msgs = p.until_closed();
+    assert_refused(&msgs, "naming a path twice");
+    assert!(
+        !msgs.iter().any(|m| matches!(
+            m,
+            Message::Peer(PeerMsg::Session(SessionMsg::PlanReady { .. }))
+        )),
+        "a broken plan is never ready: {msgs:?}"
+    );
+    t.assert_survived("sent a plan naming a path twice");
+}
