@@ -55,7 +55,10 @@ pub enum ConnState {
     Handshaking,
     /// Announced to `sync` (or about to be); messages flow.
     Ready,
-    /// Flushing a final message, then closing; nothing more is read.
+    /// Flushing a final message, then shut for writing; what the peer still sends is read
+    /// and dropped until it closes too (or a grace ends). Closing a socket with unread input
+    /// makes the kernel send a reset, which can destroy our last frames (a leader's
+    /// `SessionEnd`) before the peer read them.
     Closing,
 }
 
@@ -93,6 +96,8 @@ pub struct Conn {
     pub write_interest: bool,
     /// Readable while reading was paused: read when resumed.
     pub read_pending: bool,
+    /// Our side is shut for writing (`Closing`, everything flushed).
+    pub write_shut: bool,
     /// Unsent bytes for this connection: frames queued by `sync` (counted by it) plus
     /// frames `net` queued itself (counted here).
     pub outbound: Arc<AtomicUsize>,
@@ -127,6 +132,7 @@ impl Conn {
             last_send: now,
             write_interest: false,
             read_pending: false,
+            write_shut: false,
             outbound: Arc::new(AtomicUsize::new(0)),
             traffic,
             rbuf: Vec::new(),
@@ -165,6 +171,21 @@ impl Conn {
     pub fn queue_frame(&mut self, frame: Arc<Vec<u8>>) {
         if !frame.is_empty() {
             self.out.push_back(OutBuf::Frame(frame));
+        }
+    }
+
+    /// Reads and drops what a closing peer still sends. `true` once it has closed (or the
+    /// socket failed): nothing is left to wait for.
+    pub fn discard_input(&mut self) -> bool {
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
         }
     }
 

@@ -235,15 +235,15 @@ impl Net {
             }
             if !self.draining && !self.handle_commands() {
                 // Give what is queued (a final SessionEnd, say) a short chance to reach the
-                // peers before the sockets close.
+                // peers, and the peers the chance to read it, before the sockets close.
                 self.draining = true;
                 self.set_timer(Instant::now() + CLOSE_GRACE, Timer::Drained);
                 if let Some(mut l) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut l);
                 }
+                self.close_gracefully_all();
             }
-            if self.draining && (self.drain_expired || self.conns.values().all(|c| !c.has_output()))
-            {
+            if self.draining && (self.drain_expired || self.conns.is_empty()) {
                 self.close_all();
                 return;
             }
@@ -561,8 +561,12 @@ impl Net {
             }
             c.write_interest = pending;
         }
-        if c.state == ConnState::Closing && !pending {
-            self.close(id, "closed");
+        if c.state == ConnState::Closing && !pending && !c.write_shut {
+            // Everything is written: say so with a FIN, then wait for the peer's.
+            c.write_shut = true;
+            if c.stream.shutdown(std::net::Shutdown::Write).is_err() || c.discard_input() {
+                self.close(id, "closed");
+            }
             return;
         }
         if c.announced && before >= OUT_LOW && after < OUT_LOW {
@@ -571,6 +575,18 @@ impl Net {
     }
 
     fn on_readable(&mut self, id: ConnId) {
+        if let Some(c) = self
+            .conns
+            .get_mut(&id)
+            .filter(|c| c.state == ConnState::Closing)
+        {
+            // Nothing more is taken from a closing peer, but its bytes must be read for our
+            // own last frames to arrive intact (see `ConnState::Closing`).
+            if c.write_shut && c.discard_input() {
+                self.close(id, "closed");
+            }
+            return;
+        }
         if self.read_paused {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.read_pending = true;
@@ -863,6 +879,25 @@ impl Net {
             });
         } else {
             log::debug!("connection {id} to {} closed: {reason}", c.addr);
+        }
+    }
+
+    /// Shutdown: every connection flushes, half-closes and waits for its peer to close
+    /// (bounded by the drain's grace); one still connecting is simply dropped.
+    fn close_gracefully_all(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            match c.state {
+                ConnState::Connecting => self.close(id, "shutting down"),
+                ConnState::Closing => {}
+                ConnState::Handshaking | ConnState::Ready => {
+                    c.state = ConnState::Closing;
+                    self.flush(id);
+                }
+            }
         }
     }
 

@@ -474,11 +474,24 @@ impl SyncThread {
             os.step(now, &mut self.core, busy);
         }
         self.core.tick(now, &mut self.shell);
+        self.after_session_changes();
+        let busy = !self.shell.is_idle();
         if let Some(os) = &mut self.oneshot {
             os.step(now, &mut self.core, busy);
         }
+    }
+
+    /// When the session this thread took part in is over (whatever ended it).
+    fn after_session_changes(&mut self) {
         let current = self.core.session_info().map(|(sid, _, _)| sid);
-        if self.last_session.is_some() && current != self.last_session {
+        if let Some(old) = self.last_session.filter(|&s| current != Some(s)) {
+            // Sends and signatures are only pumped while a session runs: anything the one
+            // that ended left behind would never drain, and would keep a one-shot run
+            // "busy" for ever.
+            if !self.shell.is_idle() {
+                log::debug!("session {old:016x} ended with work queued; dropping it");
+                core::Io::cancel_session(&mut self.shell, old);
+            }
             let (sent, received) = self.shell.net.traffic.get();
             log::info!(
                 "network so far: sent {sent} bytes, received {received} bytes; {} database \

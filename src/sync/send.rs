@@ -562,10 +562,10 @@ impl Outbox {
 
     /// The core's sends of session `sid`, released at `Go`.
     pub fn queue(&mut self, sid: u64, sends: Sends) {
-        self.pending.push_back(PendingSends {
-            sid,
-            sends: sends.into_iter(),
-        });
+        let sends = sends.into_iter();
+        if !sends.is_empty() {
+            self.pending.push_back(PendingSends { sid, sends });
+        }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -639,14 +639,15 @@ impl Outbox {
             let Some(batch) = self.pending.front_mut() else {
                 return;
             };
-            match batch.sends.next() {
-                Some((meta, to)) => {
-                    let sid = batch.sid;
-                    self.start_send(sid, meta, to, dest);
-                }
-                None => {
-                    self.pending.pop_front();
-                }
+            let sid = batch.sid;
+            let next = batch.sends.next();
+            // A batch is dropped as soon as its last send is taken, not at the next call:
+            // an exhausted batch left queued would count as work for ever.
+            if batch.sends.is_empty() {
+                self.pending.pop_front();
+            }
+            if let Some((meta, to)) = next {
+                self.start_send(sid, meta, to, dest);
             }
         }
     }
@@ -722,5 +723,34 @@ impl Outbox {
         self.engine.shrink();
         self.pending.shrink_to_fit();
         self.groups.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RelPath;
+
+    /// Regression: a batch whose last send filled the sender's queue stayed queued, spent,
+    /// until the next refill; after the session ended nothing refills, and the outbox
+    /// counted as busy for ever (a one-shot run never ended).
+    #[test]
+    fn a_batch_is_gone_once_its_last_send_is_taken() {
+        let mut out = Outbox::new(1);
+        let mut sends = Sends::default();
+        let mut n = 0;
+        while out.engine.queue.len() + n < 2 + 8 {
+            let meta = FileMeta::file(RelPath::new(&format!("f{n}")).unwrap(), 1, 0, 0o644);
+            sends.push(meta, Vec::new());
+            n += 1;
+        }
+        out.queue(7, sends);
+        out.refill(&|_| None);
+        assert!(!out.engine.wants_jobs(), "the last send filled the queue");
+        assert!(out.pending.is_empty());
+        out.queue(8, Sends::default());
+        assert!(out.pending.is_empty(), "an empty batch is not work");
+        out.engine.queue.clear();
+        assert!(out.is_idle());
     }
 }

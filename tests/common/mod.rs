@@ -351,7 +351,12 @@ pub fn oneshot_within(config: &Path, limit: Duration) -> Output {
         Err(_) => {
             // SAFETY: kill(2) on our own child that outlived its deadline.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("one-shot run did not finish within {limit:?}");
+            // What it logged until then is the only clue to why it hung: show it.
+            let seen = match rx.recv_timeout(PATIENCE) {
+                Ok(Ok(out)) => show(&out),
+                _ => "(no output)".to_string(),
+            };
+            panic!("one-shot run did not finish within {limit:?}; killed\n{seen}");
         }
     }
 }

@@ -20,7 +20,7 @@ pub struct Sends {
 }
 
 impl Sends {
-    pub(super) fn push(&mut self, meta: FileMeta, to: Vec<SendTo>) {
+    pub(crate) fn push(&mut self, meta: FileMeta, to: Vec<SendTo>) {
         let to = to
             .into_iter()
             .map(|t| (self.name(t.node), t.expect))
@@ -92,6 +92,13 @@ impl IntoIterator for Sends {
 pub struct IntoSends {
     names: Vec<NodeId>,
     items: std::vec::IntoIter<Item>,
+}
+
+impl IntoSends {
+    /// Nothing is left to hand out.
+    pub fn is_empty(&self) -> bool {
+        self.items.len() == 0
+    }
 }
 
 impl Iterator for IntoSends {

@@ -76,6 +76,8 @@ const STALL: u64 = 60 * SEC;
 /// How often a transfer in flight reports progress to its ends.
 const PROGRESS_EVERY: u64 = SEC;
 /// The one-shot policy's connect window, in virtual ns (what makes a run's start late).
+/// How long `net` lets a stopping process's connections drain (its `CLOSE_GRACE`).
+const CLOSE_GRACE_NS: u64 = 2 * SEC;
 const CONNECT_WINDOW_NS: u64 = super::oneshot::CONNECT_WINDOW.as_nanos() as u64;
 
 const STORAGES: [&str; 2] = ["docs", "pics"];
@@ -1140,7 +1142,11 @@ impl Sim {
             *b = None;
         }
         if graceful {
-            self.push(self.now + 100 * MS, Event::DropLinks { node });
+            // `net` half-closes and reads until each peer closes: what this node sent before
+            // it stopped still arrives, within the drain's grace.
+            let last = self.fifo[node].iter().copied().max().unwrap_or(0);
+            let at = (last + 1).clamp(self.now + 100 * MS, self.now + CLOSE_GRACE_NS);
+            self.push(at, Event::DropLinks { node });
         } else {
             self.drop_links(node);
         }

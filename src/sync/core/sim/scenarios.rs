@@ -391,6 +391,45 @@ mod tests {
         sim.check_converged(&[1, 2], false);
     }
 
+    /// Regression (CI, armv7 under qemu): two one-shot runs started together by hand, as
+    /// `two_one_shot_nodes_started_together_sync_with_each_other` does, never ended within
+    /// 180 s. Under qemu everything is slow and the two starts are far apart: here messages
+    /// take up to 400 ms, files up to 2 s, and the second node comes up to 4 s after the
+    /// first. With nobody leaving and no fault, every run must end well before a session
+    /// could time out as stalled, and succeed.
+    #[test]
+    fn one_shot_runs_started_together_on_a_slow_machine_end_without_a_stall() {
+        for seed in 0..300 {
+            let mut rng = Rng::new(seed ^ 0x510E_5407);
+            let n = rng.range(2, 4) as usize;
+            let slow = rng.range(1, 400) * MS;
+            let cfg = Config {
+                latency: (MS, slow),
+                transfer: (MS, rng.range(1, 2_000) * MS),
+                ..Config::default()
+            };
+            let mut sim = Sim::new(seed, cfg, vec![vec!["docs"]; n]);
+            let universe = file_universe();
+            for i in 0..n {
+                sim.nodes[i].kind = Kind::OneShot;
+                sim.random_tree(i, "docs", &universe);
+                sim.push(rng.range(0, 4_000) * MS, Event::Restart { node: i });
+            }
+            sim.run_until(300 * SEC, "every run ends", |s| s.runs.len() == n);
+            for r in &sim.runs {
+                let took = r.ended - r.started;
+                let report = r.report.as_ref().expect("ended by itself");
+                if took >= 40 * SEC || !report.ok() {
+                    sim.fail(&format!(
+                        "seed {seed}: n{} ran {} ms: {report:?}",
+                        r.node,
+                        took / MS
+                    ));
+                }
+            }
+        }
+    }
+
     /// Two one-shot runs started together, and a third that starts after their connect
     /// window, while their session is still moving files: the first two synchronize again
     /// with the late one (it was connected to them, so they may not succeed without it), and
