@@ -14,7 +14,7 @@ use rusqlite::params;
 
 use super::{kind_code, RawEntry, StorageId, Store, StoreError};
 use crate::history::{is_below, rebase, Digest, Entry, Vv};
-use crate::model::{EntryKind, FileMeta, RelPath};
+use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
 
 /// One entry the scanner found, with what tells a changed file from an unchanged one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +87,16 @@ impl Store {
     pub fn record_scan(
         &mut self,
         storage: StorageId,
-        found: &[Found],
+        found: Vec<Found>,
         now: u64,
         hash: &mut dyn FnMut(&RelPath) -> std::io::Result<Digest>,
     ) -> Result<ScanSummary, StoreError> {
         let me = self.me.clone();
         let mut changes = ScanChanges::default();
         let mut writes: Vec<Write> = Vec::new();
-        let mut news: Vec<(Found, Option<Known>)> = Vec::new();
+        // The row a new path had (a tombstone, or an entry of the other kind) is boxed: on
+        // a first scan every path is new and has none, and the list stays 90 bytes a path.
+        let mut news: Vec<(Found, Option<Box<Known>>)> = Vec::new();
         let mut gone: Vec<Known> = Vec::new();
         // The known rows are read a page at a time, in path order, beside the sorted scan:
         // memory grows with the changes, not with the storage.
@@ -145,15 +147,15 @@ impl Store {
                         e.meta.size == f.meta.size && e.meta.mtime_ns == f.meta.mtime_ns;
                     if e.hash == Some(h) {
                         writes.push(if same_meta {
-                            Write::Stat(f.clone())
+                            Write::Stat(f)
                         } else {
-                            Write::Meta(f.clone(), row)
+                            Write::Meta(f, row)
                         });
                     } else {
                         changes.modified += 1;
                         let vv = e.vv.bump(&me, now);
                         writes.push(Write::Version {
-                            found: f.clone(),
+                            found: f,
                             hash: Some(h),
                             vv,
                             link: None,
@@ -162,12 +164,12 @@ impl Store {
                 }
                 // A live entry of the other kind: the new one's version follows it.
                 Some(row) if row.entry.is_live() => {
-                    news.push((f.clone(), Some(clone_known(&row))));
+                    news.push((f, Some(Box::new(clone_known(&row)))));
                     gone.push(row);
                 }
                 // A tombstone: a path made again continues its history.
-                Some(row) => news.push((f.clone(), Some(row))),
-                None => news.push((f.clone(), None)),
+                Some(row) => news.push((f, Some(Box::new(row)))),
+                None => news.push((f, None)),
             }
         }
         while let Some(row) = next.take() {
@@ -288,53 +290,6 @@ impl Store {
                 link,
             });
         }
-        for (n, (f, prior)) in news.iter().enumerate() {
-            if let Some(g) = moved_from[n] {
-                if covered[g] {
-                    continue;
-                }
-                // The content's history, and the new path's own (a deletion there must
-                // not come back through the move).
-                let old = &gone[g].entry;
-                let base = prior
-                    .as_ref()
-                    .map_or_else(|| old.vv.clone(), |p| old.vv.merge(&p.entry.vv));
-                let counter = (base.get(&me) + 1).max(now);
-                writes.push(Write::Version {
-                    found: f.clone(),
-                    hash: old.hash,
-                    vv: base.with(&me, counter),
-                    link: Some(old.meta.path.clone()),
-                });
-                continue;
-            }
-            let h = match f.meta.kind {
-                EntryKind::Dir => None,
-                EntryKind::File if news_hash[n].is_some() => news_hash[n],
-                EntryKind::File => match hash(&f.meta.path) {
-                    Ok(h) => {
-                        changes.hashed += f.meta.size;
-                        Some(h)
-                    }
-                    Err(err) => {
-                        log::warn!("not hashing {}: {err}", f.meta.path);
-                        continue;
-                    }
-                },
-            };
-            changes.new += 1;
-            let base = prior
-                .as_ref()
-                .map_or_else(Vv::default, |p| p.entry.vv.clone());
-            writes.push(Write::Version {
-                found: f.clone(),
-                hash: h,
-                vv: base.bump(&me, now),
-                link: None,
-            });
-        }
-        changes.dir_moves = prefix_moves.len() as u32;
-
         let prefix: Vec<PrefixMove<'_>> = prefix_moves
             .iter()
             .map(|(from, to)| {
@@ -349,7 +304,81 @@ impl Store {
                 (from.clone(), to.clone(), rows)
             })
             .collect();
-        self.write_scan(storage, now, writes, prefix)?;
+        changes.dir_moves = prefix_moves.len() as u32;
+        if !(writes.is_empty() && news.is_empty() && prefix.is_empty()) {
+            // Numbering a new node writes, and the transaction below holds the connection:
+            // every node a row can name (the existing rows' and this one's) is numbered first.
+            let mut named: Vec<NodeId> = vec![me.clone()];
+            let mut name = |vv: &Vv| {
+                for (n, _) in vv.pairs() {
+                    if !named.contains(n) {
+                        named.push(n.clone());
+                    }
+                }
+            };
+            for w in &writes {
+                match w {
+                    Write::Stat(_) => {}
+                    // Its author too, which a row names apart from the vector.
+                    Write::Meta(_, k) => name(&k.entry.vv.with(&k.entry.by, 1)),
+                    Write::Version { vv, .. } | Write::Tombstone { vv, .. } => name(vv),
+                }
+            }
+            gone.iter().for_each(|g| name(&g.entry.vv));
+            news.iter()
+                .filter_map(|(_, p)| p.as_ref())
+                .for_each(|k| name(&k.entry.vv));
+            for n in &named {
+                self.node_id(n)?;
+            }
+            // The new entries become writes one at a time, as the transaction takes them: a
+            // first scan of 100,000 files never holds them twice.
+            let fresh = news.into_iter().enumerate().filter_map(|(n, (f, prior))| {
+                if let Some(g) = moved_from[n] {
+                    if covered[g] {
+                        return None;
+                    }
+                    // The content's history, and the new path's own (a deletion there must
+                    // not come back through the move).
+                    let old = &gone[g].entry;
+                    let base = prior
+                        .as_ref()
+                        .map_or_else(|| old.vv.clone(), |p| old.vv.merge(&p.entry.vv));
+                    let counter = (base.get(&me) + 1).max(now);
+                    return Some(Write::Version {
+                        found: f,
+                        hash: old.hash,
+                        vv: base.with(&me, counter),
+                        link: Some(old.meta.path.clone()),
+                    });
+                }
+                let h = match f.meta.kind {
+                    EntryKind::Dir => None,
+                    EntryKind::File if news_hash[n].is_some() => news_hash[n],
+                    EntryKind::File => match hash(&f.meta.path) {
+                        Ok(h) => {
+                            changes.hashed += f.meta.size;
+                            Some(h)
+                        }
+                        Err(err) => {
+                            log::warn!("not hashing {}: {err}", f.meta.path);
+                            return None;
+                        }
+                    },
+                };
+                changes.new += 1;
+                let base = prior
+                    .as_ref()
+                    .map_or_else(Vv::default, |p| p.entry.vv.clone());
+                Some(Write::Version {
+                    found: f,
+                    hash: h,
+                    vv: base.bump(&me, now),
+                    link: None,
+                })
+            });
+            self.write_scan(storage, now, writes.into_iter().chain(fresh), prefix)?;
+        }
         let (index_id, seq) = self.local_state(storage)?;
         let (count, digest) = self.digest(storage)?;
         Ok(ScanSummary {
@@ -365,155 +394,36 @@ impl Store {
         &mut self,
         storage: StorageId,
         now: u64,
-        writes: Vec<Write>,
+        writes: impl Iterator<Item = Write>,
         prefix: Vec<PrefixMove<'_>>,
     ) -> Result<(), StoreError> {
-        if writes.is_empty() && prefix.is_empty() {
-            return Ok(());
-        }
         let me = self.me.clone();
+        // Every node a row names was numbered by the caller; each write is encoded and
+        // stored as it is taken.
         let me_id = self.node_id(&me)?;
         let (_, mut seq) = self.local_state(storage)?;
-        // Encode before the transaction: numbering a new node writes too.
-        struct Row {
-            path: String,
-            kind: i64,
-            deleted: bool,
-            size: i64,
-            mtime: i64,
-            mode: i64,
-            hash: Option<Vec<u8>>,
-            vv: Vec<u8>,
-            by: i64,
-            seq: i64,
-            ino: i64,
-            ctime: i64,
-            link: Option<String>,
-        }
-        let mut rows: Vec<Row> = Vec::new();
-        let mut stats: Vec<(String, i64, i64)> = Vec::new();
-        let mut moves: Vec<(i64, String, String, u64, i64)> = Vec::new();
-        for w in writes {
-            match w {
-                Write::Stat(f) => stats.push((f.meta.path.to_string(), f.ino as i64, f.ctime_ns)),
-                Write::Meta(f, k) => {
-                    seq += 1;
-                    let vv = self.encode_vv(&k.entry.vv)?;
-                    let by = self.node_id(&k.entry.by)?;
-                    rows.push(Row {
-                        path: f.meta.path.to_string(),
-                        kind: kind_code(f.meta.kind),
-                        deleted: false,
-                        size: f.meta.size as i64,
-                        mtime: f.meta.mtime_ns,
-                        mode: i64::from(f.meta.mode),
-                        hash: k.entry.hash.map(|h| h.to_vec()),
-                        vv,
-                        by,
-                        seq: seq as i64,
-                        ino: f.ino as i64,
-                        ctime: f.ctime_ns,
-                        link: None,
-                    });
-                }
-                Write::Version {
-                    found,
-                    hash,
-                    vv,
-                    link,
-                } => {
-                    seq += 1;
-                    rows.push(Row {
-                        path: found.meta.path.to_string(),
-                        kind: kind_code(found.meta.kind),
-                        deleted: false,
-                        size: found.meta.size as i64,
-                        mtime: found.meta.mtime_ns,
-                        mode: i64::from(found.meta.mode),
-                        hash: hash.map(|h| h.to_vec()),
-                        vv: self.encode_vv(&vv)?,
-                        by: me_id,
-                        seq: seq as i64,
-                        ino: found.ino as i64,
-                        ctime: found.ctime_ns,
-                        link: link.map(|l| l.to_string()),
-                    });
-                }
-                Write::Tombstone { known, vv, link } => {
-                    seq += 1;
-                    let e = known.entry;
-                    rows.push(Row {
-                        path: e.meta.path.to_string(),
-                        kind: kind_code(e.meta.kind),
-                        deleted: true,
-                        size: e.meta.size as i64,
-                        mtime: e.meta.mtime_ns,
-                        mode: i64::from(e.meta.mode),
-                        hash: e.hash.map(|h| h.to_vec()),
-                        vv: self.encode_vv(&vv)?,
-                        by: me_id,
-                        seq: seq as i64,
-                        ino: 0,
-                        ctime: 0,
-                        link: link.map(|l| l.to_string()),
-                    });
-                }
+        let ids = &self.ids;
+        let path = &self.path;
+        let encode = |vv: &Vv| -> Result<Vec<u8>, StoreError> {
+            let mut out = Vec::with_capacity(vv.pairs().len() * 12);
+            for (n, c) in vv.pairs() {
+                let id = *ids.get(n).ok_or_else(|| StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("node {n} was not numbered"),
+                })?;
+                out.extend_from_slice(&(id as u32).to_le_bytes());
+                out.extend_from_slice(&c.to_le_bytes());
             }
-        }
-        for (from, to, moved) in prefix {
-            seq += 1;
-            // One counter for every entry of the move, above any this node gave them.
-            let counter = moved
-                .iter()
-                .map(|(_, k)| k.entry.vv.get(&me) + 1)
-                .max()
-                .unwrap_or(1)
-                .max(now);
-            let before = moved.iter().map(|(_, k)| k.seq).max().unwrap_or(0);
-            for (f, k) in moved {
-                let e = &k.entry;
-                let vv = self.encode_vv(&e.vv.with(&me, counter))?;
-                rows.push(Row {
-                    path: e.meta.path.to_string(),
-                    kind: kind_code(e.meta.kind),
-                    deleted: true,
-                    size: e.meta.size as i64,
-                    mtime: e.meta.mtime_ns,
-                    mode: i64::from(e.meta.mode),
-                    hash: e.hash.map(|h| h.to_vec()),
-                    vv: vv.clone(),
-                    by: me_id,
-                    seq: seq as i64,
-                    ino: 0,
-                    ctime: 0,
-                    link: Some(f.meta.path.to_string()),
-                });
-                rows.push(Row {
-                    path: f.meta.path.to_string(),
-                    kind: kind_code(f.meta.kind),
-                    deleted: false,
-                    size: f.meta.size as i64,
-                    mtime: f.meta.mtime_ns,
-                    mode: i64::from(f.meta.mode),
-                    hash: e.hash.map(|h| h.to_vec()),
-                    vv,
-                    by: me_id,
-                    seq: seq as i64,
-                    ino: f.ino as i64,
-                    ctime: f.ctime_ns,
-                    link: Some(e.meta.path.to_string()),
-                });
-            }
-            moves.push((
-                seq as i64,
-                from.to_string(),
-                to.to_string(),
-                counter,
-                before as i64,
-            ));
-        }
-        let now = now as i64;
-        let tx = self.conn.transaction().map_err(|e| sql(&self.path, e))?;
+            Ok(out)
+        };
+        let by_id = |n: &NodeId| -> Result<i64, StoreError> {
+            ids.get(n).copied().ok_or_else(|| StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("node {n} was not numbered"),
+            })
+        };
+        let changed = now as i64;
+        let tx = self.conn.transaction().map_err(|e| sql(path, e))?;
         {
             let mut put = tx
                 .prepare_cached(
@@ -522,48 +432,160 @@ impl Store {
                       ctime, changed, link)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
-                .map_err(|e| sql(&self.path, e))?;
-            for r in &rows {
-                put.execute(params![
-                    storage, r.path, r.kind, r.deleted, r.size, r.mtime, r.mode, r.hash, r.vv,
-                    r.by, r.seq, r.ino, r.ctime, now, r.link
-                ])
-                .map_err(|e| sql(&self.path, e))?;
-            }
+                .map_err(|e| sql(path, e))?;
             let mut stat = tx
                 .prepare_cached(
                     "UPDATE entries SET ino = ?3, ctime = ?4 WHERE storage = ?1 AND path = ?2",
                 )
-                .map_err(|e| sql(&self.path, e))?;
-            for (p, ino, ctime) in &stats {
-                stat.execute(params![storage, p, ino, ctime])
-                    .map_err(|e| sql(&self.path, e))?;
+                .map_err(|e| sql(path, e))?;
+            // One row: (meta, deleted, hash, vv, by, ino, ctime, link).
+            let mut row = |m: &FileMeta,
+                           deleted: bool,
+                           hash: Option<Digest>,
+                           vv: &[u8],
+                           by: i64,
+                           seq: u64,
+                           (ino, ctime): (u64, i64),
+                           link: Option<&str>|
+             -> Result<(), StoreError> {
+                put.execute(params![
+                    storage,
+                    m.path.as_str(),
+                    kind_code(m.kind),
+                    deleted,
+                    m.size as i64,
+                    m.mtime_ns,
+                    i64::from(m.mode),
+                    hash.as_ref().map(|h| &h[..]),
+                    vv,
+                    by,
+                    seq as i64,
+                    ino as i64,
+                    ctime,
+                    changed,
+                    link
+                ])
+                .map(|_| ())
+                .map_err(|e| sql(path, e))
+            };
+            for w in writes {
+                match w {
+                    Write::Stat(f) => {
+                        stat.execute(params![
+                            storage,
+                            f.meta.path.as_str(),
+                            f.ino as i64,
+                            f.ctime_ns
+                        ])
+                        .map_err(|e| sql(path, e))?;
+                    }
+                    Write::Meta(f, k) => {
+                        seq += 1;
+                        let vv = encode(&k.entry.vv)?;
+                        let by = by_id(&k.entry.by)?;
+                        row(
+                            &f.meta,
+                            false,
+                            k.entry.hash,
+                            &vv,
+                            by,
+                            seq,
+                            (f.ino, f.ctime_ns),
+                            None,
+                        )?;
+                    }
+                    Write::Version {
+                        found,
+                        hash,
+                        vv,
+                        link,
+                    } => {
+                        seq += 1;
+                        row(
+                            &found.meta,
+                            false,
+                            hash,
+                            &encode(&vv)?,
+                            me_id,
+                            seq,
+                            (found.ino, found.ctime_ns),
+                            link.as_ref().map(|l| l.as_str()),
+                        )?;
+                    }
+                    Write::Tombstone { known, vv, link } => {
+                        seq += 1;
+                        let e = &known.entry;
+                        row(
+                            &e.meta,
+                            true,
+                            e.hash,
+                            &encode(&vv)?,
+                            me_id,
+                            seq,
+                            (0, 0),
+                            link.as_ref().map(|l| l.as_str()),
+                        )?;
+                    }
+                }
             }
             let mut mv = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO moves (storage, seq, from_path, to_path, by, counter, before)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
-                .map_err(|e| sql(&self.path, e))?;
-            for (s, from, to, counter, before) in &moves {
+                .map_err(|e| sql(path, e))?;
+            for (from, to, moved) in prefix {
+                seq += 1;
+                // One counter for every entry of the move, above any this node gave them.
+                let counter = moved
+                    .iter()
+                    .map(|(_, k)| k.entry.vv.get(&me) + 1)
+                    .max()
+                    .unwrap_or(1)
+                    .max(now);
+                let before = moved.iter().map(|(_, k)| k.seq).max().unwrap_or(0);
+                for (f, k) in moved {
+                    let e = &k.entry;
+                    let vv = encode(&e.vv.with(&me, counter))?;
+                    row(
+                        &e.meta,
+                        true,
+                        e.hash,
+                        &vv,
+                        me_id,
+                        seq,
+                        (0, 0),
+                        Some(f.meta.path.as_str()),
+                    )?;
+                    row(
+                        &f.meta,
+                        false,
+                        e.hash,
+                        &vv,
+                        me_id,
+                        seq,
+                        (f.ino, f.ctime_ns),
+                        Some(e.meta.path.as_str()),
+                    )?;
+                }
                 mv.execute(params![
                     storage,
-                    s,
-                    from,
-                    to,
+                    seq as i64,
+                    from.as_str(),
+                    to.as_str(),
                     me_id,
-                    *counter as i64,
-                    before
+                    counter as i64,
+                    before as i64
                 ])
-                .map_err(|e| sql(&self.path, e))?;
+                .map_err(|e| sql(path, e))?;
             }
             tx.execute(
                 "UPDATE storages SET seq = ?2 WHERE id = ?1",
                 params![storage, seq as i64],
             )
-            .map_err(|e| sql(&self.path, e))?;
+            .map_err(|e| sql(path, e))?;
         }
-        tx.commit().map_err(|e| sql(&self.path, e))?;
+        tx.commit().map_err(|e| sql(path, e))?;
         self.transactions += 1;
         Ok(())
     }

@@ -64,7 +64,7 @@ fn a_new_database_is_created_and_reopened() {
         let mut st = Store::open(&path, &n("a")).unwrap();
         let s = st.storage("docs").unwrap();
         let c = HashMap::new();
-        st.record_scan(s, &[file("x", 1, 1, 1)], 100, &mut hasher(&c))
+        st.record_scan(s, vec![file("x", 1, 1, 1)], 100, &mut hasher(&c))
             .unwrap();
     }
     let mut st = Store::open(&path, &n("a")).unwrap();
@@ -124,7 +124,7 @@ fn scans_record_new_edited_and_deleted_entries_with_new_versions() {
     let first = st
         .record_scan(
             s,
-            &[file("f", 3, 10, 7), file("g", 1, 1, 8)],
+            vec![file("f", 3, 10, 7), file("g", 1, 1, 8)],
             100,
             &mut hasher(&c),
         )
@@ -137,7 +137,7 @@ fn scans_record_new_edited_and_deleted_entries_with_new_versions() {
     let again = st
         .record_scan(
             s,
-            &[file("f", 3, 10, 7), file("g", 1, 1, 8)],
+            vec![file("f", 3, 10, 7), file("g", 1, 1, 8)],
             200,
             &mut |_| {
                 calls += 1;
@@ -152,7 +152,7 @@ fn scans_record_new_edited_and_deleted_entries_with_new_versions() {
     // An edit of f and the deletion of g (made while the node was off).
     c.insert("f".to_owned(), 2);
     let third = st
-        .record_scan(s, &[file("f", 4, 20, 7)], 300, &mut hasher(&c))
+        .record_scan(s, vec![file("f", 4, 20, 7)], 300, &mut hasher(&c))
         .unwrap();
     assert_eq!((third.changes.modified, third.changes.deleted), (1, 1));
     let v2 = st.local(s, &p("f")).unwrap().unwrap();
@@ -161,7 +161,7 @@ fn scans_record_new_edited_and_deleted_entries_with_new_versions() {
     assert!(g.deleted);
     assert_ne!(third.digest, first.digest);
     // A touch with the same content: a new mtime, the same version.
-    st.record_scan(s, &[file("f", 4, 25, 7)], 400, &mut hasher(&c))
+    st.record_scan(s, vec![file("f", 4, 25, 7)], 400, &mut hasher(&c))
         .unwrap();
     let v3 = st.local(s, &p("f")).unwrap().unwrap();
     assert_eq!(v3.vv, v2.vv);
@@ -169,7 +169,7 @@ fn scans_record_new_edited_and_deleted_entries_with_new_versions() {
     // Made again after its deletion: the new version follows the tombstone.
     st.record_scan(
         s,
-        &[file("f", 4, 25, 7), file("g", 9, 9, 9)],
+        vec![file("f", 4, 25, 7), file("g", 9, 9, 9)],
         500,
         &mut hasher(&c),
     )
@@ -184,11 +184,11 @@ fn a_renamed_file_is_a_move_and_is_not_read() {
     let mut st = Store::open_in_memory(&me).unwrap();
     let s = st.storage("docs").unwrap();
     let c = HashMap::new();
-    st.record_scan(s, &[file("old", 5, 50, 42)], 100, &mut hasher(&c))
+    st.record_scan(s, vec![file("old", 5, 50, 42)], 100, &mut hasher(&c))
         .unwrap();
     let mut calls = 0;
     let r = st
-        .record_scan(s, &[file("new", 5, 50, 42)], 200, &mut |_| {
+        .record_scan(s, vec![file("new", 5, 50, 42)], 200, &mut |_| {
             calls += 1;
             Ok([0; 32])
         })
@@ -220,12 +220,12 @@ fn a_copy_then_delete_is_a_move_by_content() {
     ]
     .into_iter()
     .collect();
-    st.record_scan(s, &[file("old", 5, 50, 42)], 100, &mut hasher(&c))
+    st.record_scan(s, vec![file("old", 5, 50, 42)], 100, &mut hasher(&c))
         .unwrap();
     let r = st
         .record_scan(
             s,
-            &[file("new", 5, 60, 43), file("other", 6, 60, 44)],
+            vec![file("new", 5, 60, 43), file("other", 6, 60, 44)],
             200,
             &mut hasher(&c),
         )
@@ -264,12 +264,12 @@ fn a_renamed_directory_is_one_move_in_the_changes_a_leader_gets() {
     let s = st.storage("docs").unwrap();
     let c = HashMap::new();
     let before = st
-        .record_scan(s, &sorted(tree("photos", 1000, 1000)), 100, &mut hasher(&c))
+        .record_scan(s, sorted(tree("photos", 1000, 1000)), 100, &mut hasher(&c))
         .unwrap();
     let mut moved = tree("pictures", 1000, 1000);
     moved.push(file("other", 1, 1, 9));
     let after = st
-        .record_scan(s, &sorted(moved), 200, &mut hasher(&c))
+        .record_scan(s, sorted(moved), 200, &mut hasher(&c))
         .unwrap();
     assert_eq!(after.changes.dir_moves, 1);
     assert_eq!(after.changes.new, 1);
@@ -297,13 +297,8 @@ fn a_renamed_directory_is_one_move_in_the_changes_a_leader_gets() {
     st.local_since(s, 0, &mut |_| {}).unwrap();
     let mut st0 = Store::open_in_memory(&me).unwrap();
     let s0 = st0.storage("docs").unwrap();
-    st0.record_scan(
-        s0,
-        &sorted(tree("photos", 1000, 1000)),
-        100,
-        &mut hasher(&c),
-    )
-    .unwrap();
+    st0.record_scan(s0, sorted(tree("photos", 1000, 1000)), 100, &mut hasher(&c))
+        .unwrap();
     st0.local_since(s0, 0, &mut |page| first.extend(page))
         .unwrap();
     leader.remote_begin(ls, &me, true).unwrap();
@@ -340,7 +335,7 @@ fn a_replayed_directory_move_is_recorded_as_one_move_too() {
     let s = st.storage("docs").unwrap();
     let c = HashMap::new();
     let before = st
-        .record_scan(s, &sorted(tree("a", 20, 100)), 100, &mut hasher(&c))
+        .record_scan(s, sorted(tree("a", 20, 100)), 100, &mut hasher(&c))
         .unwrap();
     st.record(
         s,
@@ -370,7 +365,7 @@ fn the_diff_merges_indexes_by_path_and_looks_things_up() {
     let c = HashMap::new();
     st.record_scan(
         s,
-        &[file("a", 1, 1, 1), file("c", 1, 1, 2)],
+        vec![file("a", 1, 1, 1), file("c", 1, 1, 2)],
         10,
         &mut hasher(&c),
     )
@@ -379,7 +374,7 @@ fn the_diff_merges_indexes_by_path_and_looks_things_up() {
     let bs = b.storage("docs").unwrap();
     b.record_scan(
         bs,
-        &[file("b", 1, 1, 1), file("c", 2, 2, 2)],
+        vec![file("b", 1, 1, 1), file("c", 2, 2, 2)],
         10,
         &mut hasher(&c),
     )
@@ -426,13 +421,13 @@ fn tombstones_expire_only_after_the_retention_and_once_peers_saw_the_deletion() 
     let c = HashMap::new();
     st.record_scan(
         s,
-        &[file("x", 1, 1, 1), file("y", 1, 1, 2)],
+        vec![file("x", 1, 1, 1), file("y", 1, 1, 2)],
         10,
         &mut hasher(&c),
     )
     .unwrap();
     // Deleted at "now" 100 (the changed column is the record time, 100).
-    st.record_scan(s, &[], 100, &mut hasher(&c)).unwrap();
+    st.record_scan(s, vec![], 100, &mut hasher(&c)).unwrap();
     // A peer's copy still shows y alive.
     let y = Entry {
         meta: FileMeta::file(p("y"), 1, 1, 0o644),
@@ -454,7 +449,7 @@ fn an_emptied_scan_without_history_deletes_nothing() {
     let mut st = Store::open_in_memory(&n("a")).unwrap();
     let s = st.storage("docs").unwrap();
     let c = HashMap::new();
-    let r = st.record_scan(s, &[], 10, &mut hasher(&c)).unwrap();
+    let r = st.record_scan(s, vec![], 10, &mut hasher(&c)).unwrap();
     assert_eq!(r.changes, ScanChanges::default());
     assert!(!st.guard(s).unwrap().has_history);
 }

@@ -326,9 +326,10 @@ impl Io for Shell {
         let st = &self.storages[i];
         let dir = st.dir().map_err(no_root)?;
         let now = now_secs();
+        let entries = found.len();
         let summary = self
             .store
-            .record_scan(st.id, &found, now, &mut |p| hash_file(dir, p))
+            .record_scan(st.id, found, now, &mut |p| hash_file(dir, p))
             .map_err(history)?;
         let c = summary.changes;
         if c != Default::default() {
@@ -346,7 +347,7 @@ impl Io for Shell {
         log::debug!(
             "{}: scanned {} entries ({} skipped) in {:.3} s",
             st.cfg.name,
-            found.len(),
+            entries,
             result.skipped,
             started.elapsed().as_secs_f64()
         );

@@ -12,6 +12,18 @@ struct Item {
     to: Box<[(u32, Option<Version>)]>,
 }
 
+/// `node`'s index in `names`, added at the end if it is new. Sessions name a handful of
+/// nodes, so a linear search beats any map.
+pub(super) fn intern(names: &mut Vec<NodeId>, node: &NodeId) -> u32 {
+    match names.iter().position(|n| n == node) {
+        Some(k) => k as u32,
+        None => {
+            names.push(node.clone());
+            (names.len() - 1) as u32
+        }
+    }
+}
+
 /// A session's sends, in path order once sealed.
 #[derive(Default)]
 pub struct Sends {
@@ -23,19 +35,9 @@ impl Sends {
     pub(crate) fn push(&mut self, meta: FileMeta, to: Vec<SendTo>) {
         let to = to
             .into_iter()
-            .map(|t| (self.name(t.node), t.expect))
+            .map(|t| (intern(&mut self.names, &t.node), t.expect))
             .collect();
         self.items.push(Item { meta, to });
-    }
-
-    fn name(&mut self, node: NodeId) -> u32 {
-        match self.names.iter().position(|n| *n == node) {
-            Some(k) => k as u32,
-            None => {
-                self.names.push(node);
-                (self.names.len() - 1) as u32
-            }
-        }
     }
 
     pub fn len(&self) -> usize {

@@ -488,14 +488,14 @@ impl Session {
             self.declined.insert(meta.path);
             return Ok(());
         }
-        let from = self.name(from);
+        let from = self.name(&from);
         let vv = entry
             .vv
             .pairs()
             .iter()
-            .map(|(n, c)| (self.name_ref(n), *c))
+            .map(|(n, c)| (self.name(n), *c))
             .collect();
-        let by = self.name(entry.by);
+        let by = self.name(&entry.by);
         self.expected.push(
             meta.path,
             Row {
@@ -512,21 +512,8 @@ impl Session {
     }
 
     /// The index of `node` in `names`, added if new.
-    fn name(&mut self, node: NodeId) -> u32 {
-        match self.names.iter().position(|n| *n == node) {
-            Some(k) => k as u32,
-            None => {
-                self.names.push(node);
-                (self.names.len() - 1) as u32
-            }
-        }
-    }
-
-    fn name_ref(&mut self, node: &NodeId) -> u32 {
-        match self.names.iter().position(|n| n == node) {
-            Some(k) => k as u32,
-            None => self.name(node.clone()),
-        }
+    fn name(&mut self, node: &NodeId) -> u32 {
+        super::sends::intern(&mut self.names, node)
     }
 
     /// `Go`: the sends held until now are handed to the shell.

@@ -298,7 +298,7 @@ impl Io for SimIo<'_> {
         let summary = self
             .history
             .store
-            .record_scan(id, &found, self.now, &mut |p| {
+            .record_scan(id, found, self.now, &mut |p| {
                 tree.get(p)
                     .map(|f| hash_of(f.content))
                     .ok_or_else(|| std::io::Error::other("vanished"))
