@@ -188,6 +188,7 @@ impl Shell {
     pub fn release_idle_memory(&mut self) {
         self.outbox.shrink();
         self.receiver.shrink();
+        self.store.release_memory();
         crate::mem::release_free();
     }
 
