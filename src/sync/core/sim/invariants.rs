@@ -335,7 +335,7 @@ impl Sim {
                 continue;
             }
             let n = &self.nodes[first];
-            let tree = n.fs[n.storage(storage).unwrap()].clone();
+            let tree = view(&n.fs[n.storage(storage).unwrap()]);
             if let Err((path, e)) = self.oracle.judge(storage, &tree) {
                 let known = self.histories(nodes, storage, &path);
                 let recorded = self.oracle.recorded_at(storage, &path);

@@ -23,9 +23,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::replica::Tree;
 use crate::history::{is_below, Order, Vv};
 use crate::model::{EntryKind, RelPath};
+
+/// What a replica holds, without modes (the diff never propagates mode-only changes): kind,
+/// size, mtime and content token per path.
+pub(super) type View = BTreeMap<RelPath, (EntryKind, u64, i64, u64)>;
 
 /// A live version some scan recorded.
 #[derive(Clone, Debug)]
@@ -112,7 +115,7 @@ impl Oracle {
 
     /// Judges `tree`, the final state every replica of `storage` agrees on. `Err` says
     /// what went wrong.
-    pub(super) fn judge(&mut self, storage: &str, tree: &Tree) -> Result<(), (RelPath, String)> {
+    pub(super) fn judge(&mut self, storage: &str, tree: &View) -> Result<(), (RelPath, String)> {
         let none = Vec::new();
         let live = self.live.get(storage).unwrap_or(&none);
         let no_tombs = Vec::new();
@@ -121,8 +124,8 @@ impl Oracle {
         let drops = self.drops.get(storage).unwrap_or(&no_drops);
         let mut present: HashMap<u64, Vec<&RelPath>> = HashMap::new();
         for (p, f) in tree {
-            if f.meta.kind == EntryKind::File {
-                present.entry(f.content).or_default().push(p);
+            if f.0 == EntryKind::File {
+                present.entry(f.3).or_default().push(p);
             }
         }
         let superseded_at =
@@ -170,10 +173,7 @@ impl Oracle {
                     }
                 }
                 None => {
-                    if tree
-                        .get(&s.path)
-                        .is_some_and(|f| f.meta.kind == EntryKind::Dir)
-                    {
+                    if tree.get(&s.path).is_some_and(|f| f.0 == EntryKind::Dir) {
                         continue;
                     }
                     if !superseded_at(&s.path, &s.vv) {
@@ -191,19 +191,19 @@ impl Oracle {
         }
         for (p, f) in tree {
             checked += 1;
-            match f.meta.kind {
+            match f.0 {
                 EntryKind::File => {
                     let versions: Vec<&Seen> = live
                         .iter()
-                        .filter(|s| s.path == *p && s.content == Some(f.content))
+                        .filter(|s| s.path == *p && s.content == Some(f.3))
                         .collect();
                     if versions.is_empty() {
-                        let copy = is_conflict_copy(p)
-                            && live.iter().any(|s| s.content == Some(f.content));
+                        let copy =
+                            is_conflict_copy(p) && live.iter().any(|s| s.content == Some(f.3));
                         if !copy {
                             return Err((
                                 p.clone(),
-                                format!("{p} (content {:x}) came from nowhere", f.content),
+                                format!("{p} (content {:x}) came from nowhere", f.3),
                             ));
                         }
                         continue;
@@ -215,7 +215,7 @@ impl Oracle {
                             format!(
                             "deletion undone: {p} (content {:x}) is back, though every version \
                              of it was deleted by a node that had seen it",
-                            f.content
+                            f.3
                         ),
                         ));
                     }

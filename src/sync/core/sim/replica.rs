@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-use super::oracle::Oracle;
+use super::oracle::{Oracle, View};
 use super::{Event, Sim, DIRS, EDIT_MTIME_BASE, NAMES};
 use crate::history::{is_below, rebase, Digest, Entry, Record};
 use crate::ignore::IgnoreMatcher;
@@ -100,9 +100,6 @@ impl SimFile {
 }
 
 pub(super) type Tree = BTreeMap<RelPath, SimFile>;
-
-/// What a replica holds, without modes (the diff never propagates mode-only changes).
-pub(super) type View = BTreeMap<RelPath, (EntryKind, u64, i64, u64)>;
 
 pub(super) fn view(tree: &Tree) -> View {
     tree.iter()
