@@ -336,15 +336,13 @@ impl Store {
             })
     }
 
-    /// A version vector as stored: (node row id u32 LE, counter u64 LE) pairs.
+    /// A version vector as stored: (node row id u32 LE, counter u64 LE) pairs. Numbers the
+    /// nodes it names that have no row id yet.
     pub(crate) fn encode_vv(&mut self, vv: &Vv) -> Result<Vec<u8>, StoreError> {
-        let mut out = Vec::with_capacity(vv.pairs().len() * 12);
-        for (n, c) in vv.pairs() {
-            let id = self.node_id(n)?;
-            out.extend_from_slice(&(id as u32).to_le_bytes());
-            out.extend_from_slice(&c.to_le_bytes());
+        for (n, _) in vv.pairs() {
+            self.node_id(n)?;
         }
-        Ok(out)
+        encode_numbered(&self.ids, &self.path, vv)
     }
 
     pub(crate) fn decode_vv(&self, blob: &[u8]) -> Result<Vv, StoreError> {
@@ -554,3 +552,22 @@ pub(crate) fn below(dir: &RelPath) -> (String, String) {
 
 #[cfg(test)]
 mod tests;
+
+/// The stored form of `vv` ([`Store::encode_vv`]) when every node it names is numbered in
+/// `ids` already: for callers that hold the connection in a transaction.
+pub(crate) fn encode_numbered(
+    ids: &HashMap<NodeId, i64>,
+    path: &Path,
+    vv: &Vv,
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(vv.pairs().len() * 12);
+    for (n, c) in vv.pairs() {
+        let id = *ids.get(n).ok_or_else(|| StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("node {n} was not numbered"),
+        })?;
+        out.extend_from_slice(&(id as u32).to_le_bytes());
+        out.extend_from_slice(&c.to_le_bytes());
+    }
+    Ok(out)
+}

@@ -404,18 +404,7 @@ impl Store {
         let (_, mut seq) = self.local_state(storage)?;
         let ids = &self.ids;
         let path = &self.path;
-        let encode = |vv: &Vv| -> Result<Vec<u8>, StoreError> {
-            let mut out = Vec::with_capacity(vv.pairs().len() * 12);
-            for (n, c) in vv.pairs() {
-                let id = *ids.get(n).ok_or_else(|| StoreError::Corrupt {
-                    path: path.clone(),
-                    detail: format!("node {n} was not numbered"),
-                })?;
-                out.extend_from_slice(&(id as u32).to_le_bytes());
-                out.extend_from_slice(&c.to_le_bytes());
-            }
-            Ok(out)
-        };
+        let encode = |vv: &Vv| super::encode_numbered(ids, path, vv);
         let by_id = |n: &NodeId| -> Result<i64, StoreError> {
             ids.get(n).copied().ok_or_else(|| StoreError::Corrupt {
                 path: path.clone(),
