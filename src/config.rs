@@ -30,6 +30,27 @@ pub const MAX_PARALLEL_TRANSFERS_LIMIT: u32 = 64;
 /// Upper bound for `delay_watcher_events` (one day), to catch unit mistakes (ms vs s).
 pub const MAX_DELAY_WATCHER_EVENTS: u64 = 86_400;
 
+/// Shortest passphrase accepted, in characters: a recorded handshake lets anyone guess it
+/// offline, at the KDF's cost per guess.
+pub const MIN_PASSPHRASE: usize = 12;
+
+/// Strings a user meant as `true` or `false` (`encryption = "false"` would otherwise be the
+/// passphrase "false", and every connection would use it).
+const SWITCH_WORDS: &[&str] = &[
+    "true", "false", "yes", "no", "on", "off", "1", "0", "enabled", "disabled", "enable",
+    "disable", "none",
+];
+
+fn looks_like_a_switch(s: &str) -> bool {
+    let t = s.trim().to_ascii_lowercase();
+    SWITCH_WORDS.contains(&t.as_str())
+}
+
+fn is_negative_switch(s: &str) -> bool {
+    let t = s.trim().to_ascii_lowercase();
+    ["false", "no", "off", "0", "disabled", "disable", "none"].contains(&t.as_str())
+}
+
 /// How connections are protected (the `encryption` key).
 #[derive(Clone, PartialEq, Eq)]
 pub enum Encryption {
@@ -422,6 +443,28 @@ impl<'a> Parser<'a> {
                 DeValue::Boolean(false) => Encryption::Off,
                 DeValue::String(s) if s.is_empty() => {
                     return Err(self.err(item, "encryption", "the passphrase must not be empty"))
+                }
+                DeValue::String(s) if looks_like_a_switch(s) => {
+                    let unquoted = if is_negative_switch(s) { "false" } else { "true" };
+                    return Err(self.err(
+                        item,
+                        "encryption",
+                        format!(
+                            "{s:?} is a string, not a switch: write encryption = {unquoted} \
+                             without quotes (a passphrase cannot look like one)"
+                        ),
+                    ));
+                }
+                DeValue::String(s) if s.chars().count() < MIN_PASSPHRASE => {
+                    return Err(self.err(
+                        item,
+                        "encryption",
+                        format!(
+                            "the passphrase is {} characters long, at least {MIN_PASSPHRASE} \
+                             are needed (anyone who records a handshake can guess it offline)",
+                            s.chars().count()
+                        ),
+                    ))
                 }
                 DeValue::String(s) => Encryption::Passphrase(s.to_string()),
                 _ => {

@@ -7,20 +7,42 @@
 //! is doing, then `net`, then the signal thread.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, select, unbounded, Receiver};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::Config;
-use crate::net::{self, handle::LocalInfo, handle::NetOptions};
+use crate::config::{Config, Encryption};
+use crate::net::{self, handle::LocalInfo, handle::LinkConfig, handle::LinkMode, handle::NetOptions};
 use crate::run::{Mode, Outcome, StartError};
 use crate::sync::{self, SyncCtl};
 
+/// How links are protected. The passphrase is stretched here, once per process (about 1 s
+/// on a Pi Zero); its working memory is freed before any thread starts.
+fn link_config(config: &Config) -> Result<LinkConfig, StartError> {
+    let group = config.group.as_deref();
+    let made = match &config.encryption {
+        Encryption::Off => {
+            log::warn!("encryption = false: connections are plain text, readable and alterable by anyone on the network");
+            LinkConfig::new(LinkMode::Plain, group, None)
+        }
+        Encryption::Ephemeral => {
+            log::info!(
+                "encryption = true without a passphrase: traffic is encrypted against passive \
+                 listeners, but any node can connect; set a passphrase to keep strangers out"
+            );
+            LinkConfig::new(LinkMode::Ephemeral, group, None)
+        }
+        Encryption::Passphrase(p) => LinkConfig::new(LinkMode::Passphrase, group, Some(p)),
+    };
+    made.map_err(|e| StartError(format!("cannot set up encryption: {e}")))
+}
+
 /// What `net` needs of the config (it never reads the config itself).
-fn net_options(config: &Config, mode: Mode) -> NetOptions {
-    NetOptions {
+fn net_options(config: &Config, mode: Mode) -> Result<NetOptions, StartError> {
+    Ok(NetOptions {
         local: LocalInfo {
             node_id: config.node_id.clone(),
             group: config.group.clone(),
@@ -30,7 +52,8 @@ fn net_options(config: &Config, mode: Mode) -> NetOptions {
         listen: Some(SocketAddr::new(config.listen_address, config.port)),
         peers: config.peers.clone(),
         redial_forever: mode == Mode::Daemon,
-    }
+        link: Arc::new(link_config(config)?),
+    })
 }
 
 fn spawn<T: Send + 'static>(
@@ -59,7 +82,7 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
     })?;
 
     let (net_event_tx, net_event_rx) = unbounded();
-    let (net_thread, net_handle) = net::spawn(net_options(&config, mode), net_event_tx)?;
+    let (net_thread, net_handle) = net::spawn(net_options(&config, mode)?, net_event_tx)?;
 
     let (ctl_tx, ctl_rx) = unbounded();
     let (done_tx, done_rx) = bounded::<Outcome>(1);

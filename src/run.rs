@@ -166,6 +166,19 @@ pub enum DialError {
     BadHandshake(String),
     /// The peer refused us, with its reason.
     RefusedByPeer(String),
+    /// The peer speaks another protocol version (from its preamble).
+    OtherVersion(u32),
+    /// The peer's preamble is not Iron Carrier's (another program, or a version before 4).
+    NotIronCarrier,
+    /// The peer's group tag is not ours (its name is never sent in the clear).
+    OtherGroupTag { ours: Option<String> },
+    /// One side encrypts and the other does not, or one uses a passphrase and the other not.
+    EncryptionMismatch {
+        ours: &'static str,
+        theirs: &'static str,
+    },
+    /// The handshake failed: another passphrase (or tampering). `by_peer`: the peer said so.
+    WrongPassphrase { by_peer: bool },
 }
 
 fn group_name(g: &Option<String>) -> String {
@@ -191,6 +204,34 @@ impl fmt::Display for DialError {
                 group_name(theirs)
             ),
             DialError::RefusedByPeer(r) => write!(f, "refused by the peer: {r}"),
+            DialError::OtherVersion(v) => write!(
+                f,
+                "protocol mismatch: the peer speaks version {v}, we speak {} \
+                 (every node of a group must run the same protocol, upgrade them together)",
+                crate::proto::PROTOCOL_VERSION
+            ),
+            DialError::NotIronCarrier => f.write_str(
+                "the peer does not speak Iron Carrier's protocol \
+                 (another program, or a version before 4)",
+            ),
+            DialError::OtherGroupTag { ours } => write!(
+                f,
+                "group mismatch: we are in {}, the peer in another group",
+                group_name(ours)
+            ),
+            DialError::EncryptionMismatch { ours, theirs } => write!(
+                f,
+                "encryption mismatch: we use {ours}, the peer uses {theirs} \
+                 (set the same encryption on both)"
+            ),
+            DialError::WrongPassphrase { by_peer: false } => f.write_str(
+                "handshake failed: the peer does not know our passphrase \
+                 (or the handshake was altered on the way)",
+            ),
+            DialError::WrongPassphrase { by_peer: true } => f.write_str(
+                "handshake refused by the peer: it does not know our passphrase \
+                 (or the handshake was altered on the way)",
+            ),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! One peer connection as the `net` thread sees it: the socket, its read and write buffers,
-//! its handshake state and its timestamps.
+//! its link (preamble, Noise handshake, sealed frames: `net/link.rs`) and its timestamps.
 //!
 //! Reading turns bytes into decoded messages (never more than one frame's worth of buffer
 //! beyond what has arrived); writing drains the queued frames until the socket would block.
-//! No policy lives here: what a message means is decided by `net/mod.rs` and `sync`.
+//! On an encrypted link every frame is sealed as it is queued (so nonces follow the order
+//! of the bytes on the wire) and opened in place as it is read; frames queued before the
+//! handshake ends (our `Hello`) wait, plain, until it does. No policy lives here: what a
+//! message means is decided by `net/mod.rs` and `sync`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -17,6 +20,11 @@ use mio::net::TcpStream;
 use crate::model::NodeId;
 use crate::proto::{self, Message, FRAME_HEADER, MAX_FRAME};
 use crate::run::DialError;
+
+use super::link::{
+    Handshake, LinkConfig, LinkError, Mode, Transport, HANDSHAKE_LEN, HANDSHAKE_REFUSED,
+    MAX_SEALED, PREAMBLE_LEN, TAG_LEN,
+};
 
 use super::{ConnId, Traffic};
 
@@ -75,6 +83,20 @@ pub enum ReadOutcome {
     Frames(Vec<(Message, usize)>, ReadStatus),
     /// A protocol violation; the reason is for the log and the `Refuse`.
     Error(String),
+    /// The link was refused before any message could pass (another version, group or
+    /// encryption mode, another passphrase): both ends know why without being told.
+    Refused(DialError),
+}
+
+/// Where the link is, before messages can flow.
+enum Phase {
+    /// Waiting for the peer's preamble. An initiator of an encrypted link has already sent
+    /// its first handshake message and holds its state here.
+    Preamble(Option<Handshake>),
+    /// Waiting for the other handshake message.
+    Handshake(Handshake),
+    /// Frames flow (sealed when `transport` is set).
+    Frames,
 }
 
 pub struct Conn {
@@ -107,6 +129,13 @@ pub struct Conn {
     /// Output not yet written, in order; `wpos` bytes of the first are already written.
     out: VecDeque<OutBuf>,
     wpos: usize,
+    link: Arc<LinkConfig>,
+    phase: Phase,
+    transport: Option<Transport>,
+    /// Plain frames queued before an encrypted link is up: sealed when it is.
+    held: Vec<u8>,
+    /// Sealing failed: the connection must close (reported by the next write).
+    broken: Option<LinkError>,
 }
 
 impl Conn {
@@ -116,6 +145,7 @@ impl Conn {
         addr: SocketAddr,
         dialed: Option<usize>,
         traffic: Arc<Traffic>,
+        link: Arc<LinkConfig>,
     ) -> Conn {
         let now = Instant::now();
         Conn {
@@ -139,7 +169,36 @@ impl Conn {
             rlen: 0,
             out: VecDeque::new(),
             wpos: 0,
+            link,
+            phase: Phase::Frames,
+            transport: None,
+            held: Vec::new(),
+            broken: None,
         }
+    }
+
+    /// The TCP connection is up: queues our preamble (and, dialling an encrypted link, the
+    /// first handshake message, which needs nothing from the peer).
+    pub fn start_link(&mut self) -> Result<(), LinkError> {
+        self.queue_raw(self.link.preamble().to_vec());
+        let hs = if self.link.mode != Mode::Plain && self.dialed.is_some() {
+            let (hs, msg) = Handshake::initiate(&self.link)?;
+            self.queue_raw(msg.to_vec());
+            Some(hs)
+        } else {
+            None
+        };
+        self.phase = Phase::Preamble(hs);
+        Ok(())
+    }
+
+    fn queue_raw(&mut self, bytes: Vec<u8>) {
+        self.outbound.fetch_add(bytes.len(), Ordering::AcqRel);
+        self.out.push_back(OutBuf::Bytes(bytes));
+    }
+
+    fn encrypted(&self) -> bool {
+        self.link.mode != Mode::Plain
     }
 
     /// "node (addr)" once known, else the address: for log lines.
@@ -153,6 +212,15 @@ impl Conn {
     /// Appends a frame. `internal` frames (handshake, ping) are counted in the outbound
     /// gauge here; frames from `sync` were counted by `sync`.
     pub fn queue(&mut self, msg: &Message, internal: bool) {
+        if self.encrypted() && self.transport.is_none() {
+            let before = self.held.len();
+            proto::encode_frame(msg, &mut self.held);
+            if internal {
+                self.outbound
+                    .fetch_add(self.held.len() - before, Ordering::AcqRel);
+            }
+            return;
+        }
         if !matches!(self.out.back(), Some(OutBuf::Bytes(v)) if v.len() < COALESCE_BELOW) {
             self.out.push_back(OutBuf::Bytes(Vec::new()));
         }
@@ -161,16 +229,43 @@ impl Conn {
         };
         let before = buf.len();
         proto::encode_frame(msg, buf);
-        if internal {
-            self.outbound
-                .fetch_add(buf.len() - before, Ordering::AcqRel);
+        let mut added = if internal { buf.len() - before } else { 0 };
+        if let Some(t) = &mut self.transport {
+            match t.seal(buf, before) {
+                Ok(()) => added += TAG_LEN,
+                Err(e) => {
+                    buf.truncate(before);
+                    self.broken = Some(e);
+                }
+            }
         }
+        self.outbound.fetch_add(added, Ordering::AcqRel);
     }
 
-    /// Appends a frame built by `sync` (already counted in the outbound gauge by it).
+    /// Appends a frame built by `sync` (already counted in the outbound gauge by it). On an
+    /// encrypted link it is sealed into a copy of its own: each connection has its keys.
     pub fn queue_frame(&mut self, frame: Arc<Vec<u8>>) {
-        if !frame.is_empty() {
+        if frame.is_empty() {
+            return;
+        }
+        if !self.encrypted() {
             self.out.push_back(OutBuf::Frame(frame));
+            return;
+        }
+        let Some(t) = &mut self.transport else {
+            // `net` hands over `sync`'s frames only once the link is up.
+            self.broken = Some(LinkError::Internal("a frame before the handshake".into()));
+            return;
+        };
+        let mut sealed = Vec::with_capacity(frame.len() + TAG_LEN);
+        sealed.extend_from_slice(&frame);
+        drop(frame);
+        match t.seal(&mut sealed, 0) {
+            Ok(()) => {
+                self.outbound.fetch_add(TAG_LEN, Ordering::AcqRel);
+                self.out.push_back(OutBuf::Bytes(sealed));
+            }
+            Err(e) => self.broken = Some(e),
         }
     }
 
@@ -209,6 +304,9 @@ impl Conn {
     /// Writes queued bytes until done or the socket would block, several buffers per
     /// system call.
     pub fn write_out(&mut self) -> io::Result<()> {
+        if let Some(e) = &self.broken {
+            return Err(io::Error::other(format!("cannot seal a frame: {e}")));
+        }
         while !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n_slices = 0;
@@ -268,6 +366,9 @@ impl Conn {
                     self.rlen += n;
                     self.traffic.add(0, n as u64);
                     read_total += n;
+                    if let Err(fail) = self.advance_link() {
+                        return fail;
+                    }
                     if let Err(reason) = self.decode_frames(&mut frames) {
                         return ReadOutcome::Error(reason);
                     }
@@ -291,15 +392,108 @@ impl Conn {
     /// Buffer size needed to hold the frame whose header is at the start, if known. The
     /// header was validated against `MAX_FRAME` already, so this is bounded.
     fn next_frame_need(&self) -> usize {
-        if self.rlen < FRAME_HEADER {
+        if self.rlen < FRAME_HEADER || !matches!(self.phase, Phase::Frames) {
             return 0;
         }
         let len =
             u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
-        FRAME_HEADER + len.min(MAX_FRAME)
+        FRAME_HEADER + len.min(if self.encrypted() { MAX_SEALED } else { MAX_FRAME })
+    }
+
+    /// Drops the first `n` bytes read.
+    fn consume(&mut self, n: usize) {
+        self.rbuf.copy_within(n..self.rlen, 0);
+        self.rlen -= n;
+    }
+
+    /// Takes the preamble and the handshake from what was read, as far as it goes.
+    fn advance_link(&mut self) -> Result<(), ReadOutcome> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Frames) {
+                Phase::Frames => return Ok(()),
+                Phase::Preamble(hs) => {
+                    if self.rlen < PREAMBLE_LEN {
+                        self.phase = Phase::Preamble(hs);
+                        return Ok(());
+                    }
+                    if let Err(m) = self.link.check_preamble(&self.rbuf[..PREAMBLE_LEN]) {
+                        return Err(ReadOutcome::Refused(m.dial_error(self.link.group.as_deref())));
+                    }
+                    self.consume(PREAMBLE_LEN);
+                    self.phase = match (self.link.mode, hs) {
+                        (Mode::Plain, _) => Phase::Frames,
+                        (_, Some(hs)) => Phase::Handshake(hs),
+                        (_, None) => Phase::Handshake(
+                            Handshake::respond(&self.link)
+                                .map_err(|e| ReadOutcome::Error(e.to_string()))?,
+                        ),
+                    };
+                }
+                Phase::Handshake(hs) => {
+                    if self.rlen < HANDSHAKE_LEN {
+                        self.phase = Phase::Handshake(hs);
+                        return Ok(());
+                    }
+                    let mut msg = [0u8; HANDSHAKE_LEN];
+                    msg.copy_from_slice(&self.rbuf[..HANDSHAKE_LEN]);
+                    self.consume(HANDSHAKE_LEN);
+                    let done = if self.dialed.is_some() {
+                        hs.finish(&msg)
+                    } else {
+                        hs.accept(&msg).map(|(reply, t)| {
+                            self.queue_raw(reply.to_vec());
+                            t
+                        })
+                    };
+                    let transport = match done {
+                        Ok(t) => t,
+                        Err(e) => {
+                            if e == LinkError::Handshake && self.dialed.is_none() {
+                                self.queue_raw(HANDSHAKE_REFUSED.to_vec());
+                            }
+                            return Err(ReadOutcome::Refused(e.dial_error()));
+                        }
+                    };
+                    self.transport = Some(transport);
+                    self.seal_held();
+                }
+            }
+        }
+    }
+
+    /// The link is up: what was queued before it (our `Hello`) goes out sealed, in order.
+    fn seal_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        let Some(t) = &mut self.transport else {
+            return;
+        };
+        let mut pos = 0;
+        while pos + FRAME_HEADER <= held.len() {
+            let len = u32::from_be_bytes([
+                held[pos],
+                held[pos + 1],
+                held[pos + 2],
+                held[pos + 3],
+            ]) as usize;
+            let end = (pos + FRAME_HEADER + len).min(held.len());
+            let mut frame = held[pos..end].to_vec();
+            if let Err(e) = t.seal(&mut frame, 0) {
+                self.broken = Some(e);
+                return;
+            }
+            self.outbound.fetch_add(TAG_LEN, Ordering::AcqRel);
+            self.out.push_back(OutBuf::Bytes(frame));
+            pos = end;
+        }
     }
 
     fn decode_frames(&mut self, out: &mut Vec<(Message, usize)>) -> Result<(), String> {
+        if !matches!(self.phase, Phase::Frames) {
+            return Ok(());
+        }
+        if self.transport.is_some() {
+            return self.open_frames(out);
+        }
         let mut start = 0;
         loop {
             match proto::split_frame(&self.rbuf[start..self.rlen]) {
@@ -316,6 +510,38 @@ impl Conn {
         if start > 0 {
             self.rbuf.copy_within(start..self.rlen, 0);
             self.rlen -= start;
+        }
+        Ok(())
+    }
+
+    /// Opens and decodes every whole sealed frame read so far.
+    fn open_frames(&mut self, out: &mut Vec<(Message, usize)>) -> Result<(), String> {
+        let Some(t) = &mut self.transport else {
+            return Ok(());
+        };
+        let mut start = 0;
+        while self.rlen - start >= FRAME_HEADER {
+            let header = [
+                self.rbuf[start],
+                self.rbuf[start + 1],
+                self.rbuf[start + 2],
+                self.rbuf[start + 3],
+            ];
+            let len = Transport::sealed_len(header).map_err(|e| e.to_string())?;
+            let end = start + FRAME_HEADER + len;
+            if end > self.rlen {
+                break;
+            }
+            let n = t
+                .open(&mut self.rbuf[start..end])
+                .map_err(|e| e.to_string())?;
+            let payload = &self.rbuf[start + FRAME_HEADER..start + FRAME_HEADER + n];
+            let msg = proto::decode(payload).map_err(|e| format!("invalid frame: {e}"))?;
+            out.push((msg, FRAME_HEADER + n));
+            start = end;
+        }
+        if start > 0 {
+            self.consume(start);
         }
         Ok(())
     }

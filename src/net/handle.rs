@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use mio::Waker;
 
+pub use super::link::{LinkConfig, Mode as LinkMode};
 use crate::model::NodeId;
 use crate::proto::{Hello, Message, PeerMsg};
 use crate::run::DialError;
@@ -205,4 +206,6 @@ pub struct NetOptions {
     /// Keep redialling forever (daemon) or give up after the first failure of each attempt
     /// cycle (one-shot: `sync` decides when to stop waiting).
     pub redial_forever: bool,
+    /// How links are protected, with the passphrase's key already derived.
+    pub link: Arc<LinkConfig>,
 }

@@ -11,6 +11,7 @@
 
 mod conn;
 pub mod handle;
+pub mod link;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -370,10 +371,21 @@ impl Net {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let mut c = Conn::new(id, stream, addr, dialed, self.own.traffic.clone());
+        let mut c = Conn::new(
+            id,
+            stream,
+            addr,
+            dialed,
+            self.own.traffic.clone(),
+            self.opts.link.clone(),
+        );
         c.write_interest = dialed.is_some();
         if dialed.is_none() {
             c.state = ConnState::Handshaking;
+            if let Err(e) = c.start_link() {
+                log::warn!("cannot start a link with {addr}: {e}");
+                return;
+            }
             c.queue(&LinkMsg::Hello(self.hello()).into(), true);
         }
         self.conns.insert(id, c);
@@ -514,6 +526,10 @@ impl Net {
                 Ok(true) => {
                     c.state = ConnState::Handshaking;
                     c.since = Instant::now();
+                    if let Err(e) = c.start_link() {
+                        self.close(id, &format!("cannot start a link: {e}"));
+                        return;
+                    }
                     let hello = LinkMsg::Hello(self.hello()).into();
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.queue(&hello, true);
@@ -617,6 +633,12 @@ impl Net {
                         c.refusal = Some(DialError::BadHandshake(reason.clone()));
                     }
                     self.refuse(id, &reason);
+                    return;
+                }
+                ReadOutcome::Refused(why) => {
+                    log::warn!("refusing {}: {why}", c.describe());
+                    c.refusal = Some(why);
+                    self.linger_close(id);
                     return;
                 }
             };
@@ -833,6 +855,14 @@ impl Net {
             .into(),
             true,
         );
+        self.linger_close(id);
+    }
+
+    /// Closes once what is queued is flushed (and the peer closed, or a grace ended).
+    fn linger_close(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         c.state = ConnState::Closing;
         self.set_timer(Instant::now() + CLOSE_GRACE, Timer::Conn(id));
         self.flush(id);

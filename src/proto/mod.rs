@@ -30,7 +30,7 @@ pub const MAGIC: [u8; 8] = *b"IRONCARR";
 /// session's participants. 3: history — version vectors and tombstones in the index, which a
 /// peer sends as its changes since the leader's copy; plans that delete, move, rename
 /// conflict copies and record versions.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER: usize = 4;
 /// Largest file-data chunk a sender puts in one frame.

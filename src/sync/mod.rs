@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::config::{Config, Encryption};
+use crate::config::Config;
 use crate::fsops::StorageDir;
 use crate::model::NodeId;
 use crate::net::handle::{ConnId, NetEvent, NetHandle};
@@ -144,9 +144,6 @@ impl SyncThread {
                 dir,
                 id,
             });
-        }
-        if config.encryption != Encryption::Off {
-            log::warn!("encryption is not implemented in this version: connections are plain text");
         }
         if config.enable_service_discovery {
             log::info!("service discovery (mDNS) is not implemented yet; using the peers list");

@@ -144,6 +144,7 @@ pub struct NodeConfig {
     pub storages: Vec<(String, PathBuf)>,
     /// Extra top-level TOML lines (e.g. `group = "x"`).
     pub extra: String,
+    pub encryption: String,
 }
 
 impl NodeConfig {
@@ -155,7 +156,15 @@ impl NodeConfig {
             peers: Vec::new(),
             storages: Vec::new(),
             extra: String::new(),
+            encryption: "false".to_owned(),
         }
+    }
+
+    /// The `encryption` value as TOML (`true`, `false` or a quoted passphrase); tests run
+    /// plain text unless they say otherwise.
+    pub fn encryption(mut self, toml_value: &str) -> NodeConfig {
+        self.encryption = toml_value.to_owned();
+        self
     }
 
     pub fn storage(mut self, name: &str, path: &Path) -> NodeConfig {
@@ -188,10 +197,11 @@ impl NodeConfig {
             .collect();
         let mut s = format!(
             "node_id = \"{}\"\nport = {}\nlisten_address = \"127.0.0.1\"\npeers = [{}]\n\
-             enable_service_discovery = false\nencryption = false\nlog_path = \"{}.db\"\n{}\n[storages]\n",
+             enable_service_discovery = false\nencryption = {}\nlog_path = \"{}.db\"\n{}\n[storages]\n",
             self.id,
             self.port,
             peers.join(", "),
+            self.encryption,
             self.id,
             self.extra
         );
