@@ -445,7 +445,11 @@ impl<'a> Parser<'a> {
                     return Err(self.err(item, "encryption", "the passphrase must not be empty"))
                 }
                 DeValue::String(s) if looks_like_a_switch(s) => {
-                    let unquoted = if is_negative_switch(s) { "false" } else { "true" };
+                    let unquoted = if is_negative_switch(s) {
+                        "false"
+                    } else {
+                        "true"
+                    };
                     return Err(self.err(
                         item,
                         "encryption",

@@ -15,7 +15,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, Encryption};
-use crate::net::{self, handle::LocalInfo, handle::LinkConfig, handle::LinkMode, handle::NetOptions};
+use crate::net::{
+    self, handle::LinkConfig, handle::LinkMode, handle::LocalInfo, handle::NetOptions,
+};
 use crate::run::{Mode, Outcome, StartError};
 use crate::sync::{self, SyncCtl};
 

@@ -397,7 +397,12 @@ impl Conn {
         }
         let len =
             u32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]) as usize;
-        FRAME_HEADER + len.min(if self.encrypted() { MAX_SEALED } else { MAX_FRAME })
+        FRAME_HEADER
+            + len.min(if self.encrypted() {
+                MAX_SEALED
+            } else {
+                MAX_FRAME
+            })
     }
 
     /// Drops the first `n` bytes read.
@@ -417,7 +422,9 @@ impl Conn {
                         return Ok(());
                     }
                     if let Err(m) = self.link.check_preamble(&self.rbuf[..PREAMBLE_LEN]) {
-                        return Err(ReadOutcome::Refused(m.dial_error(self.link.group.as_deref())));
+                        return Err(ReadOutcome::Refused(
+                            m.dial_error(self.link.group.as_deref()),
+                        ));
                     }
                     self.consume(PREAMBLE_LEN);
                     self.phase = match (self.link.mode, hs) {
@@ -469,12 +476,8 @@ impl Conn {
         };
         let mut pos = 0;
         while pos + FRAME_HEADER <= held.len() {
-            let len = u32::from_be_bytes([
-                held[pos],
-                held[pos + 1],
-                held[pos + 2],
-                held[pos + 3],
-            ]) as usize;
+            let len = u32::from_be_bytes([held[pos], held[pos + 1], held[pos + 2], held[pos + 3]])
+                as usize;
             let end = (pos + FRAME_HEADER + len).min(held.len());
             let mut frame = held[pos..end].to_vec();
             if let Err(e) = t.seal(&mut frame, 0) {

@@ -120,7 +120,10 @@ impl LinkConfig {
         let psk = match (mode, passphrase) {
             (Mode::Passphrase, Some(p)) => stretch_passphrase(p, group)?,
             (Mode::Passphrase, None) => return Err("a passphrase mode needs a passphrase".into()),
-            _ => Secret(blake3::derive_key("iron-carrier link v1 no passphrase", b"")),
+            _ => Secret(blake3::derive_key(
+                "iron-carrier link v1 no passphrase",
+                b"",
+            )),
         };
         Ok(LinkConfig {
             mode,
@@ -150,8 +153,7 @@ impl LinkConfig {
         if version != u32::from(PROTOCOL_VERSION) {
             return Err(Mismatch::Version(version));
         }
-        let Some(mode) = Mode::from_byte(theirs[12]).filter(|_| theirs[13..16] == [0, 0, 0])
-        else {
+        let Some(mode) = Mode::from_byte(theirs[12]).filter(|_| theirs[13..16] == [0, 0, 0]) else {
             return Err(Mismatch::NotIronCarrier);
         };
         if mode != self.mode {
@@ -173,7 +175,10 @@ pub enum Mismatch {
     /// Not our magic: another program, or an Iron Carrier before protocol version 4.
     NotIronCarrier,
     Version(u32),
-    Mode { ours: Mode, theirs: Mode },
+    Mode {
+        ours: Mode,
+        theirs: Mode,
+    },
     Group,
 }
 
@@ -337,7 +342,10 @@ impl Handshake {
             _ => return Err(LinkError::Handshake),
         }
         let mut reply = [0u8; HANDSHAKE_LEN];
-        let n = self.state.write_message(&[], &mut reply).map_err(internal)?;
+        let n = self
+            .state
+            .write_message(&[], &mut reply)
+            .map_err(internal)?;
         if n != HANDSHAKE_LEN {
             return Err(LinkError::Internal(format!("second message of {n} bytes")));
         }

@@ -9,6 +9,7 @@
 //! given its options ([`NetOptions`]), never the config. Other threads reach it only through
 //! [`handle`] (commands, events, the byte gauges of back-pressure, described there).
 
+mod admit;
 mod conn;
 pub mod handle;
 pub mod link;
@@ -30,6 +31,7 @@ use crate::model::NodeId;
 use crate::proto::{Hello, LinkMsg, Message, PROTOCOL_VERSION};
 use crate::run::{DialError, StartError};
 
+use admit::{Admission, Verdict};
 use conn::{Conn, ConnState, ReadOutcome};
 use handle::{ConnId, InboundGauge, NetCmd, NetEvent, NetHandle, NetOptions, Traffic};
 use handle::{IN_HIGH, IN_LOW, OUT_LOW};
@@ -147,6 +149,8 @@ struct Net {
     /// Shutting down: flushing what is queued, accepting nothing new.
     draining: bool,
     drain_expired: bool,
+    /// Limits on incoming connections that have not finished their handshake.
+    admission: Admission,
 }
 
 impl Net {
@@ -185,6 +189,7 @@ impl Net {
             read_paused: false,
             draining: false,
             drain_expired: false,
+            admission: Admission::default(),
         }
     }
 
@@ -413,8 +418,34 @@ impl Net {
             };
             match listener.accept() {
                 Ok((stream, addr)) => {
+                    let id = self.next_id;
+                    match self.admission.admit(id, addr.ip(), Instant::now()) {
+                        Verdict::Refuse { why, log } => {
+                            if log {
+                                log::warn!(
+                                    "refusing connections from {}: {why} (logged once a minute)",
+                                    addr.ip()
+                                );
+                            }
+                            // Dropped at once: no buffer, no handshake, no timer.
+                            drop(stream);
+                            continue;
+                        }
+                        Verdict::Admit { evict } => {
+                            if let Some(old) = evict {
+                                log::debug!(
+                                    "closing connection {old}: the oldest of {} unfinished handshakes",
+                                    self.admission.pending()
+                                );
+                                self.close(old, "too many unfinished handshakes");
+                            }
+                        }
+                    }
                     log::debug!("accepted connection from {addr}");
                     self.register(stream, addr, None);
+                    if !self.conns.contains_key(&id) {
+                        self.admission.finished(id);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -642,6 +673,10 @@ impl Net {
                     return;
                 }
             };
+            // Reading may have advanced the link, which queues bytes of its own (the
+            // handshake's reply, our sealed Hello): they go out now, not with the next
+            // message.
+            self.flush(id);
             for (msg, size) in frames {
                 if !self.handle_frame(id, msg, size) {
                     return;
@@ -803,6 +838,7 @@ impl Net {
         c.state = ConnState::Ready;
         c.since = Instant::now();
         c.peer = Some(node.clone());
+        self.admission.finished(id);
         c.announced = true;
         let outbound = c.outbound.clone();
         self.by_node.insert(node.clone(), id);
@@ -872,6 +908,7 @@ impl Net {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
+        self.admission.finished(id);
         let _ = self.poll.registry().deregister(&mut c.stream);
         if let Some(i) = c.dialed {
             if self.peers.get(i).is_some_and(|p| p.in_flight == Some(id)) {

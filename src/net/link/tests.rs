@@ -38,7 +38,10 @@ fn open(t: &mut Transport, mut f: Vec<u8>) -> Result<Vec<u8>, LinkError> {
 
 #[test]
 fn both_directions_carry_frames_under_each_mode() {
-    for c in [cfg(Mode::Ephemeral, None, None), pass("correct horse battery")] {
+    for c in [
+        cfg(Mode::Ephemeral, None, None),
+        pass("correct horse battery"),
+    ] {
         let (mut a, mut b) = pair(&c, &c).unwrap();
         for i in 0..100u32 {
             let msg = format!("frame {i}").into_bytes();
@@ -208,7 +211,13 @@ fn a_replayed_first_message_gets_a_fresh_reply_and_keys() {
 #[test]
 fn garbage_handshake_messages_are_refused_without_panicking() {
     let c = pass("correct horse battery");
-    for msg in [vec![], vec![1u8; 47], vec![0u8; 48], vec![0xffu8; 48], vec![5u8; 49]] {
+    for msg in [
+        vec![],
+        vec![1u8; 47],
+        vec![0u8; 48],
+        vec![0xffu8; 48],
+        vec![5u8; 49],
+    ] {
         assert!(Handshake::respond(&c).unwrap().accept(&msg).is_err());
         let (hs, _) = Handshake::initiate(&c).unwrap();
         assert!(hs.finish(&msg).is_err());
@@ -227,7 +236,11 @@ fn preambles_say_what_differs() {
             theirs: Mode::Plain
         })
     );
-    let work = cfg(Mode::Passphrase, Some("work"), Some("correct horse battery"));
+    let work = cfg(
+        Mode::Passphrase,
+        Some("work"),
+        Some("correct horse battery"),
+    );
     assert_eq!(ours.check_preamble(&work.preamble()), Err(Mismatch::Group));
     let mut newer = ours.preamble();
     newer[8..12].copy_from_slice(&99u32.to_be_bytes());
@@ -246,8 +259,20 @@ fn preambles_say_what_differs() {
 #[test]
 fn the_kdf_depends_on_passphrase_and_group_and_nothing_else() {
     let k = |p: &str, g: Option<&str>| stretch_passphrase(p, g).unwrap().0;
-    assert_eq!(k("correct horse battery", Some("a")), k("correct horse battery", Some("a")));
-    assert_ne!(k("correct horse battery", Some("a")), k("correct horse batterz", Some("a")));
-    assert_ne!(k("correct horse battery", Some("a")), k("correct horse battery", Some("b")));
-    assert_ne!(k("correct horse battery", None), k("correct horse battery", Some("a")));
+    assert_eq!(
+        k("correct horse battery", Some("a")),
+        k("correct horse battery", Some("a"))
+    );
+    assert_ne!(
+        k("correct horse battery", Some("a")),
+        k("correct horse batterz", Some("a"))
+    );
+    assert_ne!(
+        k("correct horse battery", Some("a")),
+        k("correct horse battery", Some("b"))
+    );
+    assert_ne!(
+        k("correct horse battery", None),
+        k("correct horse battery", Some("a"))
+    );
 }
