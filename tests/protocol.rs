@@ -7,22 +7,27 @@
 //! After every attack the same four things must hold: the daemon is still running, its log
 //! names the reason it dropped the peer, nothing was created outside its storage (nor inside
 //! it), and a legitimate node can still synchronize with it.
+//!
+//! Every attack runs twice: over a plain link and over an encrypted one whose passphrase
+//! the attacker knows (`mod plain`, `mod sealed`, at the end): knowing the key makes a
+//! peer no more trusted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 
+use common::peer::{frame, Enc, RawPeer};
 use common::{manifest, oneshot, show, Daemon, NodeConfig, TestDir, PATIENCE};
 use iron_carrier::history::{Entry, Record, Vv};
 use iron_carrier::model::{FileMeta, NodeId, RelPath, Version};
+use iron_carrier::net::link::{HANDSHAKE_LEN, HANDSHAKE_REFUSED, MAX_SEALED, PREAMBLE_LEN};
 use iron_carrier::proto::{
-    decode, encode_frame, split_frame, ElectionMsg, Hello, LinkMsg, Message, PeerMsg, PlanItem,
-    SessionMsg, TransferMsg, FRAME_HEADER, MAX_FRAME, PROTOCOL_VERSION,
+    ElectionMsg, Hello, LinkMsg, Message, PeerMsg, PlanItem, SessionMsg, TransferMsg, FRAME_HEADER,
+    MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// The storage both the daemon and the crafted peers announce.
@@ -31,103 +36,6 @@ const STORAGE: &str = "docs";
 const DAEMON_ID: &str = "node-b";
 /// Tag byte of `FileStart` (the tag constants are private to `proto`).
 const TAG_FILE_START: u8 = 0x20;
-
-// ---------------------------------------------------------------------------------------
-// The crafted peer
-
-/// A peer that is nothing but a blocking socket: it sends whatever bytes a test makes up
-/// and decodes what the daemon answers.
-struct RawPeer {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawPeer {
-    /// Connects without saying anything. Reads time out after `PATIENCE`: that is the
-    /// deadline for every answer the daemon owes.
-    fn connect(port: u16) -> RawPeer {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
-        stream
-            .set_read_timeout(Some(PATIENCE))
-            .expect("set read timeout");
-        stream.set_nodelay(true).expect("set nodelay");
-        RawPeer {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the daemon");
-    }
-
-    fn send(&mut self, msg: &Message) {
-        self.send_raw(&frame(msg));
-    }
-
-    /// The next message, or `None` once the daemon has closed the connection.
-    fn recv(&mut self) -> Option<Message> {
-        loop {
-            match split_frame(&self.buf) {
-                Ok(Some((range, used))) => {
-                    let msg = decode(&self.buf[range])
-                        .unwrap_or_else(|e| panic!("the daemon sent an undecodable frame: {e}"));
-                    self.buf.drain(..used);
-                    return Some(msg);
-                }
-                Ok(None) => {}
-                Err(e) => panic!("the daemon sent an invalid frame header: {e}"),
-            }
-            let mut chunk = [0u8; 64 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    assert!(
-                        self.buf.is_empty(),
-                        "the daemon closed the connection in the middle of a frame"
-                    );
-                    return None;
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // A close with unread bytes on the daemon's side arrives as a reset.
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    panic!("the daemon neither answered nor closed within {PATIENCE:?}")
-                }
-                Err(e) => panic!("read from the daemon failed: {e}"),
-            }
-        }
-    }
-
-    /// The next message that is not a keep-alive or a released claim; panics if the
-    /// connection closes first.
-    fn expect(&mut self, what: &str) -> Message {
-        loop {
-            match self.recv() {
-                Some(Message::Link(LinkMsg::Ping)) => self.send(&Message::Link(LinkMsg::Pong)),
-                Some(Message::Link(LinkMsg::Pong))
-                | Some(Message::Peer(PeerMsg::Election(ElectionMsg::Release { .. }))) => {}
-                Some(m) => return m,
-                None => panic!("the daemon closed the connection while we waited for {what}"),
-            }
-        }
-    }
-
-    /// Reads until the daemon closes the connection; returns what it sent meanwhile.
-    fn until_closed(&mut self) -> Vec<Message> {
-        let mut got = Vec::new();
-        while let Some(m) = self.recv() {
-            got.push(m);
-        }
-        got
-    }
-}
-
-fn frame(msg: &Message) -> Vec<u8> {
-    let mut v = Vec::new();
-    encode_frame(msg, &mut v);
-    v
-}
 
 fn hello(id: &str, group: Option<&str>, storages: &[&str]) -> Message {
     Message::Link(LinkMsg::Hello(Hello {
@@ -197,24 +105,28 @@ struct Target {
     dir: TestDir,
     daemon: Daemon,
     port: u16,
+    /// The daemon's `encryption`, which the crafted peers and the legitimate node share.
+    enc: Enc,
     around_before: BTreeMap<String, String>,
     store_before: BTreeMap<String, String>,
 }
 
 impl Target {
-    fn start(tag: &str) -> Target {
-        Target::start_with(tag, &[])
+    fn start(tag: &str, enc: Enc) -> Target {
+        Target::start_with(tag, enc, &[])
     }
 
     /// Like `start`, with extra files in the storage.
-    fn start_with(tag: &str, files: &[(&str, &[u8])]) -> Target {
-        let dir = TestDir::new(tag);
+    fn start_with(tag: &str, enc: Enc, files: &[(&str, &[u8])]) -> Target {
+        let dir = TestDir::new(&format!("{tag}-{enc:?}"));
         dir.write("store/keep.txt", b"already here\n");
         for (path, content) in files {
             dir.write(&format!("store/{path}"), content);
         }
         dir.write("outside/marker.txt", b"must stay exactly as it is\n");
-        let cfg = NodeConfig::new(DAEMON_ID).storage(STORAGE, &dir.join("store"));
+        let cfg = NodeConfig::new(DAEMON_ID)
+            .encryption(&enc.toml())
+            .storage(STORAGE, &dir.join("store"));
         let port = cfg.port;
         let daemon = Daemon::start(&cfg.write(dir.path()));
         let around_before = around_storage(dir.path());
@@ -223,6 +135,7 @@ impl Target {
             dir,
             daemon,
             port,
+            enc,
             around_before,
             store_before,
         }
@@ -230,6 +143,17 @@ impl Target {
 
     fn store(&self) -> PathBuf {
         self.dir.join("store")
+    }
+
+    /// Connects and brings the link up (preamble, handshake), as a node of the default group
+    /// with the daemon's `encryption` would.
+    fn link(&self) -> RawPeer {
+        RawPeer::link(self.port, &self.enc.link(None))
+    }
+
+    /// The daemon's preamble, as every connection to it starts.
+    fn preamble(&self) -> Vec<u8> {
+        self.enc.link(None).preamble().to_vec()
     }
 
     /// Connects, exchanges hellos and waits until the daemon's `sync` thread knows the peer,
@@ -240,7 +164,7 @@ impl Target {
         };
         let needle = format!("peer {} connected;", h.node_id);
         let before = self.daemon.count_log(&needle);
-        let mut p = RawPeer::connect(self.port);
+        let mut p = self.link();
         p.send(hello_msg);
         match p.expect("the daemon's Hello") {
             Message::Link(LinkMsg::Hello(theirs)) => {
@@ -292,6 +216,7 @@ impl Target {
         let content = b"written by a well-behaved node\n";
         good.write("store/from-c-good.txt", content);
         let cfg = NodeConfig::new("c-good")
+            .encryption(&self.enc.toml())
             .peer(self.port)
             .storage(STORAGE, &good.join("store"))
             .write(good.path());
@@ -372,24 +297,22 @@ fn send_file_with_raw_path(t: &Target, path: &[u8]) -> Vec<Message> {
     let content = b"pwned\n";
     let mut attack = raw_file_start(sid, 1, path, content.len() as u64);
     attack.extend(data_and_end(1, content));
-    p.send_raw(&attack);
+    p.send_frames(&attack);
     p.until_closed()
 }
 
-#[test]
-fn dotdot_path_in_file_start_disconnects_and_writes_nothing() {
-    let t = Target::start("proto-dotdot");
+fn dotdot_path_in_file_start_disconnects_and_writes_nothing(enc: Enc) {
+    let t = Target::start("proto-dotdot", enc);
     let msgs = send_file_with_raw_path(&t, b"../x");
     assert_refused(&msgs, "invalid path");
     assert!(!t.dir.join("x").exists(), "../x was written");
     t.assert_survived(r#"invalid frame: invalid path "../x""#);
 }
 
-#[test]
-fn absolute_path_in_file_start_disconnects_and_writes_nothing() {
+fn absolute_path_in_file_start_disconnects_and_writes_nothing(enc: Enc) {
     let etc_x = Path::new("/etc/x");
     let existed = etc_x.symlink_metadata().is_ok();
-    let t = Target::start("proto-absolute");
+    let t = Target::start("proto-absolute", enc);
     let msgs = send_file_with_raw_path(&t, b"/etc/x");
     assert_refused(&msgs, "invalid path");
     if !existed {
@@ -398,17 +321,15 @@ fn absolute_path_in_file_start_disconnects_and_writes_nothing() {
     t.assert_survived(r#"invalid frame: invalid path "/etc/x": absolute path"#);
 }
 
-#[test]
-fn empty_path_in_file_start_disconnects() {
-    let t = Target::start("proto-empty-path");
+fn empty_path_in_file_start_disconnects(enc: Enc) {
+    let t = Target::start("proto-empty-path", enc);
     let msgs = send_file_with_raw_path(&t, b"");
     assert_refused(&msgs, "invalid path");
     t.assert_survived(r#"invalid frame: invalid path "": empty path"#);
 }
 
-#[test]
-fn file_no_plan_announced_disconnects_and_is_not_written() {
-    let t = Target::start("proto-unannounced");
+fn file_no_plan_announced_disconnects_and_is_not_written(enc: Enc) {
+    let t = Target::start("proto-unannounced", enc);
     let sid = 0x5E55_1011;
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
     lead_session(&mut p, sid);
@@ -440,7 +361,7 @@ fn file_no_plan_announced_disconnects_and_is_not_written() {
         ),
     })));
     attack.extend(data_and_end(7, content));
-    p.send_raw(&attack);
+    p.send_frames(&attack);
     let msgs = p.until_closed();
     assert_refused(&msgs, "did not announce");
     assert!(
@@ -453,24 +374,27 @@ fn file_no_plan_announced_disconnects_and_is_not_written() {
 // ---------------------------------------------------------------------------------------
 // Framing
 
-#[test]
-fn oversized_frame_header_disconnects_without_waiting_for_the_body() {
-    let t = Target::start("proto-oversized");
-    for announced in [u32::MAX as usize, MAX_FRAME + 1] {
+fn oversized_frame_header_disconnects_without_waiting_for_the_body(enc: Enc) {
+    let t = Target::start("proto-oversized", enc);
+    // A sealed frame's header counts its tag too: its limit is a tag larger.
+    let (limit, what) = match enc {
+        Enc::Plain => (MAX_FRAME, "frame of {} bytes announced"),
+        _ => (MAX_SEALED, "sealed frame of {} bytes is out of bounds"),
+    };
+    let said = |n: usize| what.replace("{}", &n.to_string());
+    for announced in [u32::MAX as usize, limit + 1] {
         let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
         // Only the header: a daemon that waited for the body would never close.
         p.send_raw(&u32::try_from(announced).unwrap().to_be_bytes());
         let msgs = p.until_closed();
-        let what = format!("frame of {announced} bytes announced");
-        assert_refused(&msgs, &what);
-        t.wait_for_log(&what);
+        assert_refused(&msgs, &said(announced));
+        t.wait_for_log(&said(announced));
     }
-    t.assert_survived(&format!("frame of {} bytes announced", MAX_FRAME + 1));
+    t.assert_survived(&said(limit + 1));
 }
 
-#[test]
-fn truncated_frame_then_eof_closes_cleanly() {
-    let t = Target::start("proto-truncated");
+fn truncated_frame_then_eof_closes_cleanly(enc: Enc) {
+    let t = Target::start("proto-truncated", enc);
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
     let mut bytes = 100u32.to_be_bytes().to_vec();
     bytes.extend_from_slice(&[0x11; 10]);
@@ -489,88 +413,145 @@ fn truncated_frame_then_eof_closes_cleanly() {
     t.assert_survived("disconnected from a-evil: connection closed by peer");
 }
 
-#[test]
-fn garbage_before_the_handshake_disconnects() {
-    let t = Target::start("proto-garbage");
-    // Deterministic "random" bytes (xorshift).
+/// Deterministic "random" bytes (xorshift).
+fn garbage(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let garbage: Vec<u8> = (0..64)
+    (0..n)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (x >> 24) as u8
         })
-        .collect();
-    let announced = u32::from_be_bytes(garbage[..FRAME_HEADER].try_into().unwrap()) as usize;
-    assert!(
-        announced > MAX_FRAME,
-        "the seed should make the garbage announce an oversized frame"
-    );
+        .collect()
+}
+
+/// Garbage instead of a preamble is refused before any key or message; garbage after a good
+/// preamble is an invalid frame (plain) or a failed handshake (encrypted). The daemon says
+/// nothing of itself in either case but its preamble (and, plain, its `Hello`).
+fn garbage_before_the_handshake_disconnects(enc: Enc) {
+    let t = Target::start("proto-garbage", enc);
+    let junk = garbage(64);
     let mut p = RawPeer::connect(t.port);
-    p.send_raw(&garbage);
-    let msgs = p.until_closed();
-    assert!(
-        matches!(msgs.first(), Some(Message::Link(LinkMsg::Hello(_)))),
-        "the daemon should greet first: {msgs:?}"
+    p.send_raw(&junk);
+    assert_eq!(
+        p.read_raw(PREAMBLE_LEN),
+        Some(t.preamble()),
+        "the daemon's preamble"
     );
-    assert_refused(&msgs, "invalid frame");
-    t.assert_survived(&format!(
-        "invalid frame: frame of {announced} bytes announced"
-    ));
+    let msgs = p.until_closed();
+    match enc {
+        Enc::Plain => assert!(
+            matches!(msgs[..], [Message::Link(LinkMsg::Hello(_))]),
+            "a plain daemon greets at once, then closes: {msgs:?}"
+        ),
+        _ => assert!(
+            msgs.is_empty(),
+            "an encrypted daemon says nothing: {msgs:?}"
+        ),
+    }
+    t.wait_for_log("does not speak Iron Carrier's protocol");
+
+    // A good preamble, then garbage.
+    let mut p = RawPeer::connect(t.port);
+    p.send_raw(&t.preamble());
+    p.send_raw(&junk);
+    assert_eq!(p.read_raw(PREAMBLE_LEN), Some(t.preamble()));
+    match enc {
+        Enc::Plain => {
+            let announced = u32::from_be_bytes(junk[..FRAME_HEADER].try_into().unwrap());
+            assert!(
+                announced as usize > MAX_FRAME,
+                "the seed announces an oversized frame"
+            );
+            assert_refused(&p.until_closed(), "invalid frame");
+            t.assert_survived(&format!(
+                "invalid frame: frame of {announced} bytes announced"
+            ));
+        }
+        _ => {
+            // The daemon cannot authenticate the first handshake message and says so,
+            // with the one refusal a stranger can read, then closes.
+            assert_eq!(p.read_raw(HANDSHAKE_LEN), Some(HANDSHAKE_REFUSED.to_vec()));
+            assert_eq!(p.read_raw(1), None, "the daemon closes after its refusal");
+            t.assert_survived("handshake failed: the peer does not know our passphrase");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Handshake
 
-#[test]
-fn hello_with_bad_magic_is_refused() {
-    let t = Target::start("proto-magic");
+fn hello_with_bad_magic_is_refused(enc: Enc) {
+    let t = Target::start("proto-magic", enc);
     let mut bytes = frame(&hello("a-evil", None, &[STORAGE]));
     bytes[FRAME_HEADER + 1] = b'X'; // first byte of the magic, after the tag
-    let mut p = RawPeer::connect(t.port);
-    p.send_raw(&bytes);
+    let mut p = t.link();
+    p.send_frames(&bytes);
     let msgs = p.until_closed();
     assert_refused(&msgs, "bad magic");
     t.assert_survived("not an iron-carrier peer (bad magic)");
 }
 
-#[test]
-fn hello_with_another_protocol_version_is_refused_with_a_reason() {
-    // A newer peer, and a peer of the previous version (an older build): both refused.
-    for (name, version, said) in [
+/// A peer of another protocol version is refused by its preamble, by both ends alike and
+/// before any key is made; an older build, which opens with its `Hello`, is named by the
+/// version in it; a `Hello` whose version contradicts a good preamble is refused too.
+fn another_protocol_version_is_refused_with_a_reason(enc: Enc) {
+    let t = Target::start("proto-version", enc);
+    for version in [PROTOCOL_VERSION + 1, PROTOCOL_VERSION - 1] {
+        let mut preamble = t.preamble();
+        preamble[8..12].copy_from_slice(&u32::from(version).to_be_bytes());
+        let mut p = RawPeer::connect(t.port);
+        p.send_raw(&preamble);
+        assert_eq!(p.read_raw(PREAMBLE_LEN), Some(t.preamble()));
+        p.until_closed();
+        t.wait_for_log(&format!(
+            "protocol mismatch: the peer speaks version {version}, we speak {PROTOCOL_VERSION}"
+        ));
+    }
+    // An older build: its Hello frame first (tag, magic, 16-bit version 3).
+    let mut old = frame(&hello("a-evil", None, &[STORAGE]));
+    old[FRAME_HEADER + 9..FRAME_HEADER + 11].copy_from_slice(&3u16.to_be_bytes());
+    let mut p = RawPeer::connect(t.port);
+    p.send_raw(&old);
+    p.read_raw(PREAMBLE_LEN);
+    p.until_closed();
+    t.wait_for_log("protocol mismatch: the peer speaks version 3,");
+    for (version, said) in [
+        (PROTOCOL_VERSION + 1, "peer speaks a newer protocol version"),
         (
-            "proto-newer",
-            PROTOCOL_VERSION + 1,
-            "peer speaks a newer protocol version",
-        ),
-        (
-            "proto-older",
             PROTOCOL_VERSION - 1,
             "peer speaks an older protocol version",
         ),
     ] {
-        let t = Target::start(name);
         let mut bytes = frame(&hello("a-evil", None, &[STORAGE]));
         // tag (1) + magic (8), then the version.
         let at = FRAME_HEADER + 1 + 8;
         bytes[at..at + 2].copy_from_slice(&version.to_be_bytes());
-        let mut p = RawPeer::connect(t.port);
-        p.send_raw(&bytes);
-        let msgs = p.until_closed();
-        assert_refused(&msgs, "version");
-        t.assert_survived(said);
+        let mut p = t.link();
+        p.send_frames(&bytes);
+        assert_refused(&p.until_closed(), "version");
+        t.wait_for_log(said);
     }
+    t.assert_survived("peer speaks an older protocol version");
 }
 
-#[test]
-fn hello_from_another_group_is_refused() {
-    let t = Target::start("proto-group");
+/// Another group's preamble is refused before any key; a `Hello` naming another group than
+/// its preamble's tag (a peer lying about its group) is refused too.
+fn another_group_is_refused(enc: Enc) {
+    let t = Target::start("proto-group", enc);
     let mut p = RawPeer::connect(t.port);
+    let other = enc.link(Some("other"));
+    let hs = p.start_link(&other);
+    let refused = p.finish_link(&other, hs).unwrap_err();
+    assert!(refused.contains("Group"), "{refused}");
+    t.wait_for_log("group mismatch: we are in the default group, the peer in another group");
+    let mut p = t.link();
     p.send(&hello("a-evil", Some("other"), &[STORAGE]));
-    let msgs = p.until_closed();
-    assert_refused(&msgs, "group");
-    t.assert_survived("group mismatch");
+    assert_refused(&p.until_closed(), "group");
+    t.assert_survived(
+        "group mismatch: we are in the default group, peer a-evil is in group \"other\"",
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -608,9 +589,8 @@ fn expect_session_start(p: &mut RawPeer) -> u64 {
     }
 }
 
-#[test]
-fn session_start_from_a_node_that_does_not_lead_is_aborted() {
-    let t = Target::start("proto-not-leader");
+fn session_start_from_a_node_that_does_not_lead_is_aborted(enc: Enc) {
+    let t = Target::start("proto-not-leader", enc);
     let mut p = t.handshake(&hello("zz-follower", None, &[STORAGE]));
     // "node-b" leads "docs", and a daemon starts a session with every new peer: as a
     // follower may, decline it first.
@@ -689,9 +669,8 @@ fn one(node: &str, counter: u64) -> Vv {
 
 /// A version vector naming a node twice (unsorted), with a zero counter, or naming more
 /// nodes than any vector may: the frame is refused as malformed, nothing is recorded.
-#[test]
-fn a_malformed_version_vector_disconnects_the_follower() {
-    let t = Target::start("proto-bad-vv");
+fn a_malformed_version_vector_disconnects_the_follower(enc: Enc) {
+    let t = Target::start("proto-bad-vv", enc);
     let (mut p, sid) = follow_until_index_request(&t, "zz-peer", 1);
     let mut chunk = frame(&Message::Peer(PeerMsg::Session(SessionMsg::IndexChunk {
         sid,
@@ -715,7 +694,7 @@ fn a_malformed_version_vector_disconnects_the_follower() {
         .expect("the second node id");
     chunk[at..at + 2].copy_from_slice(b"bb");
     chunk[bt..bt + 2].copy_from_slice(b"aa");
-    p.send_raw(&chunk);
+    p.send_frames(&chunk);
     let msgs = p.until_closed();
     assert_refused(&msgs, "malformed version vector");
     t.assert_survived("malformed version vector");
@@ -723,9 +702,8 @@ fn a_malformed_version_vector_disconnects_the_follower() {
 
 /// The index a follower sends must lead to the sequence number its summary claimed: an
 /// end that says otherwise is a lie about what the leader now holds of it.
-#[test]
-fn an_index_end_that_does_not_match_the_summary_disconnects_the_follower() {
-    let t = Target::start("proto-index-end");
+fn an_index_end_that_does_not_match_the_summary_disconnects_the_follower(enc: Enc) {
+    let t = Target::start("proto-index-end", enc);
     let (mut p, sid) = follow_until_index_request(&t, "zz-peer", 5);
     let mut bytes = frame(&Message::Peer(PeerMsg::Session(SessionMsg::IndexChunk {
         sid,
@@ -734,7 +712,7 @@ fn an_index_end_that_does_not_match_the_summary_disconnects_the_follower() {
     bytes.extend(frame(&Message::Peer(PeerMsg::Session(
         SessionMsg::IndexEnd { sid, seq: 4 },
     ))));
-    p.send_raw(&bytes);
+    p.send_frames(&bytes);
     let msgs = p.until_closed();
     assert_refused(&msgs, "does not match its summary");
     t.assert_survived("sent an index that does not match its summary");
@@ -796,9 +774,8 @@ fn start_receive(t: &Target, path: &str, size: u64, old: Option<Version>) -> (Ra
     (p, sid)
 }
 
-#[test]
-fn a_block_copy_for_a_file_that_is_no_delta_disconnects() {
-    let t = Target::start("proto-copy-no-delta");
+fn a_block_copy_for_a_file_that_is_no_delta_disconnects(enc: Enc) {
+    let t = Target::start("proto-copy-no-delta", enc);
     let (mut p, _) = start_receive(&t, "new.bin", 4096, None);
     p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileCopy {
         xid: 9,
@@ -811,10 +788,9 @@ fn a_block_copy_for_a_file_that_is_no_delta_disconnects() {
     t.assert_survived("which is not a delta");
 }
 
-#[test]
-fn a_block_copy_outside_the_old_file_disconnects() {
+fn a_block_copy_outside_the_old_file_disconnects(enc: Enc) {
     let old = vec![0x42u8; 100 * 1024];
-    let t = Target::start_with("proto-copy-range", &[("base.bin", &old)]);
+    let t = Target::start_with("proto-copy-range", enc, &[("base.bin", &old)]);
     let st = std::fs::metadata(t.store().join("base.bin")).unwrap();
     let mtime = {
         use std::os::unix::fs::MetadataExt;
@@ -836,9 +812,8 @@ fn a_block_copy_outside_the_old_file_disconnects() {
     t.assert_survived("copy of blocks outside the old file");
 }
 
-#[test]
-fn a_file_whose_hash_does_not_match_is_never_committed() {
-    let t = Target::start("proto-bad-hash");
+fn a_file_whose_hash_does_not_match_is_never_committed(enc: Enc) {
+    let t = Target::start("proto-bad-hash", enc);
     let (mut p, _) = start_receive(&t, "new.bin", 5, None);
     p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileData {
         xid: 9,
@@ -856,9 +831,8 @@ fn a_file_whose_hash_does_not_match_is_never_committed() {
 
 /// A follower takes a plan chunk by chunk: a path it is told to receive in one chunk and
 /// again in another is still found, when the plan ends, and breaks the plan.
-#[test]
-fn a_path_to_receive_twice_in_two_chunks_disconnects_the_leader() {
-    let t = Target::start("proto-plan-twice");
+fn a_path_to_receive_twice_in_two_chunks_disconnects_the_leader(enc: Enc) {
+    let t = Target::start("proto-plan-twice", enc);
     let sid = 0x7717_CE00;
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
     lead_session(&mut p, sid);
@@ -896,4 +870,49 @@ fn a_path_to_receive_twice_in_two_chunks_disconnects_the_leader() {
         "a broken plan is never ready: {msgs:?}"
     );
     t.assert_survived("sent a plan naming a path twice");
+}
+
+// ---------------------------------------------------------------------------------------
+// Every attack over each link
+
+/// One `#[test]` per attack and link: `plain::name` and `sealed::name`.
+macro_rules! over_each_link {
+    ($($name:ident,)*) => {
+        mod plain {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Enc::Plain)
+                }
+            )*
+        }
+        mod sealed {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Enc::Passphrase)
+                }
+            )*
+        }
+    };
+}
+
+over_each_link! {
+            dotdot_path_in_file_start_disconnects_and_writes_nothing,
+            absolute_path_in_file_start_disconnects_and_writes_nothing,
+            empty_path_in_file_start_disconnects,
+            file_no_plan_announced_disconnects_and_is_not_written,
+            oversized_frame_header_disconnects_without_waiting_for_the_body,
+            truncated_frame_then_eof_closes_cleanly,
+            garbage_before_the_handshake_disconnects,
+            hello_with_bad_magic_is_refused,
+            another_protocol_version_is_refused_with_a_reason,
+            another_group_is_refused,
+            session_start_from_a_node_that_does_not_lead_is_aborted,
+            a_malformed_version_vector_disconnects_the_follower,
+            an_index_end_that_does_not_match_the_summary_disconnects_the_follower,
+            a_block_copy_for_a_file_that_is_no_delta_disconnects,
+            a_block_copy_outside_the_old_file_disconnects,
+            a_file_whose_hash_does_not_match_is_never_committed,
+            a_path_to_receive_twice_in_two_chunks_disconnects_the_leader,
 }

@@ -49,6 +49,8 @@ pub const KDF_PASSES: u32 = 3;
 pub const KDF_LANES: u32 = 1;
 
 const MAGIC: &[u8; 8] = b"IRONCARR";
+/// The tag byte of a `Hello`, which builds before protocol 4 sent first.
+const OLD_HELLO_TAG: u8 = 0x01;
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 const PROLOGUE_LABEL: &[u8] = b"iron-carrier link v1";
 
@@ -146,7 +148,18 @@ impl LinkConfig {
     /// Compares a peer's preamble with ours. Both ends run this on the same two preambles, so
     /// both refuse, and for the same reason.
     pub fn check_preamble(&self, theirs: &[u8]) -> Result<(), Mismatch> {
-        if theirs.len() != PREAMBLE_LEN || theirs[..8] != MAGIC[..] {
+        if theirs.len() != PREAMBLE_LEN {
+            return Err(Mismatch::NotIronCarrier);
+        }
+        if theirs[..8] != MAGIC[..] {
+            // Builds before protocol 4 open with their `Hello` frame: a length, its tag,
+            // the magic and a 16-bit version. Name that version rather than call an older
+            // Iron Carrier a stranger.
+            if theirs[4] == OLD_HELLO_TAG && theirs[5..13] == MAGIC[..] {
+                return Err(Mismatch::Version(u32::from(u16::from_be_bytes([
+                    theirs[13], theirs[14],
+                ]))));
+            }
             return Err(Mismatch::NotIronCarrier);
         }
         let version = u32::from_be_bytes([theirs[8], theirs[9], theirs[10], theirs[11]]);

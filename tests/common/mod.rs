@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: temporary directories and file fixtures.
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -156,12 +158,13 @@ impl NodeConfig {
             peers: Vec::new(),
             storages: Vec::new(),
             extra: String::new(),
-            encryption: "false".to_owned(),
+            encryption: "true".to_owned(),
         }
     }
 
-    /// The `encryption` value as TOML (`true`, `false` or a quoted passphrase); tests run
-    /// plain text unless they say otherwise.
+    /// The `encryption` value as TOML (`true`, `false` or a quoted passphrase). Tests run
+    /// with the product's default, `true`, unless they say otherwise: the suite exercises
+    /// the links users run.
     pub fn encryption(mut self, toml_value: &str) -> NodeConfig {
         self.encryption = toml_value.to_owned();
         self
