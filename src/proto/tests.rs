@@ -725,3 +725,47 @@ fn meta_len_matches_encoding() {
     Enc(&mut v).meta(&m);
     assert_eq!(meta_len(&m), v.len());
 }
+
+/// Writes every sample as a seed for the fuzz targets (`make fuzz-seeds`, into the directory
+/// `IC_FUZZ_SEEDS` names): the whole stream of frames for `frame`, each payload for
+/// `message`. Ignored: it writes files, and only when asked.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("IC_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut stream = Vec::new();
+    for (i, m) in samples().iter().enumerate() {
+        let before = stream.len();
+        encode_frame(m, &mut stream);
+        let payload = &stream[before + FRAME_HEADER..];
+        let path = dir.join("message").join(format!("{i:02}-{}", m.name()));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, payload).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("frame")).unwrap();
+    std::fs::write(dir.join("frame").join("all-samples"), &stream).unwrap();
+    // The handshake target's input: a preamble, a first and a second message, as real nodes
+    // of its group ("home") send them.
+    use crate::net::link::{Handshake, LinkConfig, Mode};
+    std::fs::create_dir_all(dir.join("handshake")).unwrap();
+    for (name, mode, pass) in [
+        ("ephemeral", Mode::Ephemeral, None),
+        (
+            "passphrase",
+            Mode::Passphrase,
+            Some("correct horse battery staple"),
+        ),
+    ] {
+        let cfg = LinkConfig::new(mode, Some("home"), pass).unwrap();
+        let (initiator, first) = Handshake::initiate(&cfg).unwrap();
+        let (second, _) = Handshake::respond(&cfg).unwrap().accept(&first).unwrap();
+        initiator.finish(&second).unwrap();
+        let mut seed = cfg.preamble().to_vec();
+        seed.extend_from_slice(&first);
+        seed.extend_from_slice(&second);
+        std::fs::write(dir.join("handshake").join(name), seed).unwrap();
+    }
+}

@@ -3,7 +3,7 @@
 //! up, sealed or not. The protocol and encryption suites attack real daemons with it.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 
 use iron_carrier::net::link::{
     Handshake, LinkConfig, Mode, Transport, HANDSHAKE_LEN, PREAMBLE_LEN,
@@ -57,7 +57,15 @@ impl RawPeer {
     /// Connects without saying anything. Reads time out after `PATIENCE`: that is the
     /// deadline for every answer the daemon owes.
     pub fn connect(port: u16) -> RawPeer {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
+        RawPeer::over(TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon"))
+    }
+
+    /// Like `connect`, from the loopback address `from` (any of 127.0.0.0/8).
+    pub fn connect_from(from: Ipv4Addr, port: u16) -> RawPeer {
+        RawPeer::over(connect_from(from, port).expect("connect to the daemon"))
+    }
+
+    fn over(stream: TcpStream) -> RawPeer {
         stream
             .set_read_timeout(Some(PATIENCE))
             .expect("set read timeout");
@@ -72,11 +80,19 @@ impl RawPeer {
     /// Connects and brings the link up as a node with `cfg` would; panics if the daemon
     /// refuses. Frames flow (sealed, if `cfg` encrypts) afterwards.
     pub fn link(port: u16, cfg: &LinkConfig) -> RawPeer {
-        let mut p = RawPeer::connect(port);
-        let hs = p.start_link(cfg);
-        p.finish_link(cfg, hs)
+        RawPeer::connect(port).linked(cfg)
+    }
+
+    /// Like `link`, from the loopback address `from`.
+    pub fn link_from(from: Ipv4Addr, port: u16, cfg: &LinkConfig) -> RawPeer {
+        RawPeer::connect_from(from, port).linked(cfg)
+    }
+
+    fn linked(mut self, cfg: &LinkConfig) -> RawPeer {
+        let hs = self.start_link(cfg);
+        self.finish_link(cfg, hs)
             .expect("the daemon's side of the link");
-        p
+        self
     }
 
     /// Sends our preamble and, on an encrypted link, the first handshake message; returns
@@ -250,4 +266,35 @@ pub fn frame(msg: &Message) -> Vec<u8> {
     let mut v = Vec::new();
     encode_frame(msg, &mut v);
     v
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `from`: `std` cannot bind
+/// a client socket before connecting; libc can.
+pub fn connect_from(from: Ipv4Addr, port: u16) -> Option<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let local = sockaddr(from, 0);
+    let remote = sockaddr(Ipv4Addr::LOCALHOST, port);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let ok = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) == 0
+            && libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) == 0;
+        if !ok {
+            libc::close(fd);
+            return None;
+        }
+        Some(TcpStream::from_raw_fd(fd))
+    }
 }
