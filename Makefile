@@ -17,6 +17,7 @@ CROSS_TARGETS := arm-unknown-linux-gnueabihf armv7-unknown-linux-gnueabihf \
 CROSS_TEST_TARGETS ?= armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
 
 .PHONY: all build release test test-only lint shellcheck fmt fmt-check clippy msrv deps demo size bench \
+	fuzz fuzz-smoke fuzz-seeds \
 	bench-small bench-full clean cross-test cross-rss dist $(CROSS_TARGETS:%=cross-%)
 
 all: build
@@ -27,8 +28,9 @@ build:
 release:
 	$(CARGO) build --release --locked
 
-## test: formatting, clippy, shellcheck, the Rust 1.85 build check, then every test.
-test: deps fmt-check clippy shellcheck msrv test-only
+## test: formatting, clippy, shellcheck, the Rust 1.85 build check, every test, then a
+## short run of each fuzz target.
+test: deps fmt-check clippy shellcheck msrv test-only fuzz-smoke
 
 test-only:
 	$(CARGO) test --locked --all-targets
@@ -38,13 +40,29 @@ lint: fmt-check clippy shellcheck msrv
 ## shellcheck: the shell scripts of the build, CI and tests (the init scripts are checked by
 ## tests/init_script.rs, with the exclusions an rc.common script needs).
 shellcheck:
-	shellcheck -x .ci/run cross/*.sh tests/*.sh
+	shellcheck -x .ci/run cross/*.sh tests/*.sh fuzz/*.sh
 
 fmt:
 	$(CARGO) fmt
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 fmt-check:
 	$(CARGO) fmt --check
+	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
+
+## fuzz-smoke: each fuzz target (fuzz/: the frame and message decoders, the handshake) for
+## 20 s from its seeds; installs cargo-fuzz (pinned) if missing. Part of `make test`.
+fuzz-smoke:
+	./fuzz/run.sh smoke
+
+## fuzz: long runs: each target to FUZZ_RUNS executions (default 10 million) or FUZZ_SECONDS
+## (default 3600) on every core; prints the executions per target.
+fuzz:
+	./fuzz/run.sh long
+
+## fuzz-seeds: rewrites fuzz/seeds/ from the codec's sample messages.
+fuzz-seeds:
+	./fuzz/run.sh seeds
 
 clippy:
 	$(CARGO) clippy --locked --all-targets -- -D warnings

@@ -737,9 +737,11 @@ fn write_fuzz_seeds() {
     };
     let dir = std::path::PathBuf::from(dir);
     let mut stream = Vec::new();
-    for (i, m) in samples().iter().enumerate() {
+    // A whole chunk of file data teaches a fuzzer nothing a small one does not.
+    let small = samples().into_iter().filter(|m| frame_len(m) <= 4096);
+    for (i, m) in small.enumerate() {
         let before = stream.len();
-        encode_frame(m, &mut stream);
+        encode_frame(&m, &mut stream);
         let payload = &stream[before + FRAME_HEADER..];
         let path = dir.join("message").join(format!("{i:02}-{}", m.name()));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
