@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::cron::CronSchedule;
 use crate::model::{validate_name, validate_storage_name, NodeId};
@@ -59,7 +60,18 @@ pub enum Encryption {
     /// `true`: keys from an ephemeral exchange; stops passive listeners, proves nothing.
     Ephemeral,
     /// A passphrase mixed into the key derivation: only nodes that know it can connect.
-    Passphrase(String),
+    /// Wiped from memory when dropped, and by [`Encryption::forget_passphrase`] once its
+    /// key is derived.
+    Passphrase(Zeroizing<String>),
+}
+
+impl Encryption {
+    /// Wipes the passphrase's text: a running node needs only the key derived from it.
+    pub fn forget_passphrase(&mut self) {
+        if let Encryption::Passphrase(p) = self {
+            p.zeroize();
+        }
+    }
 }
 
 impl fmt::Debug for Encryption {
@@ -172,12 +184,13 @@ pub fn hostname() -> Option<String> {
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     // Relative paths inside the file are resolved against its folder, so anchor it first.
     let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    // The text may hold a passphrase: wiped when dropped, like the parsed one.
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         line: None,
         key: None,
         message: format!("cannot read config file: {e}"),
-    })?;
+    })?);
     parse(&text, path)
 }
 
@@ -470,7 +483,7 @@ impl<'a> Parser<'a> {
                         ),
                     ))
                 }
-                DeValue::String(s) => Encryption::Passphrase(s.to_string()),
+                DeValue::String(s) => Encryption::Passphrase(Zeroizing::new(s.to_string())),
                 _ => {
                     return Err(self.type_err(
                         item,

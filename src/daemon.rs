@@ -69,7 +69,7 @@ fn spawn<T: Send + 'static>(
 }
 
 /// Runs the node until it is done (one-shot) or signalled (daemon).
-pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
+pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
     // Signals first: a SIGTERM that arrives while we start must still stop us cleanly.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
@@ -83,8 +83,12 @@ pub fn run(config: Config, mode: Mode) -> Result<Outcome, StartError> {
         }
     })?;
 
+    let net_opts = net_options(&config, mode)?;
+    // The key is derived: nothing needs the passphrase's text any more (a reload reads the
+    // file again), so it is not kept in memory for the life of the process.
+    config.encryption.forget_passphrase();
     let (net_event_tx, net_event_rx) = unbounded();
-    let (net_thread, net_handle) = net::spawn(net_options(&config, mode)?, net_event_tx)?;
+    let (net_thread, net_handle) = net::spawn(net_opts, net_event_tx)?;
 
     let (ctl_tx, ctl_rx) = unbounded();
     let (done_tx, done_rx) = bounded::<Outcome>(1);

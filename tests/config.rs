@@ -128,7 +128,7 @@ fn full_config_has_every_value_and_minimal_config_every_default() {
     assert_eq!(full.log_path, dir.join("state/ic.db"));
     assert_eq!(
         full.encryption,
-        Encryption::Passphrase("correct horse battery staple".into())
+        Encryption::Passphrase(String::from("correct horse battery staple").into())
     );
     assert_eq!(full.max_parallel_transfers, 2);
     let names: Vec<&str> = full.storages.iter().map(|s| s.name.as_str()).collect();

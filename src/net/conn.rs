@@ -231,7 +231,7 @@ impl Conn {
         proto::encode_frame(msg, buf);
         let mut added = if internal { buf.len() - before } else { 0 };
         if let Some(t) = &mut self.transport {
-            match t.seal(buf, before) {
+            match t.seal(buf, before, Instant::now()) {
                 Ok(()) => added += TAG_LEN,
                 Err(e) => {
                     buf.truncate(before);
@@ -260,7 +260,7 @@ impl Conn {
         let mut sealed = Vec::with_capacity(frame.len() + TAG_LEN);
         sealed.extend_from_slice(&frame);
         drop(frame);
-        match t.seal(&mut sealed, 0) {
+        match t.seal(&mut sealed, 0, Instant::now()) {
             Ok(()) => {
                 self.outbound.fetch_add(TAG_LEN, Ordering::AcqRel);
                 self.out.push_back(OutBuf::Bytes(sealed));
@@ -480,7 +480,7 @@ impl Conn {
                 as usize;
             let end = (pos + FRAME_HEADER + len).min(held.len());
             let mut frame = held[pos..end].to_vec();
-            if let Err(e) = t.seal(&mut frame, 0) {
+            if let Err(e) = t.seal(&mut frame, 0, Instant::now()) {
                 self.broken = Some(e);
                 return;
             }

@@ -16,8 +16,11 @@
 //! - **Transport**: Noise `Split()` gives one key per direction; each frame is
 //!   `[length of ciphertext + tag, big-endian u32][XChaCha20-Poly1305(payload)][tag]` with the
 //!   length header as associated data and a 64-bit counter nonce per direction. After
-//!   [`REKEY_BYTES`] or [`REKEY_FRAMES`] in a direction both ends replace that key (Noise's
-//!   `Rekey`). Any failure is final: the connection closes.
+//!   [`REKEY_BYTES`], [`REKEY_FRAMES`] or [`REKEY_AFTER`] the sender flags a frame in its
+//!   (authenticated) header and both ends replace that direction's key after it (Noise's
+//!   one-way `Rekey`). Any failure is final: the connection closes.
+
+use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
@@ -40,8 +43,14 @@ pub const MAX_SEALED: usize = MAX_FRAME + TAG_LEN;
 pub const HANDSHAKE_REFUSED: [u8; HANDSHAKE_LEN] = [0; HANDSHAKE_LEN];
 /// A direction's key is replaced after this many bytes sealed with it...
 pub const REKEY_BYTES: u64 = 64 * 1024 * 1024;
-/// ...or this many frames, whichever comes first.
+/// ...or this many frames...
 pub const REKEY_FRAMES: u64 = 1 << 16;
+/// ...or this long, whichever comes first. The replacement is one-way, so whoever takes a
+/// node's keys reads none of what was sent before it: at most this long of an idle link.
+pub const REKEY_AFTER: Duration = Duration::from_secs(600);
+/// Set in a sealed frame's length header (authenticated as associated data): the sender
+/// replaces its key after this frame, and so does the receiver. Lengths never reach it.
+const REKEY_FLAG: u32 = 1 << 31;
 /// Argon2id cost: memory in KiB, passes, lanes. About 25 ms on a current x86_64 core and
 /// about 1 s on a Pi Zero's ARM11 (see ARCHITECTURE.md for the measurements).
 pub const KDF_MEMORY_KIB: u32 = 4096;
@@ -400,12 +409,16 @@ impl Handshake {
 
 /// One direction of a transport: its key, its next nonce, what was sealed since the last key.
 struct Direction {
+    /// A copy for the tests that check both ends hold the same key; wiped when dropped.
     key: Zeroizing<[u8; 32]>,
     /// The crate wipes its copy of the key on drop.
     cipher: XChaCha20Poly1305,
     nonce: u64,
     bytes: u64,
     frames: u64,
+    /// Sending direction: when the key was first used (the receiver follows the flag and
+    /// keeps no clock).
+    since: Option<Instant>,
 }
 
 impl Direction {
@@ -416,6 +429,7 @@ impl Direction {
             nonce: 0,
             bytes: 0,
             frames: 0,
+            since: None,
         }
     }
 
@@ -425,13 +439,21 @@ impl Direction {
         b.into()
     }
 
-    /// Counts a frame just sealed or opened and replaces the key when it is due. Both ends
-    /// count the same frames, so they rekey at the same one.
-    fn used(&mut self, len: usize) -> Result<(), LinkError> {
+    /// Whether the frame of `len` sealed bytes about to be sealed at `now` is the key's last.
+    fn due(&self, len: usize, now: Instant) -> bool {
+        self.bytes + len as u64 >= REKEY_BYTES
+            || self.frames + 1 >= REKEY_FRAMES
+            || self
+                .since
+                .is_some_and(|t| now.saturating_duration_since(t) >= REKEY_AFTER)
+    }
+
+    /// Counts a frame just sealed or opened and, if it carried the flag, replaces the key.
+    fn used(&mut self, len: usize, rekey: bool) -> Result<(), LinkError> {
         self.nonce = self.nonce.checked_add(1).ok_or(LinkError::Exhausted)?;
         self.bytes += len as u64;
         self.frames += 1;
-        if self.bytes >= REKEY_BYTES || self.frames >= REKEY_FRAMES {
+        if rekey {
             // Noise's Rekey(): the first 32 bytes of encrypting zeros under the largest nonce,
             // which the counter never reaches.
             let mut next = Zeroizing::new([0u8; 32]);
@@ -442,6 +464,7 @@ impl Direction {
             self.key = next;
             self.bytes = 0;
             self.frames = 0;
+            self.since = None;
         }
         Ok(())
     }
@@ -455,16 +478,19 @@ pub struct Transport {
 
 impl Transport {
     /// Seals the plain frame at `buf[start..]` (`[len][payload]`, as `proto::encode_frame`
-    /// writes it) in place: the header becomes the sealed length and the tag is appended.
-    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
+    /// writes it) in place: the header becomes the sealed length (with the rekey flag when
+    /// this frame is the key's last, by data or by `now`) and the tag is appended.
+    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize, now: Instant) -> Result<(), LinkError> {
         let body = buf.len() - start - FRAME_HEADER;
         let sealed = body + TAG_LEN;
         if body == 0 || sealed > MAX_SEALED {
             return Err(LinkError::BadLength(sealed));
         }
-        let header = (sealed as u32).to_be_bytes();
-        buf[start..start + FRAME_HEADER].copy_from_slice(&header);
         let tx = &mut self.tx;
+        let rekey = tx.due(sealed, now);
+        let flag = if rekey { REKEY_FLAG } else { 0 };
+        let header = (sealed as u32 | flag).to_be_bytes();
+        buf[start..start + FRAME_HEADER].copy_from_slice(&header);
         let tag = tx
             .cipher
             .encrypt_in_place_detached(
@@ -474,12 +500,14 @@ impl Transport {
             )
             .map_err(|_| LinkError::Exhausted)?;
         buf.extend_from_slice(&tag);
-        tx.used(sealed)
+        // The key's clock starts at its first frame (a rekey stops it again).
+        tx.since.get_or_insert(now);
+        tx.used(sealed, rekey)
     }
 
     /// The sealed length a frame header announces, checked before anything is allocated.
     pub fn sealed_len(header: [u8; FRAME_HEADER]) -> Result<usize, LinkError> {
-        let len = u32::from_be_bytes(header) as usize;
+        let len = (u32::from_be_bytes(header) & !REKEY_FLAG) as usize;
         if !(TAG_LEN + 1..=MAX_SEALED).contains(&len) {
             return Err(LinkError::BadLength(len));
         }
@@ -497,13 +525,14 @@ impl Transport {
         if rest.len() != len {
             return Err(LinkError::BadLength(rest.len()));
         }
+        let rekey = u32::from_be_bytes(*header) & REKEY_FLAG != 0;
         let (body, tag) = rest.split_at_mut(len - TAG_LEN);
         let tag = Tag::clone_from_slice(tag);
         let rx = &mut self.rx;
         rx.cipher
             .decrypt_in_place_detached(&Direction::nonce(rx.nonce), &header[..], body, &tag)
             .map_err(|_| LinkError::Forged)?;
-        rx.used(len)?;
+        rx.used(len, rekey)?;
         Ok(len - TAG_LEN)
     }
 }

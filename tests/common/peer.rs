@@ -175,7 +175,7 @@ impl RawPeer {
             let len = u32::from_be_bytes(frames[at..at + FRAME_HEADER].try_into().unwrap());
             let end = at + FRAME_HEADER + len as usize;
             let mut f = frames[at..end].to_vec();
-            t.seal(&mut f, 0).expect("seal");
+            t.seal(&mut f, 0, std::time::Instant::now()).expect("seal");
             out.extend_from_slice(&f);
             at = end;
         }
@@ -186,7 +186,7 @@ impl RawPeer {
     pub fn seal(&mut self, frame: &[u8]) -> Vec<u8> {
         let mut f = frame.to_vec();
         if let Some(t) = &mut self.transport {
-            t.seal(&mut f, 0).expect("seal");
+            t.seal(&mut f, 0, std::time::Instant::now()).expect("seal");
         }
         f
     }

@@ -1,6 +1,8 @@
 //! The link's units: preambles, the handshake in every outcome, sealing and opening frames
 //! (tampering, replay, reflection, reordering, rekeying), and the passphrase KDF.
 
+use std::time::{Duration, Instant};
+
 use super::*;
 
 fn cfg(mode: Mode, group: Option<&str>, pass: Option<&str>) -> LinkConfig {
@@ -27,7 +29,7 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 fn sealed(t: &mut Transport, payload: &[u8]) -> Vec<u8> {
     let mut v = frame(payload);
-    t.seal(&mut v, 0).unwrap();
+    t.seal(&mut v, 0, Instant::now()).unwrap();
     v
 }
 
@@ -136,6 +138,67 @@ fn both_ends_rekey_at_the_same_frame() {
         assert_eq!(open(&mut b, sealed(&mut a, &big)).unwrap(), big);
     }
     assert_ne!(*a.tx.key, key);
+    assert_eq!(*a.tx.key, *b.rx.key);
+}
+
+#[test]
+fn an_idle_link_rekeys_after_its_time_and_the_receiver_follows_the_flag() {
+    let c = cfg(Mode::Ephemeral, None, None);
+    let (mut a, mut b) = pair(&c, &c).unwrap();
+    let t0 = Instant::now();
+    let seal_at = |t: &mut Transport, now: Instant| {
+        let mut v = frame(b"ping");
+        t.seal(&mut v, 0, now).unwrap();
+        v
+    };
+    let first = *a.tx.key;
+    let f = seal_at(&mut a, t0);
+    assert_eq!(
+        u32::from_be_bytes(f[..4].try_into().unwrap()) & REKEY_FLAG,
+        0
+    );
+    open(&mut b, f).unwrap();
+    let f = seal_at(&mut a, t0 + REKEY_AFTER - Duration::from_secs(1));
+    open(&mut b, f).unwrap();
+    assert_eq!(*a.tx.key, first, "not yet");
+    // The key's time is up: this frame is flagged, and both ends move on after it.
+    let f = seal_at(&mut a, t0 + REKEY_AFTER);
+    assert_ne!(
+        u32::from_be_bytes(f[..4].try_into().unwrap()) & REKEY_FLAG,
+        0
+    );
+    open(&mut b, f).unwrap();
+    assert_ne!(*a.tx.key, first);
+    assert_eq!(*a.tx.key, *b.rx.key);
+    // The new key's clock starts at its first frame.
+    let second = *a.tx.key;
+    let later = t0 + 3 * REKEY_AFTER;
+    open(&mut b, seal_at(&mut a, later)).unwrap();
+    open(&mut b, seal_at(&mut a, later + REKEY_AFTER / 2)).unwrap();
+    assert_eq!(*a.tx.key, second);
+    // The other direction kept its key all along.
+    assert_eq!(*a.rx.key, *b.tx.key);
+}
+
+#[test]
+fn a_rekey_flag_set_or_cleared_on_the_way_is_a_forgery() {
+    let c = cfg(Mode::Ephemeral, None, None);
+    // Set on the way.
+    let (mut a, mut b) = pair(&c, &c).unwrap();
+    let mut f = sealed(&mut a, b"hello");
+    f[0] ^= 0x80;
+    assert_eq!(open(&mut b, f), Err(LinkError::Forged));
+    // Cleared on the way.
+    let (mut a, mut b) = pair(&c, &c).unwrap();
+    let t0 = Instant::now();
+    let mut f = frame(b"hello");
+    a.seal(&mut f, 0, t0).unwrap();
+    let mut g = frame(b"late");
+    a.seal(&mut g, 0, t0 + REKEY_AFTER).unwrap();
+    assert_ne!(g[0] & 0x80, 0, "flagged");
+    open(&mut b, f).unwrap();
+    g[0] &= 0x7f;
+    assert_eq!(open(&mut b, g), Err(LinkError::Forged));
 }
 
 #[test]
