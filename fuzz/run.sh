@@ -3,7 +3,8 @@
 #   fuzz/run.sh smoke   each target for FUZZ_SMOKE_SECONDS (default 20): part of `make test`
 #   fuzz/run.sh long    each target until FUZZ_RUNS executions (default 10,000,000) or
 #                       FUZZ_SECONDS (default 3600), on FUZZ_JOBS processes (default: cores)
-#   fuzz/run.sh seeds   rewrites fuzz/seeds/ from the codec's samples (proto/tests.rs)
+#   fuzz/run.sh seeds   rewrites fuzz/seeds/ from the codec's samples (proto/tests.rs) and
+#                       real handshakes (net/link/tests.rs)
 # A crash fails the run and leaves its input in fuzz/artifacts/<target>/; each target's
 # executions are printed as "fuzz: <target>: N runs, 0 crashes".
 #
@@ -22,7 +23,7 @@ export RUSTC_BOOTSTRAP=1
 
 if [ "$mode" = seeds ]; then
   rm -rf fuzz/seeds
-  IC_FUZZ_SEEDS=$PWD/fuzz/seeds cargo test --locked --lib -- --ignored --exact proto::tests::write_fuzz_seeds
+  IC_FUZZ_SEEDS=$PWD/fuzz/seeds cargo test --locked --lib -- --ignored write_fuzz_seeds
   find fuzz/seeds -type f | sort
   exit 0
 fi

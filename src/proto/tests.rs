@@ -728,7 +728,8 @@ fn meta_len_matches_encoding() {
 
 /// Writes every sample as a seed for the fuzz targets (`make fuzz-seeds`, into the directory
 /// `IC_FUZZ_SEEDS` names): the whole stream of frames for `frame`, each payload for
-/// `message`. Ignored: it writes files, and only when asked.
+/// `message` (the handshake's seeds come from `net/link/tests.rs`). Ignored: it writes
+/// files, and only when asked.
 #[test]
 #[ignore]
 fn write_fuzz_seeds() {
@@ -749,25 +750,4 @@ fn write_fuzz_seeds() {
     }
     std::fs::create_dir_all(dir.join("frame")).unwrap();
     std::fs::write(dir.join("frame").join("all-samples"), &stream).unwrap();
-    // The handshake target's input: a preamble, a first and a second message, as real nodes
-    // of its group ("home") send them.
-    use crate::net::link::{Handshake, LinkConfig, Mode};
-    std::fs::create_dir_all(dir.join("handshake")).unwrap();
-    for (name, mode, pass) in [
-        ("ephemeral", Mode::Ephemeral, None),
-        (
-            "passphrase",
-            Mode::Passphrase,
-            Some("correct horse battery staple"),
-        ),
-    ] {
-        let cfg = LinkConfig::new(mode, Some("home"), pass).unwrap();
-        let (initiator, first) = Handshake::initiate(&cfg).unwrap();
-        let (second, _) = Handshake::respond(&cfg).unwrap().accept(&first).unwrap();
-        initiator.finish(&second).unwrap();
-        let mut seed = cfg.preamble().to_vec();
-        seed.extend_from_slice(&first);
-        seed.extend_from_slice(&second);
-        std::fs::write(dir.join("handshake").join(name), seed).unwrap();
-    }
 }

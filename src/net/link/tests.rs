@@ -339,3 +339,35 @@ fn the_kdf_depends_on_passphrase_and_group_and_nothing_else() {
         k("correct horse battery", Some("a"))
     );
 }
+
+/// Writes seeds for the fuzz target `handshake` (`make fuzz-seeds`, into the directory
+/// `IC_FUZZ_SEEDS` names): a preamble, a first and a second message, as real nodes of the
+/// group "home" send them. Ignored: it writes files, and only when asked.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("IC_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir).join("handshake");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, c) in [
+        ("ephemeral", cfg(Mode::Ephemeral, Some("home"), None)),
+        (
+            "passphrase",
+            cfg(
+                Mode::Passphrase,
+                Some("home"),
+                Some("correct horse battery staple"),
+            ),
+        ),
+    ] {
+        let (initiator, first) = Handshake::initiate(&c).unwrap();
+        let (second, _) = Handshake::respond(&c).unwrap().accept(&first).unwrap();
+        initiator.finish(&second).unwrap();
+        let mut seed = c.preamble().to_vec();
+        seed.extend_from_slice(&first);
+        seed.extend_from_slice(&second);
+        std::fs::write(dir.join(name), seed).unwrap();
+    }
+}
