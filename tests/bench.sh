@@ -17,7 +17,11 @@
 # scenarios then run interleaved, new, baseline, baseline, new, ... BENCH_PAIRS times
 # (default 2); the table shows each build's median and min, and new/baseline of the medians.
 # The BENCH_ONLY word iron-carrier selects both builds, iron-carrier-baseline the old alone.
-# Without BENCH_BASELINE (or with it empty) everything runs once, as before.
+# Without BENCH_BASELINE (or with it empty) everything runs once, as before, but for
+# iron-carrier's large files: plaintext, `encryption = true` and a passphrase interleaved
+# BENCH_ENC_PAIRS times (default 3, --small 1), medians in the table, the cost of encryption
+# as their ratio. The link's own costs (key derivation, handshake, sealing) are measured
+# in-process natively and, where Debian's armv7 toolchain is installed, under qemu-arm.
 # Prints a table (each of our figures as a ratio to each other tool's, every target met or
 # missed) and writes target/bench/results.json (and results.txt, the table).
 #
@@ -72,11 +76,11 @@ esac
 if [ "$preset" = small ]; then
   n_small=1000; n_big=4; big_mib=16; delta_over_mib=32; delta_ins_mib=8
   idle_s=10; n_five=200; fan_mib=16; speed_mib=64; with_syncthing=0; n_scale=0
-  rename_mib=16; n_rescan=10000
+  rename_mib=16; n_rescan=10000; enc_pairs=1
 else
   n_small=10000; n_big=4; big_mib=256; delta_over_mib=256; delta_ins_mib=64
   idle_s=60; n_five=2000; fan_mib=100; speed_mib=1024; with_syncthing=1; n_scale=0
-  rename_mib=100; n_rescan=100000
+  rename_mib=100; n_rescan=100000; enc_pairs=3
   [ "$preset" = full ] && n_scale=100000
 fi
 latency_samples=3
@@ -278,7 +282,7 @@ measure() { # scenario tool variant function args...
   local what="$1 / $2 / $3"
   if [ -n "$pair" ]; then
     ids+=(pair="$pair")
-    what="$what / run $pair of $pairs"
+    what="$what / run $pair"
   fi
   shift 3
   run=$root/run
@@ -386,6 +390,10 @@ pair_dirs() { # source-dir|delta-dir kind(oneway|delta) [a-version]
 
 # --- iron-carrier ------------------------------------------------------------------------
 
+# The `encryption` value the next iron-carrier configs get (TOML): plaintext unless a
+# scenario measures encryption.
+ic_enc=false
+
 # Config of node NAME listening on PORT inside the namespace, dialling PEER_PORTS.
 ic_config() { # name port "peer ports" dir
   local peers="" p
@@ -396,7 +404,7 @@ port = $2
 listen_address = "127.0.0.1"
 peers = [${peers%, }]
 enable_service_discovery = false
-encryption = false
+encryption = $ic_enc
 delay_watcher_events = 1
 log_path = "$run/$1.db"
 
@@ -450,6 +458,59 @@ ic_pair() { # source-dir|delta-dir kind(oneway|delta)
     a_rss_kib="$(rss a)" b_rss_kib="$(rss b)" a_cpu_s="$(cpu a)" b_cpu_s="$(cpu b)" \
     ic_sent="${sent:-0}" ic_received="${received:-0}" kernel_bytes_sent="$ksent" \
     kernel_bytes_received="$krecv"
+}
+
+# Large files plaintext, with `encryption = true` and with a passphrase: the same build
+# interleaved $enc_pairs times (BENCH_ENC_PAIRS), the order rotated, so the VM's fast and
+# slow minutes fall on all three alike; each row is the median of its runs. With a baseline,
+# plaintext is measured against it as in every other scenario, and the encrypted settings
+# are interleaved on their own.
+ic_big_files() { # source-dir
+  local k v order
+  [ -n "$bin_base" ] && measure_ic big-files plaintext ic_pair "$1" oneway
+  for k in $(seq 1 "${BENCH_ENC_PAIRS:-$enc_pairs}"); do
+    case $((k % 3)) in
+      1) order="plaintext encrypted passphrase" ;;
+      2) order="encrypted passphrase plaintext" ;;
+      *) order="passphrase plaintext encrypted" ;;
+    esac
+    for v in $order; do
+      [ "$v" = plaintext ] && [ -n "$bin_base" ] && continue
+      case $v in
+        plaintext) ic_enc=false ;;
+        encrypted) ic_enc=true ;;
+        passphrase) ic_enc='"a bench passphrase of some length"' ;;
+      esac
+      pair=$k
+      measure big-files iron-carrier "$v" ic_pair "$1" oneway
+    done
+  done
+  pair=
+  ic_enc=false
+}
+
+# The link's costs in-process (tests/link_speed.rs, release): the passphrase's key
+# derivation, a whole handshake (both ends), sealing and opening 256 KiB frames. Natively,
+# or built for TARGET with Debian's toolchain and run under qemu-user (cross/toolchain.sh
+# cross installs it): qemu on this machine is no Pi, but it is the closest measure here.
+ic_link_speed() { # native|TARGET
+  local out line k
+  if [ "$1" = native ]; then
+    out=$(cd "$repo" && cargo test -q --release --locked --test link_speed -- --ignored \
+      --nocapture --test-threads 1 2> "$run/cargo.err") ||
+      fail "cargo test --test link_speed failed: $(grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
+  else
+    [ -x /usr/bin/cargo ] || fail "no Debian toolchain for $1 (cross/toolchain.sh cross installs it)"
+    out=$(cd "$repo" && . cross/debian-env.sh && debian_target_env "$1" &&
+      /usr/bin/cargo test -q --release --locked --test link_speed --target "$1" \
+        --target-dir target/cross-bench -- --ignored --nocapture --test-threads 1 \
+        2> "$run/cargo.err") ||
+      fail "link_speed for $1 failed: $(grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
+  fi
+  line=$(grep -o 'link-speed: .*' <<< "$out")
+  local figures=()
+  for k in ${line#link-speed: }; do figures+=("$k"); done
+  rec "${ids[@]}" status=ok "${figures[@]}"
 }
 
 # Samples CPU (utime+stime and schedstat) and memory of the named processes over $idle_s
@@ -888,7 +949,11 @@ for scen in small-files big-files; do
   [ "$scen" = big-files ] && src=$data/big
   variant=-
   [ "$scen" = big-files ] && variant=plaintext
-  measure_ic "$scen" "$variant" ic_pair "$src" oneway
+  if [ "$scen" = big-files ]; then
+    ic_big_files "$src"
+  else
+    measure_ic "$scen" "$variant" ic_pair "$src" oneway
+  fi
   measure "$scen" rsync "$variant" rsync_push "$src" oneway
   measure "$scen" rsync-fsync "$variant" rsync_push "$src" oneway fsync
   measure "$scen" unison "$variant" unison_sync "$src" oneway
@@ -898,7 +963,6 @@ for scen in small-files big-files; do
     na "$scen" syncthing encrypted "$skip_st"
   fi
 done
-na big-files iron-carrier encrypted "not implemented yet: traffic is plain text whatever \`encryption\` says"
 na big-files rsync encrypted "its daemon protocol has no encryption (rsync over ssh not measured)"
 na big-files rsync-fsync encrypted "its daemon protocol has no encryption (rsync over ssh not measured)"
 na big-files unison encrypted "-socket is plain text (unison over ssh not measured)"
@@ -940,6 +1004,8 @@ measure_ic fan-out - ic_fanout "$fan_mib"
 measure_ic rename - ic_rename "$rename_mib"
 measure_ic rescan - ic_rescan "$n_rescan"
 measure delta-speed iron-carrier - ic_delta_speed "$speed_mib"
+measure link iron-carrier x86_64 ic_link_speed native
+measure link iron-carrier qemu-arm ic_link_speed armv7-unknown-linux-gnueabihf
 
 # 7. scale (--full only), last: whatever runs right after it on the same file system pays for
 # its 100,000-file trees (measured: the next five-node run took 25 s and 9 s of CPU per node

@@ -505,7 +505,8 @@ fn a_flipped_bit_anywhere_in_a_frame_closes_the_connection() {
         let from = Ipv4Addr::new(127, 0, 2, n as u8 + 1);
         let mut p = RawPeer::link_from(from, port, &enc.link(Some(&group)));
         let mut bad = p.seal(&hello);
-        bad[at] ^= 0x80;
+        // Byte 0: the length's bit 30 (bit 31 is the rekey flag, which the tag covers).
+        bad[at] ^= if at == 0 { 0x40 } else { 0x80 };
         p.send_raw(&bad);
         let why = if at == 0 { "out of bounds" } else { FORGED };
         let times = spots[..=n]

@@ -257,10 +257,11 @@ impl Conn {
             self.broken = Some(LinkError::Internal("a frame before the handshake".into()));
             return;
         };
+        // Sealed straight from the shared frame into this connection's copy: one pass.
         let mut sealed = Vec::with_capacity(frame.len() + TAG_LEN);
-        sealed.extend_from_slice(&frame);
+        let made = t.seal_into(&frame, &mut sealed, Instant::now());
         drop(frame);
-        match t.seal(&mut sealed, 0, Instant::now()) {
+        match made {
             Ok(()) => {
                 self.outbound.fetch_add(TAG_LEN, Ordering::AcqRel);
                 self.out.push_back(OutBuf::Bytes(sealed));
@@ -523,6 +524,9 @@ impl Conn {
             return Ok(());
         };
         let mut start = 0;
+        // One payload buffer for the frames of this read, freed after it: an idle
+        // connection keeps no buffer of the size of the largest frame it ever got.
+        let mut plain = Vec::new();
         while self.rlen - start >= FRAME_HEADER {
             let header = [
                 self.rbuf[start],
@@ -535,12 +539,10 @@ impl Conn {
             if end > self.rlen {
                 break;
             }
-            let n = t
-                .open(&mut self.rbuf[start..end])
+            t.open(&self.rbuf[start..end], &mut plain)
                 .map_err(|e| e.to_string())?;
-            let payload = &self.rbuf[start + FRAME_HEADER..start + FRAME_HEADER + n];
-            let msg = proto::decode(payload).map_err(|e| format!("invalid frame: {e}"))?;
-            out.push((msg, FRAME_HEADER + n));
+            let msg = proto::decode(&plain).map_err(|e| format!("invalid frame: {e}"))?;
+            out.push((msg, FRAME_HEADER + plain.len()));
             start = end;
         }
         if start > 0 {

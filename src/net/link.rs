@@ -22,9 +22,10 @@
 
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
-use zeroize::{Zeroize, Zeroizing};
+use snow::params::CipherChoice;
+use snow::resolvers::CryptoResolver;
+use snow::types::Cipher;
+use zeroize::Zeroize;
 
 use crate::proto::{FRAME_HEADER, MAX_FRAME, PROTOCOL_VERSION};
 use crate::run::DialError;
@@ -396,47 +397,58 @@ impl Handshake {
             return Err(LinkError::Internal("handshake not finished".into()));
         }
         let (mut i2r, mut r2i) = self.state.dangerously_get_raw_split();
-        let (tx, rx) = if self.state.is_initiator() {
-            (Direction::new(&i2r), Direction::new(&r2i))
+        let made = if self.state.is_initiator() {
+            Direction::new(&i2r).and_then(|tx| Ok((tx, Direction::new(&r2i)?)))
         } else {
-            (Direction::new(&r2i), Direction::new(&i2r))
+            Direction::new(&r2i).and_then(|tx| Ok((tx, Direction::new(&i2r)?)))
         };
         i2r.zeroize();
         r2i.zeroize();
+        let (tx, rx) = made?;
         Ok(Transport { tx, rx })
     }
 }
 
-/// One direction of a transport: its key, its next nonce, what was sealed since the last key.
+/// One direction of a transport: its cipher, its next nonce, what was sealed since the last
+/// key.
+///
+/// The cipher is snow's XChaCha20-Poly1305 (`snow::types::Cipher`), not a use of the
+/// `chacha20poly1305` crate here: its generic code is instantiated in the crate that calls
+/// it, and snow is built at opt-level 3 while this crate is built for size. Sealing with the
+/// same primitive instantiated here ran at 315 MiB/s, through snow at 810 (x86_64).
 struct Direction {
-    /// A copy for the tests that check both ends hold the same key; wiped when dropped.
-    key: Zeroizing<[u8; 32]>,
-    /// The crate wipes its copy of the key on drop.
-    cipher: XChaCha20Poly1305,
+    cipher: Box<dyn Cipher>,
     nonce: u64,
     bytes: u64,
     frames: u64,
     /// Sending direction: when the key was first used (the receiver follows the flag and
     /// keeps no clock).
     since: Option<Instant>,
+    /// How many times the key was replaced (the tests check both ends agree).
+    generation: u64,
+}
+
+impl Drop for Direction {
+    fn drop(&mut self) {
+        // snow's cipher keeps its key in a plain array: overwrite it before it is freed.
+        self.cipher.set(&[0u8; 32]);
+    }
 }
 
 impl Direction {
-    fn new(key: &[u8; 32]) -> Direction {
-        Direction {
-            key: Zeroizing::new(*key),
-            cipher: XChaCha20Poly1305::new(key.into()),
+    fn new(key: &[u8; 32]) -> Result<Direction, LinkError> {
+        let mut cipher = snow::resolvers::DefaultResolver
+            .resolve_cipher(&CipherChoice::XChaChaPoly)
+            .ok_or_else(|| LinkError::Internal("no XChaCha20-Poly1305 in this build".into()))?;
+        cipher.set(key);
+        Ok(Direction {
+            cipher,
             nonce: 0,
             bytes: 0,
             frames: 0,
             since: None,
-        }
-    }
-
-    fn nonce(n: u64) -> XNonce {
-        let mut b = [0u8; 24];
-        b[16..].copy_from_slice(&n.to_le_bytes());
-        b.into()
+            generation: 0,
+        })
     }
 
     /// Whether the frame of `len` sealed bytes about to be sealed at `now` is the key's last.
@@ -450,21 +462,21 @@ impl Direction {
 
     /// Counts a frame just sealed or opened and, if it carried the flag, replaces the key.
     fn used(&mut self, len: usize, rekey: bool) -> Result<(), LinkError> {
-        self.nonce = self.nonce.checked_add(1).ok_or(LinkError::Exhausted)?;
+        // The largest nonce is the rekey's own (Noise), never a frame's.
+        if self.nonce >= u64::MAX - 1 {
+            return Err(LinkError::Exhausted);
+        }
+        self.nonce += 1;
         self.bytes += len as u64;
         self.frames += 1;
         if rekey {
-            // Noise's Rekey(): the first 32 bytes of encrypting zeros under the largest nonce,
-            // which the counter never reaches.
-            let mut next = Zeroizing::new([0u8; 32]);
-            self.cipher
-                .encrypt_in_place_detached(&Self::nonce(u64::MAX), &[], &mut next[..])
-                .map_err(|_| LinkError::Exhausted)?;
-            self.cipher = XChaCha20Poly1305::new((&*next).into());
-            self.key = next;
+            // Noise's Rekey(): the first 32 bytes of encrypting zeros under the largest
+            // nonce, which the counter never reaches.
+            self.cipher.rekey();
             self.bytes = 0;
             self.frames = 0;
             self.since = None;
+            self.generation += 1;
         }
         Ok(())
     }
@@ -477,32 +489,45 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Seals the plain frame at `buf[start..]` (`[len][payload]`, as `proto::encode_frame`
-    /// writes it) in place: the header becomes the sealed length (with the rekey flag when
-    /// this frame is the key's last, by data or by `now`) and the tag is appended.
-    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize, now: Instant) -> Result<(), LinkError> {
-        let body = buf.len() - start - FRAME_HEADER;
-        let sealed = body + TAG_LEN;
-        if body == 0 || sealed > MAX_SEALED {
+    /// Appends the plain frame `plain` (`[len][payload]`, as `proto::encode_frame` writes
+    /// it) to `out`, sealed: the header becomes the sealed length (with the rekey flag when
+    /// this frame is the key's last, by data or by `now`), then the ciphertext and the tag.
+    pub fn seal_into(
+        &mut self,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<(), LinkError> {
+        let Some(body) = plain.get(FRAME_HEADER..).filter(|b| !b.is_empty()) else {
+            return Err(LinkError::BadLength(plain.len()));
+        };
+        let sealed = body.len() + TAG_LEN;
+        if sealed > MAX_SEALED {
             return Err(LinkError::BadLength(sealed));
         }
         let tx = &mut self.tx;
         let rekey = tx.due(sealed, now);
         let flag = if rekey { REKEY_FLAG } else { 0 };
         let header = (sealed as u32 | flag).to_be_bytes();
-        buf[start..start + FRAME_HEADER].copy_from_slice(&header);
-        let tag = tx
+        let start = out.len();
+        out.extend_from_slice(&header);
+        out.resize(start + FRAME_HEADER + sealed, 0);
+        let n = tx
             .cipher
-            .encrypt_in_place_detached(
-                &Direction::nonce(tx.nonce),
-                &header,
-                &mut buf[start + FRAME_HEADER..],
-            )
-            .map_err(|_| LinkError::Exhausted)?;
-        buf.extend_from_slice(&tag);
+            .encrypt(tx.nonce, &header, body, &mut out[start + FRAME_HEADER..]);
+        if n != sealed {
+            out.truncate(start);
+            return Err(LinkError::Internal(format!("sealed {n} bytes of {sealed}")));
+        }
         // The key's clock starts at its first frame (a rekey stops it again).
         tx.since.get_or_insert(now);
         tx.used(sealed, rekey)
+    }
+
+    /// Seals the plain frame at `buf[start..]` in place (it moves once, into the ciphertext).
+    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize, now: Instant) -> Result<(), LinkError> {
+        let plain = buf.split_off(start);
+        self.seal_into(&plain, buf, now)
     }
 
     /// The sealed length a frame header announces, checked before anything is allocated.
@@ -514,11 +539,10 @@ impl Transport {
         Ok(len)
     }
 
-    /// Opens one whole sealed frame (`[len][ciphertext][tag]`) in place and returns the
-    /// length of the plain payload now at `frame[FRAME_HEADER..]`. On failure nothing
-    /// advances: the connection is to be closed.
-    pub fn open(&mut self, frame: &mut [u8]) -> Result<usize, LinkError> {
-        let Some((header, rest)) = frame.split_first_chunk_mut::<FRAME_HEADER>() else {
+    /// Opens one whole sealed frame (`[len][ciphertext][tag]`) into `plain`, which then
+    /// holds the payload alone. On failure nothing advances: the connection is to be closed.
+    pub fn open(&mut self, frame: &[u8], plain: &mut Vec<u8>) -> Result<(), LinkError> {
+        let Some((header, rest)) = frame.split_first_chunk::<FRAME_HEADER>() else {
             return Err(LinkError::BadLength(frame.len()));
         };
         let len = Self::sealed_len(*header)?;
@@ -526,14 +550,17 @@ impl Transport {
             return Err(LinkError::BadLength(rest.len()));
         }
         let rekey = u32::from_be_bytes(*header) & REKEY_FLAG != 0;
-        let (body, tag) = rest.split_at_mut(len - TAG_LEN);
-        let tag = Tag::clone_from_slice(tag);
+        plain.clear();
+        plain.resize(len - TAG_LEN, 0);
         let rx = &mut self.rx;
-        rx.cipher
-            .decrypt_in_place_detached(&Direction::nonce(rx.nonce), &header[..], body, &tag)
-            .map_err(|_| LinkError::Forged)?;
-        rx.used(len, rekey)?;
-        Ok(len - TAG_LEN)
+        match rx.cipher.decrypt(rx.nonce, header, rest, plain) {
+            Ok(n) if n == len - TAG_LEN => {}
+            _ => {
+                plain.clear();
+                return Err(LinkError::Forged);
+            }
+        }
+        rx.used(len, rekey)
     }
 }
 

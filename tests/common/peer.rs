@@ -220,11 +220,11 @@ impl RawPeer {
     pub fn recv(&mut self) -> Option<Message> {
         let mut f = self.recv_wire()?;
         if let Some(t) = &mut self.transport {
-            let n = t
-                .open(&mut f)
+            let mut plain = Vec::new();
+            t.open(&f, &mut plain)
                 .unwrap_or_else(|e| panic!("the daemon sent a frame that does not open: {e}"));
-            f.truncate(FRAME_HEADER + n);
-            f[..FRAME_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+            f = (plain.len() as u32).to_be_bytes().to_vec();
+            f.extend_from_slice(&plain);
         }
         match split_frame(&f) {
             Ok(Some((range, _))) => Some(
