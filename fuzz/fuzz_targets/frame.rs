@@ -8,7 +8,8 @@
 use std::sync::{Mutex, OnceLock};
 
 use iron_carrier::net::link::{Handshake, LinkConfig, Mode, Transport};
-use iron_carrier::proto::{decode, split_frame, FRAME_HEADER};
+use iron_carrier::proto::{decode, split_frame};
+use iron_carrier_fuzz::assert_no_frame_opens;
 use libfuzzer_sys::fuzz_target;
 
 /// The responder's end of one real link. A failed open changes nothing, so one link serves
@@ -33,19 +34,5 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut link = transport().lock().expect("lock");
-    let mut rest = data;
-    while let Some(header) = rest.first_chunk::<FRAME_HEADER>() {
-        let Ok(len) = Transport::sealed_len(*header) else {
-            break;
-        };
-        let Some(frame) = rest.get(..FRAME_HEADER + len) else {
-            break;
-        };
-        let mut plain = Vec::new();
-        assert!(
-            link.open(frame, &mut plain).is_err(),
-            "a forged frame opened"
-        );
-        rest = &rest[FRAME_HEADER + len..];
-    }
+    assert_no_frame_opens(&mut link, data);
 });

@@ -12,10 +12,8 @@
 
 use std::sync::OnceLock;
 
-use iron_carrier::net::link::{
-    Handshake, LinkConfig, Mode, Transport, HANDSHAKE_LEN, PREAMBLE_LEN,
-};
-use iron_carrier::proto::FRAME_HEADER;
+use iron_carrier::net::link::{Handshake, LinkConfig, Mode, HANDSHAKE_LEN, PREAMBLE_LEN};
+use iron_carrier_fuzz::assert_no_frame_opens;
 use libfuzzer_sys::fuzz_target;
 
 /// Plain, `true` and a passphrase (stretched once: Argon2id per input would cost 25 ms).
@@ -54,19 +52,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok((_, mut link)) = responder.accept(first) else {
         return;
     };
-    let mut rest = rest;
-    while let Some(header) = rest.first_chunk::<FRAME_HEADER>() {
-        let Ok(len) = Transport::sealed_len(*header) else {
-            break;
-        };
-        let Some(frame) = rest.get(..FRAME_HEADER + len) else {
-            break;
-        };
-        let mut plain = Vec::new();
-        assert!(
-            link.open(frame, &mut plain).is_err(),
-            "a frame opened without the key"
-        );
-        rest = &rest[FRAME_HEADER + len..];
-    }
+    assert_no_frame_opens(&mut link, rest);
 });
