@@ -4,7 +4,8 @@
 //! Reading turns bytes into decoded messages (never more than one frame's worth of buffer
 //! beyond what has arrived); writing drains the queued frames until the socket would block.
 //! On an encrypted link every frame is sealed as it is queued (so nonces follow the order
-//! of the bytes on the wire) and opened in place as it is read; frames queued before the
+//! of the bytes on the wire) and opened as it is read, into the buffer its message keeps;
+//! frames queued before the
 //! handshake ends (our `Hello`) wait, plain, until it does. No policy lives here: what a
 //! message means is decided by `net/mod.rs` and `sync`.
 
@@ -524,9 +525,8 @@ impl Conn {
             return Ok(());
         };
         let mut start = 0;
-        // One payload buffer for the frames of this read, freed after it: an idle
-        // connection keeps no buffer of the size of the largest frame it ever got.
-        let mut plain = Vec::new();
+        // Each frame opens into a buffer of its own, which a `FileData` keeps as its data
+        // (`decode_owned`): no second copy of the chunk, and no buffer kept between reads.
         while self.rlen - start >= FRAME_HEADER {
             let header = [
                 self.rbuf[start],
@@ -539,10 +539,12 @@ impl Conn {
             if end > self.rlen {
                 break;
             }
+            let mut plain = Vec::new();
             t.open(&self.rbuf[start..end], &mut plain)
                 .map_err(|e| e.to_string())?;
-            let msg = proto::decode(&plain).map_err(|e| format!("invalid frame: {e}"))?;
-            out.push((msg, FRAME_HEADER + plain.len()));
+            let size = FRAME_HEADER + plain.len();
+            let msg = proto::decode_owned(plain).map_err(|e| format!("invalid frame: {e}"))?;
+            out.push((msg, size));
             start = end;
         }
         if start > 0 {

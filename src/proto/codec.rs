@@ -701,6 +701,25 @@ impl<'a> Dec<'a> {
     }
 }
 
+/// Like [`decode`], taking the payload's buffer: a `FileData` keeps it as its data (its
+/// head shifted out) instead of copying the chunk into a new one. An encrypted link opens
+/// each frame into a buffer of its own; this is how that buffer becomes the message.
+pub fn decode_owned(mut payload: Vec<u8>) -> Result<Message, DecodeError> {
+    // Tag, transfer id, data length: the `FileData` head without the frame's length.
+    let head = FILE_DATA_HEAD - FRAME_HEADER;
+    if payload.first() != Some(&tag::FILE_DATA) || payload.len() < head {
+        return decode(&payload);
+    }
+    let xid = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+    let len = u32::from_be_bytes([payload[5], payload[6], payload[7], payload[8]]) as usize;
+    if payload.len() > MAX_FRAME || len != payload.len() - head || len > CHUNK_SIZE {
+        // Not a well-formed chunk: `decode` says what is wrong, in its words.
+        return decode(&payload);
+    }
+    payload.drain(..head);
+    Ok(TransferMsg::FileData { xid, data: payload }.into())
+}
+
 /// Decodes one frame payload (without the length prefix).
 pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
     if payload.len() > MAX_FRAME {

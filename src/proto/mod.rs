@@ -16,7 +16,9 @@ mod codec;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{decode, encode_frame, file_data_head, frame_len, split_frame, FILE_DATA_HEAD};
+pub use codec::{
+    decode, decode_owned, encode_frame, file_data_head, frame_len, split_frame, FILE_DATA_HEAD,
+};
 
 use std::fmt;
 

@@ -751,3 +751,40 @@ fn write_fuzz_seeds() {
     std::fs::create_dir_all(dir.join("frame")).unwrap();
     std::fs::write(dir.join("frame").join("all-samples"), &stream).unwrap();
 }
+
+#[test]
+fn decoding_an_owned_payload_agrees_with_decoding_a_borrowed_one() {
+    let mut payloads: Vec<Vec<u8>> = samples()
+        .iter()
+        .map(|m| {
+            let mut f = Vec::new();
+            encode_frame(m, &mut f);
+            f.split_off(FRAME_HEADER)
+        })
+        .collect();
+    // File data whose length field lies, in both directions, too long a chunk, a bare head.
+    let mut chunk = Vec::new();
+    encode_frame(
+        &TransferMsg::FileData {
+            xid: 7,
+            data: vec![1; 100],
+        }
+        .into(),
+        &mut chunk,
+    );
+    let chunk = chunk.split_off(FRAME_HEADER);
+    for (at, value) in [(8, 99u8), (8, 101), (5, 0xff)] {
+        let mut bad = chunk.clone();
+        bad[at] = value;
+        payloads.push(bad);
+    }
+    payloads.push(chunk[..9].to_vec());
+    payloads.push(chunk[..5].to_vec());
+    let mut big = vec![tag::FILE_DATA, 0, 0, 0, 1];
+    big.extend_from_slice(&((CHUNK_SIZE + 1) as u32).to_be_bytes());
+    big.resize(9 + CHUNK_SIZE + 1, 0);
+    payloads.push(big);
+    for p in payloads {
+        assert_eq!(decode_owned(p.clone()), decode(&p), "{p:?}");
+    }
+}
