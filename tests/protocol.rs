@@ -382,7 +382,13 @@ fn oversized_frame_header_disconnects_without_waiting_for_the_body(enc: Enc) {
         _ => (MAX_SEALED, "sealed frame of {} bytes is out of bounds"),
     };
     // (The top bit of a sealed header is the rekey flag, not length.)
-    let shown = |n: usize| if enc == Enc::Plain { n } else { n & 0x7fff_ffff };
+    let shown = |n: usize| {
+        if enc == Enc::Plain {
+            n
+        } else {
+            n & 0x7fff_ffff
+        }
+    };
     let said = |n: usize| what.replace("{}", &shown(n).to_string());
     for announced in [u32::MAX as usize, limit + 1] {
         let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));

@@ -5,9 +5,8 @@
 //! beyond what has arrived); writing drains the queued frames until the socket would block.
 //! On an encrypted link every frame is sealed as it is queued (so nonces follow the order
 //! of the bytes on the wire) and opened as it is read, into the buffer its message keeps;
-//! frames queued before the
-//! handshake ends (our `Hello`) wait, plain, until it does. No policy lives here: what a
-//! message means is decided by `net/mod.rs` and `sync`.
+//! frames queued before the handshake ends (our `Hello`) wait, plain, until it does. No
+//! policy lives here: what a message means is decided by `net/mod.rs` and `sync`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
