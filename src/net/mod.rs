@@ -249,12 +249,15 @@ impl Net {
                 }
                 self.close_gracefully_all();
             }
+            // Timers before the drain check: the drain's own deadline is a timer, and checked
+            // first it would wait for the next event or timer after it (a stranger's 10 s
+            // handshake deadline, say) to be noticed.
+            self.fire_timers();
             if self.draining && (self.drain_expired || self.conns.is_empty()) {
                 self.close_all();
                 return;
             }
             self.maybe_resume_reading();
-            self.fire_timers();
         }
     }
 
@@ -949,8 +952,10 @@ impl Net {
         }
     }
 
-    /// Shutdown: every connection flushes, half-closes and waits for its peer to close
-    /// (bounded by the drain's grace); one still connecting is simply dropped.
+    /// Shutdown: every linked connection flushes, half-closes and waits for its peer to
+    /// close (bounded by the drain's grace). One still connecting or in its handshake is
+    /// closed at once: it carries no session, and strangers that never finish a handshake
+    /// must not hold the shutdown up.
     fn close_gracefully_all(&mut self) {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
@@ -958,9 +963,9 @@ impl Net {
                 continue;
             };
             match c.state {
-                ConnState::Connecting => self.close(id, "shutting down"),
+                ConnState::Connecting | ConnState::Handshaking => self.close(id, "shutting down"),
                 ConnState::Closing => {}
-                ConnState::Handshaking | ConnState::Ready => {
+                ConnState::Ready => {
                     c.state = ConnState::Closing;
                     self.flush(id);
                 }

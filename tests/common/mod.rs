@@ -274,14 +274,25 @@ impl Daemon {
                 l.push('\n');
             }
         });
-        let d = Daemon {
+        let mut d = Daemon {
             child,
             log,
             reader: Some(reader),
         };
+        // A daemon that exits while starting (or an emulator that dies under it) says so at
+        // once, with its status, instead of after the whole wait.
+        let mut exited = None;
+        let listening = wait_until(PATIENCE, || {
+            exited = d.child.try_wait().ok().flatten();
+            exited.is_some() || d.log().contains("listening on port")
+        }) && exited.is_none();
         assert!(
-            d.wait_for_log("listening on port", PATIENCE),
-            "daemon did not start listening:\n{}",
+            listening,
+            "daemon did not start listening ({}):\n{}",
+            match exited {
+                Some(status) => format!("it exited: {status}"),
+                None => format!("still running: {}", process_state(d.pid())),
+            },
             d.log()
         );
         d
@@ -338,6 +349,33 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// What the kernel says a process and each of its threads are doing (state and wait
+/// channel), for a failure message about a process that hangs.
+pub fn process_state(pid: i32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "no such process".into();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let stat = read("stat");
+        // The state is the field after the parenthesized command name.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_owned();
+        out.push(format!("{}[{} {}]", read("comm"), state, read("wchan")));
+    }
+    out.join(" ")
 }
 
 /// Runs a one-shot sync with `config` (killed after `PATIENCE`).
