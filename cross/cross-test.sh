@@ -5,7 +5,8 @@
 # binfmt_misc: tests that start the binary under test do it through IC_TEST_RUNNER (see
 # tests/common/mod.rs). The tests listed in cross/qemu-skip.txt are excluded, each with its
 # reason. Prints the test counts per architecture at the end; exits non-zero if any
-# architecture failed to build or had a failing test.
+# architecture failed to build or had a failing test. A daemon start that qemu stalled is
+# retried once by the tests and listed after that target's run (<TARGET>.stalls).
 #
 # Usage: cross/cross-test.sh [TARGET...]
 #   default targets: armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
@@ -62,14 +63,21 @@ for target in "${targets[@]}"; do
   t1=$(now)
   test_ok=0
   : >"$log"
+  # Daemon starts the tests took for an emulator stall and retried (tests/common/mod.rs).
+  stalls="$dir/$target.stalls"
+  : >"$stalls"
   if [ "$build_ok" = 1 ]; then
     echo "== cross-test $target: run under $QEMU ($((${#skips[@]} / 2)) tests excluded: cross/qemu-skip.txt)"
-    if IC_TEST_RUNNER="$QEMU" "$cargo" test --locked --all-targets --no-fail-fast \
+    if IC_TEST_RUNNER="$QEMU" IC_EMULATOR_STALLS="$PWD/$stalls" "$cargo" test --locked --all-targets --no-fail-fast \
       --target "$target" --target-dir "$dir" -- --exact "${skips[@]}" 2>&1 | tee "$log"; then
       test_ok=1
     fi
   fi
   t2=$(now)
+  if [ -s "$stalls" ]; then
+    echo "== cross-test $target: emulator stalls, each retried once:"
+    cat "$stalls"
+  fi
   read -r passed failed ignored excluded < <(counts "$log")
   if [ "$build_ok" = 0 ]; then
     result="BUILD FAILED"

@@ -257,30 +257,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `iron-carrier --daemon --config <config>` and waits until it listens.
     pub fn start(config: &Path) -> Daemon {
-        let mut child = bin()
-            .args(["--daemon", "-v", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let mut d = Daemon {
-            child,
-            log,
-            reader: Some(reader),
-        };
-        // A daemon that exits while starting (or an emulator that dies under it) says so at
-        // once, with its status, instead of after the whole wait.
+        let emulated = std::env::var_os("IC_TEST_RUNNER").is_some();
+        let mut d = Daemon::spawn(config);
+        if emulated && !d.shows_life_within(EMULATOR_STALL) {
+            // Under qemu-user, a daemon started from the (itself emulated) test process has,
+            // rarely, neither printed a line nor exited for a minute, while its starts take
+            // well under a second even fourteen at a time: the emulator stalled, not the
+            // daemon (natively nothing is retried). It is noted where cross-test shows it,
+            // with the threads' states, and started once more.
+            note_emulator_stall(&format!(
+                "daemon for {} stalled silently in its start: {}",
+                config.display(),
+                process_state(d.pid())
+            ));
+            drop(d);
+            d = Daemon::spawn(config);
+        }
+        // A daemon that exits while starting says so at once, with its status, instead of
+        // after the whole wait.
         let mut exited = None;
         let listening = wait_until(PATIENCE, || {
             exited = d.child.try_wait().ok().flatten();
@@ -296,6 +290,42 @@ impl Daemon {
             d.log()
         );
         d
+    }
+
+    fn spawn(config: &Path) -> Daemon {
+        let mut child = bin()
+            .args(["--daemon", "-v", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            // Byte lines, not `lines()`: that stops at the first line that is not UTF-8.
+            let mut r = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(String::from_utf8_lossy(&line).trim_end_matches('\n'));
+                l.push('\n');
+                line.clear();
+            }
+        });
+        Daemon {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Whether the daemon printed anything or exited within `limit`.
+    fn shows_life_within(&mut self, limit: Duration) -> bool {
+        wait_until(limit, || {
+            !self.log().is_empty() || self.child.try_wait().ok().flatten().is_some()
+        })
     }
 
     pub fn log(&self) -> String {
@@ -351,6 +381,29 @@ impl Drop for Daemon {
     }
 }
 
+/// How long a daemon under an emulator may show no sign of life before its start is taken
+/// for an emulator stall (see `Daemon::start`).
+const EMULATOR_STALL: Duration = Duration::from_secs(20);
+
+/// Appends `what` to the file named by `IC_EMULATOR_STALLS` (cross-test prints it), or to
+/// stderr.
+fn note_emulator_stall(what: &str) {
+    use std::io::Write;
+    let line = format!("emulator stall: {what}\n");
+    match std::env::var_os("IC_EMULATOR_STALLS") {
+        Some(path) => {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+        None => eprint!("{line}"),
+    }
+}
+
 /// What the kernel says a process and each of its threads are doing (state and wait
 /// channel), for a failure message about a process that hangs.
 pub fn process_state(pid: i32) -> String {
@@ -375,7 +428,11 @@ pub fn process_state(pid: i32) -> String {
             .to_owned();
         out.push(format!("{}[{} {}]", read("comm"), state, read("wchan")));
     }
-    out.join(" ")
+    // Whether it got as far as exec'ing the program it was started for.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default();
+    format!("{} (command line: {})", out.join(" "), cmdline.trim_end())
 }
 
 /// Runs a one-shot sync with `config` (killed after `PATIENCE`).
