@@ -6,7 +6,8 @@
 #   fuzz/run.sh seeds   rewrites fuzz/seeds/ from the codec's samples (proto/tests.rs) and
 #                       real handshakes (net/link/tests.rs)
 # A crash fails the run and leaves its input in fuzz/artifacts/<target>/; each target's
-# executions are printed as "fuzz: <target>: N runs, 0 crashes".
+# executions are printed as "fuzz: <target>: N runs, 0 crashes". FUZZ_TARGETS picks some of
+# the targets (default: "frame message handshake").
 #
 # The stable toolchain builds the targets with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z
 # flags). No sanitizer by default: the targets are safe Rust, and AddressSanitizer would
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=${1:-smoke}
-targets=(frame message handshake)
+read -ra targets <<<"${FUZZ_TARGETS:-frame message handshake}"
 cargo_fuzz_version=0.13.2
 sanitizer=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
