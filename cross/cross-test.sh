@@ -68,8 +68,9 @@ for target in "${targets[@]}"; do
   : >"$stalls"
   if [ "$build_ok" = 1 ]; then
     echo "== cross-test $target: run under $QEMU ($((${#skips[@]} / 2)) tests excluded: cross/qemu-skip.txt)"
-    if IC_TEST_RUNNER="$QEMU" IC_EMULATOR_STALLS="$PWD/$stalls" "$cargo" test --locked --all-targets --no-fail-fast \
-      --target "$target" --target-dir "$dir" -- --exact "${skips[@]}" 2>&1 | tee "$log"; then
+    if IC_TEST_RUNNER="$QEMU" IC_EMULATOR_STALLS="$PWD/$stalls" \
+      "$cargo" test --locked --all-targets --no-fail-fast --target "$target" --target-dir "$dir" \
+      -- --exact "${skips[@]}" 2>&1 | tee "$log"; then
       test_ok=1
     fi
   fi
