@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod daemon;
+pub mod debounce;
 pub mod delta;
 pub mod fsops;
 pub mod history;

@@ -371,6 +371,10 @@ impl Io for Shell {
         ))
     }
 
+    fn local_state(&mut self, i: usize) -> Option<(u64, u64)> {
+        self.store.local_state(self.storages[i].id).ok()
+    }
+
     fn index_since(
         &mut self,
         storage: usize,

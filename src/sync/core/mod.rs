@@ -135,6 +135,9 @@ pub trait Io {
     /// Scans storage `storage` (removing leftover temporary files) with its `.ignore`, and
     /// records what changed in the history.
     fn scan(&mut self, storage: usize) -> Result<(LocalIndex, IgnoreMatcher), SyncError>;
+    /// Where this node's index of `storage` stands: (index id, sequence number); `None` if
+    /// the history cannot say.
+    fn local_state(&mut self, storage: usize) -> Option<(u64, u64)>;
     /// This node's index of `storage` after sequence number `since`, page by page; returns
     /// the sequence number it leads to.
     fn index_since(
@@ -396,6 +399,8 @@ pub struct Core {
     session: Option<Session>,
     results: BTreeMap<usize, StorageResult>,
     records: Vec<StorageRecord>,
+    /// Storages whose watcher said "changed" while a session ran: scanned when it is over.
+    rescans: BTreeSet<usize>,
 }
 
 impl Core {
@@ -414,6 +419,7 @@ impl Core {
             session: None,
             results: BTreeMap::new(),
             records,
+            rescans: BTreeSet::new(),
         }
     }
 
@@ -520,6 +526,30 @@ impl Core {
         self.election.trigger_after(storage, now, delay);
     }
 
+    /// The watcher says `storage` changed (or its periodic rescan is due): scan it, and claim
+    /// it only if the scan recorded a change. Events are hints, the history decides: this
+    /// node's own writes (files received, deletions and renames applied) are already in the
+    /// history, so they find nothing and start no session — no ping-pong between nodes. While
+    /// a session runs the scan waits for it to end, as a scan then would meet its temporary
+    /// files and a half-applied plan.
+    pub fn rescan(&mut self, storage: usize, now: Instant, io: &mut dyn Io) {
+        if storage >= self.storages.len() {
+            return;
+        }
+        if self.session.is_some() {
+            self.rescans.insert(storage);
+            return;
+        }
+        self.rescans.remove(&storage);
+        let before = io.local_state(storage);
+        match io.scan(storage) {
+            Ok((idx, _)) if before != Some((idx.index_id, idx.seq)) => self.trigger(storage, now),
+            Ok(_) => {}
+            // The scan logged why; the next change, the periodic rescan or a peer retries.
+            Err(e) => self.fail(storage, e),
+        }
+    }
+
     pub fn peer_up(&mut self, node: NodeId, storages: Vec<String>, now: Instant) {
         let shared: Vec<usize> = storages
             .iter()
@@ -563,6 +593,11 @@ impl Core {
         }
         if let Some(s) = &mut self.session {
             s.heartbeat(now, io);
+        }
+        if self.session.is_none() {
+            while let Some(storage) = self.rescans.pop_first() {
+                self.rescan(storage, now, io);
+            }
         }
         let busy = self.session.is_some();
         let (cx, election, _) = self.parts();

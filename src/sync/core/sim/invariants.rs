@@ -399,11 +399,27 @@ impl Sim {
             out: &mut out,
             oracle: &mut self.oracle,
             now,
+            touched: Vec::new(),
         };
+        let watched = node.watch.is_some();
+        let mut unrecorded = Vec::new();
         for s in 0..node.storages.len() {
-            if let Err(e) = io.scan(s) {
-                panic!("seed {}: the final scan failed: {e}", self.seed);
+            let before = io.local_state(s);
+            match io.scan(s) {
+                Ok((idx, _)) if before != Some((idx.index_id, idx.seq)) => unrecorded.push(s),
+                Ok(_) => {}
+                Err(e) => panic!("seed {}: the final scan failed: {e}", self.seed),
             }
+        }
+        // A watching daemon has scanned every change it saw, its own writes included; a
+        // scan that still finds one means a write of its own is missing from its history,
+        // and that write's events would start a session after every session (a ping-pong).
+        if watched && !unrecorded.is_empty() {
+            let msg = format!(
+                "{}'s scan after convergence recorded changes in storages {unrecorded:?}",
+                self.name(i)
+            );
+            self.fail(&msg);
         }
     }
 

@@ -116,6 +116,8 @@ impl Sim {
         n.core = None;
         n.inc += 1;
         n.tick_at = None;
+        n.watch = None;
+        n.watch_at = None;
         for b in &mut self.believes[node] {
             *b = None;
         }
@@ -157,6 +159,15 @@ impl Sim {
         let n = &mut self.nodes[node];
         n.inc += 1;
         n.tick_at = None;
+        n.watch_at = None;
+        // The watcher starts with a scan of every storage (what changed while it was down).
+        n.watch = (kind == Kind::Daemon).then(|| {
+            let mut w = Debouncer::new(&n.watch_settings, now);
+            for s in 0..n.storages.len() {
+                w.changed(s, now);
+            }
+            w
+        });
         n.core = Some(Core::new(
             n.id.clone(),
             n.storages.clone(),
@@ -181,6 +192,7 @@ impl Sim {
         }
         // The policy's first step, as the real loop takes one before it first sleeps.
         self.call(node, false, |_, _, _| ());
+        self.schedule_watch(node);
     }
 
     pub(super) fn start_all(&mut self) {

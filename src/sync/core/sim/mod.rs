@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::oneshot::OneShot;
 use super::{Accepted, Core, Received, Refusal, Sent, StorageResult};
+use crate::debounce::Debouncer;
 use crate::history::Entry;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
 use crate::proto::{PeerMsg, SessionMsg};
@@ -166,6 +167,13 @@ struct Node {
     rng: Rng,
     /// The earliest tick scheduled for this incarnation.
     tick_at: Option<u64>,
+    /// Its watcher's debouncer (daemons that are up), fed by every change in its trees —
+    /// the user's and its own writes, as inotify reports both.
+    watch: Option<Debouncer>,
+    /// Its settings: each storage's delay and periodic rescan, drawn once per node.
+    watch_settings: Vec<(Duration, Option<Duration>)>,
+    /// The earliest watcher wake-up scheduled for this incarnation.
+    watch_at: Option<u64>,
     /// (storage, path, size, mtime) → times this node read that version as a source.
     reads: HashMap<(String, RelPath, u64, i64), u32>,
 }
@@ -205,6 +213,11 @@ enum Event {
     /// reports every chunk.
     Progress(u64),
     Tick {
+        node: usize,
+        inc: u32,
+    },
+    /// A node's watcher wakes: a debounced change or a periodic rescan is due.
+    Watch {
         node: usize,
         inc: u32,
     },
@@ -363,6 +376,19 @@ impl Sim {
                     inc: 0,
                     rng: Rng::new(rng.next()),
                     tick_at: None,
+                    watch: None,
+                    watch_settings: st
+                        .iter()
+                        .map(|_| {
+                            let delay = [0, 300, 1_000, 2_000][rng.below(4) as usize];
+                            let rescan = [None, Some(5), Some(30)][rng.below(3) as usize];
+                            (
+                                Duration::from_millis(delay),
+                                rescan.map(Duration::from_secs),
+                            )
+                        })
+                        .collect(),
+                    watch_at: None,
                     reads: HashMap::new(),
                 }
             })
@@ -462,7 +488,7 @@ impl Sim {
     }
 
     fn push(&mut self, at: u64, ev: Event) {
-        if !matches!(ev, Event::Tick { .. }) {
+        if !matches!(ev, Event::Tick { .. } | Event::Watch { .. }) {
             self.busy_events += 1;
         }
         self.seq += 1;
@@ -507,6 +533,7 @@ impl Sim {
             out: &mut effects,
             oracle: &mut self.oracle,
             now: EPOCH_SECS + self.now / SEC,
+            touched: Vec::new(),
         };
         // The real loop runs the one-shot policy after every event, before and after the
         // core's tick (what the policy claims is claimed at once, and a run the tick
@@ -517,6 +544,7 @@ impl Sim {
             }
         }
         let r = f(core, &mut io, now);
+        let touched = std::mem::take(&mut io.touched);
         let mut past = None;
         if let Some(run) = &mut node.run {
             run.policy.step(now, core, busy);
@@ -532,7 +560,43 @@ impl Sim {
         }
         self.apply(i, effects);
         self.schedule_tick(i, after_tick);
+        for s in touched {
+            self.watch_event(i, s);
+        }
         Some(r)
+    }
+
+    /// Node `i`'s watcher sees a change in storage `s` (daemons only: a one-shot run has
+    /// no watcher).
+    pub(super) fn watch_event(&mut self, i: usize, s: usize) {
+        let now = self.instant();
+        if let Some(w) = &mut self.nodes[i].watch {
+            w.changed(s, now);
+            self.schedule_watch(i);
+        }
+    }
+
+    pub(super) fn schedule_watch(&mut self, i: usize) {
+        let Some(d) = self.nodes[i]
+            .watch
+            .as_ref()
+            .and_then(Debouncer::next_deadline)
+        else {
+            return;
+        };
+        let at = self.ns_of(d).max(self.now);
+        if self.nodes[i].watch_at.is_none_or(|t| at < t) {
+            self.nodes[i].watch_at = Some(at);
+            let inc = self.nodes[i].inc;
+            self.push(at, Event::Watch { node: i, inc });
+        }
+    }
+
+    /// Does any watcher hold changes it has not handed over yet?
+    pub(super) fn watchers_pending(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.watch.as_ref().is_some_and(Debouncer::pending))
     }
 
     fn schedule_tick(&mut self, i: usize, after_tick: bool) {
@@ -704,7 +768,7 @@ impl Sim {
         debug_assert!(at >= self.now);
         self.now = at;
         self.events += 1;
-        if !matches!(ev, Event::Tick { .. }) {
+        if !matches!(ev, Event::Tick { .. } | Event::Watch { .. }) {
             self.busy_events -= 1;
         }
         self.handle(ev);
@@ -805,6 +869,27 @@ impl Sim {
                 }
                 self.nodes[node].tick_at = None;
                 self.call(node, true, |c, io, now| c.tick(now, io));
+            }
+            Event::Watch { node, inc } => {
+                let n = &self.nodes[node];
+                if n.inc != inc || n.watch_at != Some(self.now) {
+                    return;
+                }
+                self.nodes[node].watch_at = None;
+                let now = self.instant();
+                let due = match &mut self.nodes[node].watch {
+                    Some(w) => w.due(now),
+                    None => return,
+                };
+                for (s, why) in due {
+                    self.log(format!(
+                        "{} watcher: {} due ({why:?})",
+                        self.name(node),
+                        self.nodes[node].storages[s]
+                    ));
+                    self.call(node, false, |c, io, now| c.rescan(s, now, io));
+                }
+                self.schedule_watch(node);
             }
             Event::PeerDown { obs, subj, gen } => {
                 if self.believes[obs][subj] == Some(gen) {
@@ -1008,6 +1093,7 @@ impl Sim {
         if put_file(&mut self.nodes[r].fs[rs], file).is_err() {
             return Received::Failed;
         }
+        self.watch_event(r, rs);
         let entry = Entry {
             meta: meta.clone(),
             deleted: false,

@@ -207,6 +207,8 @@ pub(super) struct SimIo<'a> {
     pub(super) oracle: &'a mut Oracle,
     /// Virtual time in seconds (version counters, tombstone dates).
     pub(super) now: u64,
+    /// Storages this node wrote in (its own writes, which its watcher sees like any other).
+    pub(super) touched: Vec<usize>,
 }
 
 fn sim_err(e: impl std::fmt::Display) -> SyncError {
@@ -262,6 +264,7 @@ impl SimIo<'_> {
     }
 
     fn queue(&mut self, storage: usize, a: Applied) {
+        self.touched.push(storage);
         self.history.queued[storage].push(a);
     }
 
@@ -278,6 +281,11 @@ impl Io for SimIo<'_> {
     fn disconnect(&mut self, node: &NodeId, why: Violation) {
         self.out
             .push(Effect::Disconnect(node.clone(), why.to_string()));
+    }
+
+    fn local_state(&mut self, storage: usize) -> Option<(u64, u64)> {
+        let id = self.history.ids[storage];
+        self.history.store.local_state(id).ok()
     }
 
     fn scan(&mut self, storage: usize) -> Result<(LocalIndex, IgnoreMatcher), SyncError> {
@@ -745,8 +753,8 @@ impl Sim {
     }
 
     fn user_changed(&mut self, node: usize, storage: &str) {
-        if self.up(node) {
-            self.trigger(node, storage);
+        if let Some(s) = self.nodes[node].storage(storage) {
+            self.watch_event(node, s);
         }
     }
 

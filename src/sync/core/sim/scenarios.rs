@@ -75,6 +75,7 @@ impl Sim {
     /// Nothing in flight and every core that is up idle.
     pub(super) fn quiet(&self) -> bool {
         self.busy_events == 0
+            && !self.watchers_pending()
             && self
                 .nodes
                 .iter()
