@@ -30,6 +30,11 @@ pub const DEFAULT_MAX_PARALLEL_TRANSFERS: u32 = 4;
 pub const MAX_PARALLEL_TRANSFERS_LIMIT: u32 = 64;
 /// Upper bound for `delay_watcher_events` (one day), to catch unit mistakes (ms vs s).
 pub const MAX_DELAY_WATCHER_EVENTS: u64 = 86_400;
+/// How often a watched storage is scanned whatever its watcher saw (Syncthing's default
+/// too: watchers miss changes).
+pub const DEFAULT_RESCAN_INTERVAL: u64 = 3600;
+/// Upper bound for `rescan_interval` (one week).
+pub const MAX_RESCAN_INTERVAL: u64 = 7 * 86_400;
 
 /// Shortest passphrase accepted, in characters: a recorded handshake lets anyone guess it
 /// offline, at the KDF's cost per guess.
@@ -117,6 +122,8 @@ pub struct Config {
     pub peers: Vec<String>,
     pub enable_file_watcher: bool,
     pub delay_watcher_events: Duration,
+    /// The periodic full rescan of watched storages; `None` (`rescan_interval = 0`): never.
+    pub rescan_interval: Option<Duration>,
     pub schedule_sync: Option<Schedule>,
     pub enable_service_discovery: bool,
     pub log_path: PathBuf,
@@ -218,6 +225,7 @@ const TOP_KEYS: &[&str] = &[
     "peers",
     "enable_file_watcher",
     "delay_watcher_events",
+    "rescan_interval",
     "schedule_sync",
     "enable_service_discovery",
     "log_path",
@@ -402,6 +410,12 @@ impl<'a> Parser<'a> {
         };
         let delay_watcher_events = Duration::from_secs(delay_watcher_events);
 
+        let rescan_interval = match Self::get(doc, "rescan_interval") {
+            Some(item) => self.int(item, "rescan_interval", 0, MAX_RESCAN_INTERVAL)?,
+            None => DEFAULT_RESCAN_INTERVAL,
+        };
+        let rescan_interval = (rescan_interval > 0).then(|| Duration::from_secs(rescan_interval));
+
         let schedule_sync = match Self::get(doc, "schedule_sync") {
             Some(item) => {
                 let expr = self.string(item, "schedule_sync")?;
@@ -525,6 +539,7 @@ impl<'a> Parser<'a> {
             peers,
             enable_file_watcher,
             delay_watcher_events,
+            rescan_interval,
             schedule_sync,
             enable_service_discovery,
             log_path,
@@ -774,6 +789,11 @@ impl Config {
             s,
             "delay_watcher_events = {}",
             self.delay_watcher_events.as_secs()
+        );
+        let _ = writeln!(
+            s,
+            "rescan_interval = {}",
+            self.rescan_interval.map_or(0, |d| d.as_secs())
         );
         match &self.schedule_sync {
             Some(c) => {

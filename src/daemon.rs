@@ -20,6 +20,10 @@ use crate::net::{
 };
 use crate::run::{Mode, Outcome, StartError};
 use crate::sync::{self, SyncCtl};
+use crate::watch::{
+    self,
+    handle::{WatchOptions, WatchedStorage},
+};
 
 /// How links are protected. The passphrase is stretched here, once per process (about 1 s
 /// on a Pi Zero); its working memory is freed before any thread starts.
@@ -58,6 +62,35 @@ fn net_options(config: &Config, mode: Mode) -> Result<NetOptions, StartError> {
     })
 }
 
+/// What `watch` needs of the config: the storages it watches (daemons only, each storage's
+/// `enable_watcher`), or `None` if there are none.
+fn watch_options(config: &Config, mode: Mode) -> Option<WatchOptions> {
+    if mode != Mode::Daemon {
+        return None;
+    }
+    let storages: Vec<WatchedStorage> = config
+        .storages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.enable_watcher)
+        .map(|(index, s)| WatchedStorage {
+            index,
+            name: s.name.clone(),
+            root: s.path.clone(),
+            delay: s.delay_watcher_events,
+        })
+        .collect();
+    if storages.is_empty() {
+        return None;
+    }
+    Some(WatchOptions {
+        storages,
+        total_storages: config.storages.len(),
+        rescan: config.rescan_interval,
+        exclude: sync::db_paths(&config.log_path),
+    })
+}
+
 fn spawn<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -90,6 +123,33 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
     let (net_event_tx, net_event_rx) = unbounded();
     let (net_thread, net_handle) = net::spawn(net_opts, net_event_tx)?;
 
+    // The watcher starts before `sync` so that no change between the two is missed; its
+    // hints wait in their flags until `sync` reads them.
+    let (watch_thread, watch_handle, hints) = match watch_options(&config, mode) {
+        Some(opts) => {
+            let (tx, rx) = watch::handle::hints(opts.total_storages);
+            match watch::spawn(opts, tx) {
+                Ok((t, h)) => (Some(t), Some(h), Some(rx)),
+                Err(e) => {
+                    net_handle.shutdown();
+                    let _ = net_thread.join();
+                    signal_handle.close();
+                    let _ = signal_thread.join();
+                    return Err(e);
+                }
+            }
+        }
+        None => (None, None, None),
+    };
+    let stop_watch = move || {
+        if let Some(h) = &watch_handle {
+            h.shutdown();
+        }
+        if let Some(t) = watch_thread {
+            let _ = t.join();
+        }
+    };
+
     let (ctl_tx, ctl_rx) = unbounded();
     let (done_tx, done_rx) = bounded::<Outcome>(1);
     let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
@@ -100,8 +160,11 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
             sync_config,
             mode,
             sync_net,
-            net_event_rx,
-            ctl_rx,
+            sync::Inputs {
+                net_events: net_event_rx,
+                ctl: ctl_rx,
+                hints,
+            },
             ready_tx,
             done_tx,
         )
@@ -112,6 +175,7 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
         .recv()
         .unwrap_or_else(|_| Err("the sync thread stopped while starting".into()));
     if let Err(e) = started {
+        stop_watch();
         let _ = ctl_tx.send(SyncCtl::Shutdown);
         let _ = sync_thread.join();
         net_handle.shutdown();
@@ -133,7 +197,9 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
 
     let stop = wait(&signal_rx, &done_rx, &config, mode);
 
-    // Ordered shutdown: sync first (it may still be talking through net), then net.
+    // Ordered shutdown: the watcher (it only produces hints), then sync (it may still be
+    // talking through net), then net.
+    stop_watch();
     let _ = ctl_tx.send(SyncCtl::Shutdown);
     let sync_outcome = sync_thread.join();
     net_handle.shutdown();

@@ -22,3 +22,4 @@ pub mod run;
 pub mod scanner;
 pub mod store;
 pub mod sync;
+pub mod watch;

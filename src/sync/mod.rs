@@ -28,6 +28,7 @@ use crate::net::handle::{ConnId, NetEvent, NetHandle};
 use crate::proto::{Hello, PeerMsg, TransferMsg};
 use crate::run::{Mode, Outcome};
 use crate::store::Store;
+use crate::watch::handle::Hints;
 
 use self::core::oneshot::OneShot;
 use self::core::{Core, Io, Received, Refusal, Violation};
@@ -46,8 +47,11 @@ const PUMP_BUDGET: usize = 2 * 1024 * 1024;
 const SIGN_BUDGET: usize = 4 * 1024 * 1024;
 /// Most signatures kept for sends not started yet: bounds what a peer can make us store.
 const MAX_PENDING_SIGNATURES: usize = 4096;
-/// The loop wakes at least this often, for the cron schedule.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// With a cron schedule, the loop wakes at least this often, so that a wall clock set
+/// forwards or back is noticed. With nothing to do it sleeps until an input arrives.
+const CRON_SLEEP: Duration = Duration::from_secs(60);
+/// "No deadline": long enough to mean for ever, short enough to add to an `Instant`.
+const FOREVER: Duration = Duration::from_secs(86_400);
 
 struct SyncThread {
     config: Config,
@@ -59,17 +63,31 @@ struct SyncThread {
     last_session: Option<u64>,
 }
 
+/// What the thread waits on.
+pub struct Inputs {
+    pub net_events: Receiver<NetEvent>,
+    pub ctl: Receiver<SyncCtl>,
+    /// The watcher's hints (daemons that watch a storage).
+    pub hints: Option<Hints>,
+}
+
 /// The thread body. `ready` hears once whether the thread could start (its storages and
 /// history database open); a failure there is a start-up error of the whole process.
 pub fn run(
     config: Config,
     mode: Mode,
     net: NetHandle,
-    net_events: Receiver<NetEvent>,
-    ctl: Receiver<SyncCtl>,
+    inputs: Inputs,
     ready: Sender<Result<(), String>>,
     done: Sender<Outcome>,
 ) {
+    let Inputs {
+        net_events,
+        ctl,
+        hints,
+    } = inputs;
+    let never = crossbeam_channel::never();
+    let hint_wake = hints.as_ref().map_or(&never, Hints::wake);
     let mut t = match SyncThread::new(config, mode, net) {
         Ok(t) => {
             let _ = ready.send(Ok(()));
@@ -101,7 +119,13 @@ pub fn run(
                 Ok(ev) => t.on_net_event(ev),
                 Err(_) => return,
             },
+            recv(hint_wake) -> _ => {}
             default(timeout) => {}
+        }
+        if let Some(h) = &hints {
+            for storage in h.take() {
+                t.core.rescan(storage, Instant::now(), &mut t.shell);
+            }
         }
         // Handle everything already queued before pumping more data out.
         while let Ok(ev) = net_events.try_recv() {
@@ -437,7 +461,13 @@ impl SyncThread {
 
     fn next_wakeup(&self) -> Duration {
         let now = Instant::now();
-        let mut at = now + MAX_SLEEP;
+        let mut at = now + FOREVER;
+        if let Some(cron) = self.next_cron {
+            let wait = cron
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            at = at.min(now + wait.min(CRON_SLEEP));
+        }
         let deadlines = [
             self.core.next_deadline(),
             self.shell.receiver.next_deadline(),
@@ -543,7 +573,7 @@ fn shell_dest(
 }
 
 /// The database file and its SQLite side files, as absolute paths.
-fn db_paths(log_path: &std::path::Path) -> Vec<PathBuf> {
+pub fn db_paths(log_path: &std::path::Path) -> Vec<PathBuf> {
     let base = match (log_path.parent(), log_path.file_name()) {
         (Some(dir), Some(name)) => match std::fs::canonicalize(dir) {
             Ok(dir) => dir.join(name),

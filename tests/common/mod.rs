@@ -257,8 +257,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `iron-carrier --daemon --config <config>` and waits until it listens.
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_via(&[], config)
+    }
+
+    /// Like [`Daemon::start`], with the binary started by `wrapper` (e.g. `unshare ...`):
+    /// `wrapper[0] wrapper[1..] <binary> --daemon -v --config <config>`. Not through
+    /// `IC_TEST_RUNNER`: tests that use it are host-only.
+    pub fn start_via(wrapper: &[&str], config: &Path) -> Daemon {
         let emulated = std::env::var_os("IC_TEST_RUNNER").is_some();
-        let mut d = Daemon::spawn(config);
+        let mut d = Daemon::spawn(wrapper, config);
         if emulated && !d.shows_life_within(EMULATOR_STALL) {
             // Under qemu-user, a daemon started from the (itself emulated) test process has,
             // rarely, neither printed a line nor exited for a minute, while its starts take
@@ -271,7 +278,7 @@ impl Daemon {
                 process_state(d.pid())
             ));
             drop(d);
-            d = Daemon::spawn(config);
+            d = Daemon::spawn(wrapper, config);
         }
         // A daemon that exits while starting says so at once, with its status, instead of
         // after the whole wait.
@@ -292,8 +299,17 @@ impl Daemon {
         d
     }
 
-    fn spawn(config: &Path) -> Daemon {
-        let mut child = bin()
+    fn spawn(wrapper: &[&str], config: &Path) -> Daemon {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_iron-carrier"));
+                c.env_remove("RUST_LOG");
+                c
+            }
+            None => bin(),
+        };
+        let mut child = cmd
             .args(["--daemon", "-v", "--config"])
             .arg(config)
             .stdout(Stdio::null())
@@ -485,15 +501,26 @@ pub fn manifest(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).expect("read_dir") {
-            let e = e.expect("entry");
+        // A directory renamed or removed while we looked: this tree is not settled.
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            out.insert(dir.to_string_lossy().into_owned(), "vanished".to_owned());
+            continue;
+        };
+        for e in entries {
+            let Ok(e) = e else {
+                out.insert(dir.to_string_lossy().into_owned(), "vanished".to_owned());
+                continue;
+            };
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             // Each node's own storage marker (never synchronized; its id differs per node).
             if rel == ".iron-carrier.storage" {
                 continue;
             }
-            let ft = e.file_type().expect("file type");
+            let Ok(ft) = e.file_type() else {
+                out.insert(rel, "vanished".to_owned());
+                continue;
+            };
             if ft.is_dir() {
                 out.insert(rel, "dir".to_owned());
                 stack.push(p);

@@ -545,8 +545,11 @@ impl Core {
         match io.scan(storage) {
             Ok((idx, _)) if before != Some((idx.index_id, idx.seq)) => self.trigger(storage, now),
             Ok(_) => {}
-            // The scan logged why; the next change, the periodic rescan or a peer retries.
-            Err(e) => self.fail(storage, e),
+            // The next change, the periodic rescan or a peer's session tries again.
+            Err(e) => {
+                log::warn!("{}: not scanned: {e}", self.storages[storage]);
+                self.fail(storage, e);
+            }
         }
     }
 
