@@ -541,9 +541,14 @@ fn two_daemons_sync_on_connect_and_again_on_schedule() {
     p.dir.write("a/at-start.txt", b"start");
     let cb = p.b.write(p.dir.path());
     let ca = p.a.write(p.dir.path());
-    // Every minute: the first scheduled sync comes within 60 s of start.
+    // Every minute: the first scheduled sync comes within 60 s of start. Without the
+    // watcher, which would carry the change first, only the schedule can.
     let ca_text = std::fs::read_to_string(&ca).unwrap();
-    std::fs::write(&ca, format!("schedule_sync = \"* * * * *\"\n{ca_text}")).unwrap();
+    std::fs::write(
+        &ca,
+        format!("schedule_sync = \"* * * * *\"\nenable_file_watcher = false\n{ca_text}"),
+    )
+    .unwrap();
     let da = Daemon::start(&ca);
     let db = Daemon::start(&cb);
     assert!(
