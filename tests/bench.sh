@@ -83,7 +83,7 @@ else
   rename_mib=100; n_rescan=100000; enc_pairs=3
   [ "$preset" = full ] && n_scale=100000
 fi
-latency_samples=3
+latency_samples=10
 st_key=ic-bench-api-key
 
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces, apt-get)" >&2; exit 1; }
@@ -544,9 +544,11 @@ PY
   rec "${ids[@]}" status=ok idle_s="$idle_s" wire_bytes=$((w1 - w0)) $fig
 }
 
-# Scenario 5: two daemons; A holds the small-file set, B is empty; once they agree (their
-# initial session) and 5 s later, $idle_s seconds of CPU and the memory at the end.
-ic_idle() { # source-dir
+# Scenarios 5 and 6: two daemons watching (delay_watcher_events = 1); A holds the small-file
+# set (10,000 files in 1,000 directories), B is empty; once they agree (their initial session)
+# and 5 s later, $idle_s seconds of CPU and the memory at the end; then $latency_samples times
+# a new 4 KiB file on A and the time until it is on B (polled every 5 ms).
+ic_idle_latency() { # source-dir
   local a=$run/a b=$run/b
   cp -al "$1" "$a"
   mkdir "$b"
@@ -558,9 +560,32 @@ ic_idle() { # source-dir
   py wait-same "$a" "$b" --timeout 900 --interval 0.5 > /dev/null || fail "initial sync did not finish"
   sleep 5
   idle_window a b
+  local out med samples tool lat_ids
+  tool=$(printf '%s\n' "${ids[@]}" | sed -n 's/^tool=//p')
+  lat_ids=(scenario=latency tool="$tool" variant=-)
+  [ -n "$pair" ] && lat_ids+=(pair="$pair")
+  if out=$(py latency "$a" "$b" "$latency_samples" --timeout 60 --gap 2 2>&1); then
+    read -r med samples <<< "$out"
+    rec "${lat_ids[@]}" status=ok latency_s="$med" samples_s:="$samples" watcher_delay_s=1
+  else
+    rec "${lat_ids[@]}" status=failed reason="$out"
+  fi
   stop a
   stop b
   check_same "$a" "$b"
+}
+
+# The watcher's memory per watched directory (tests/watch_memory.rs, release): the heap of
+# its map, counted exactly, and the kernel's objects per watch.
+ic_watch_memory() {
+  local out line
+  out=$(cd "$repo" && cargo test -q --release --locked --test watch_memory -- --ignored \
+    --nocapture --test-threads 1 2> "$run/cargo.err") ||
+    fail "cargo test --test watch_memory failed: $(grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
+  line=$(grep -o 'watch-memory: .*' <<< "$out")
+  local figures=()
+  for k in ${line#watch-memory: }; do figures+=("$k"); done
+  rec "${ids[@]}" status=ok "${figures[@]}"
 }
 
 # Writes the config of node i of a five-node full mesh.
@@ -981,8 +1006,8 @@ for scen in delta-overwrite delta-insert; do
 done
 
 # 5. idle; 6. latency.
-measure_ic idle - ic_idle "$data/small"
-na latency iron-carrier - "not implemented yet: no file watcher (delay_watcher_events is accepted but unused)"
+measure_ic idle - ic_idle_latency "$data/small"
+measure watch-memory iron-carrier - ic_watch_memory
 for t in rsync rsync-fsync unison; do
   na idle "$t" - "no daemon: a one-shot tool uses nothing between runs"
   na latency "$t" - "no watcher daemon: it syncs only when run"

@@ -222,6 +222,8 @@ fn a_tree_created_at_once_arrives_whole_and_every_new_directory_is_watched() {
         a.display()
     ));
     follows(&roots, DELAY + MARGIN, "tar x", &daemons);
+    // Every directory is watched: the root, and 1 + 5 × 2 in each copy.
+    assert_eq!(watches(daemons[0].pid()), 1 + 2 * 11);
     // Nothing but the watches on the deepest directories can start these sessions.
     let rel_deep = deep.strip_prefix(&src).unwrap().to_owned();
     for copy in ["copied", "untarred"] {
@@ -425,6 +427,64 @@ fn two_nodes_changing_files_at_once_both_arrive_and_the_nodes_settle() {
         made <= 4,
         "{made} sessions for three changes:\n{}",
         logs(&daemons)
+    );
+}
+
+/// How many inotify watches a process holds, as the kernel lists them.
+fn watches(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .map(|t| t.lines().filter(|l| l.starts_with("inotify wd:")).count())
+        .sum()
+}
+
+#[test]
+fn ignored_directories_are_not_watched_until_the_rules_change() {
+    let dir = TestDir::new("watch-ignore");
+    let (cfgs, roots) = nodes(&dir, "watch-ignore", 2, "");
+    dir.write("wa/.ignore", b"skipped/\n");
+    for d in ["skipped/x/y", "skipped/z", "kept/k"] {
+        dir.mkdir(&format!("wa/{d}"));
+    }
+    let daemons = start_all(&dir, &cfgs);
+    // The root, kept and kept/k.
+    assert!(
+        wait_until(PATIENCE, || watches(daemons[0].pid()) == 3),
+        "{} watches\n{}",
+        watches(daemons[0].pid()),
+        daemons[0].log()
+    );
+    // The first sync leaves the ignored directories out.
+    assert!(
+        wait_until(DELAY + MARGIN, || roots[1].join("kept/k").is_dir()),
+        "{}",
+        logs(&daemons)
+    );
+    assert!(!roots[1].join("skipped").exists());
+    std::fs::write(roots[0].join(".ignore"), b"# nothing ignored now\n").unwrap();
+    assert!(
+        wait_until(PATIENCE, || watches(daemons[0].pid()) == 7),
+        "{} watches after the rules changed\n{}",
+        watches(daemons[0].pid()),
+        daemons[0].log()
+    );
+    // The new rules reach B first (the receiver applies the rules it had when the session
+    // began, so what they newly admit travels in the next session).
+    assert!(
+        wait_until(DELAY + MARGIN, || std::fs::read(roots[1].join(".ignore"))
+            .ok()
+            == std::fs::read(roots[0].join(".ignore")).ok()),
+        "{}",
+        logs(&daemons)
+    );
+    std::fs::write(roots[0].join("skipped/x/y/now"), b"now").unwrap();
+    follows(
+        &roots,
+        DELAY + MARGIN,
+        "a file where nothing is ignored any more",
+        &daemons,
     );
 }
 

@@ -31,6 +31,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::debounce::{Debouncer, Due};
+use crate::ignore::IgnoreMatcher;
+use crate::model::RelPath;
 use crate::run::StartError;
 use handle::{HintSender, WatchHandle, WatchOptions};
 use tree::{Action, Dirs, Ev};
@@ -114,6 +116,9 @@ struct Root {
     index: usize,
     /// Its root has a watch.
     watched: bool,
+    /// Its `.ignore`: ignored directories are not watched (what happens in them is never
+    /// synchronized, and `node_modules` would cost thousands of watches).
+    ignore: IgnoreMatcher,
 }
 
 struct Watcher {
@@ -157,6 +162,7 @@ impl Watcher {
                 path: s.root,
                 index: s.index,
                 watched: false,
+                ignore: IgnoreMatcher::empty(),
             })
             .collect();
         Watcher {
@@ -298,6 +304,14 @@ impl Watcher {
                 self.debounce.changed(slot, now);
                 self.retry_roots_at(now + ROOT_RETRY);
             }
+            Action::Rules(slot) => {
+                // Directories no longer ignored get their watches; ones ignored now keep
+                // theirs until they go (their events cost a scan that finds nothing).
+                self.load_rules(slot);
+                if self.roots[slot].watched {
+                    self.watch_tree(slot, Path::new(""));
+                }
+            }
             Action::Overflow => {
                 if self
                     .overflow_logged
@@ -321,6 +335,19 @@ impl Watcher {
         }
     }
 
+    /// Reads the storage's `.ignore`. One that cannot be read or parsed ignores nothing here:
+    /// more watches, never fewer (the scan reports the error).
+    fn load_rules(&mut self, slot: usize) {
+        let r = &mut self.roots[slot];
+        r.ignore = IgnoreMatcher::load(&r.path).unwrap_or_else(|_| IgnoreMatcher::empty());
+    }
+
+    fn is_ignored(&self, slot: usize, rel: &Path) -> bool {
+        rel.to_str()
+            .and_then(|s| RelPath::new(s).ok())
+            .is_some_and(|p| self.roots[slot].ignore.is_ignored(&p, true))
+    }
+
     fn retry_roots_at(&mut self, at: Instant) {
         if self.next_root_retry.is_none_or(|t| at < t) {
             self.next_root_retry = Some(at);
@@ -339,6 +366,7 @@ impl Watcher {
             self.retry_roots_at(now + ROOT_RETRY);
             return;
         }
+        self.load_rules(slot);
         if self.add_watch(slot, Path::new(""), true) == Added::Yes {
             self.roots[slot].watched = true;
             self.watch_tree(slot, Path::new(""));
@@ -420,6 +448,9 @@ impl Watcher {
             // The root's own watch is added by `watch_root`; any other directory's here,
             // before its children are listed.
             if !dir.as_os_str().is_empty() {
+                if self.is_ignored(slot, &dir) {
+                    continue;
+                }
                 match self.add_watch(slot, &dir, false) {
                     Added::Yes => {}
                     Added::No => continue,

@@ -53,6 +53,8 @@ pub enum Action<K> {
     RootGone(usize),
     /// The kernel's queue overflowed: events were lost, anywhere.
     Overflow,
+    /// The storage's `.ignore` changed: which directories to watch may have.
+    Rules(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -159,6 +161,9 @@ impl<K: Hash + Eq + Clone> Dirs<K> {
         }
         let is_dir = ev.mask & mask::ISDIR != 0;
         out.push(Action::Changed(storage));
+        if rel.as_os_str() == crate::ignore::IGNORE_FILE {
+            out.push(Action::Rules(storage));
+        }
         if ev.mask & mask::MOVED_FROM != 0 {
             self.moves.insert(ev.cookie, (storage, rel, is_dir));
         } else if ev.mask & mask::MOVED_TO != 0 {
@@ -235,6 +240,14 @@ mod tests {
         d.event(ev(&1, MODIFY, 0, Some("iron-carrier.db")), &mut out);
         d.event(ev(&99, CREATE, 0, Some("stale")), &mut out);
         assert_eq!(out, vec![Action::Changed(0), Action::Changed(1)]);
+        out.clear();
+        d.event(ev(&1, CLOSE_WRITE, 0, Some(".ignore")), &mut out);
+        d.event(ev(&2, CLOSE_WRITE, 0, Some(".ignore")), &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Changed(0), Action::Rules(0), Action::Changed(0)],
+            "only the root's .ignore holds rules"
+        );
     }
 
     #[test]
