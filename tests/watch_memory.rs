@@ -61,7 +61,7 @@ fn memory_per_watched_directory() {
             rels.push(rel);
         }
     }
-    let mut inotify = Inotify::init().unwrap();
+    let inotify = Inotify::init().unwrap();
     let mut wds = Vec::new();
     for rel in &rels {
         wds.push(
