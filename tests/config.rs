@@ -120,6 +120,7 @@ fn full_config_has_every_value_and_minimal_config_every_default() {
     assert_eq!(full.peers.len(), 3);
     assert!(!full.enable_file_watcher);
     assert_eq!(full.delay_watcher_events, Duration::from_secs(10));
+    assert_eq!(full.rescan_interval, Some(Duration::from_secs(600)));
     assert_eq!(
         full.schedule_sync.as_ref().unwrap().expr,
         "*/30 8-20 * * mon-fri"
@@ -154,6 +155,7 @@ fn full_config_has_every_value_and_minimal_config_every_default() {
     assert!(min.peers.is_empty());
     assert!(min.enable_file_watcher);
     assert_eq!(min.delay_watcher_events, Duration::from_secs(4));
+    assert_eq!(min.rescan_interval, Some(Duration::from_secs(3600)));
     assert!(min.schedule_sync.is_none());
     assert!(min.enable_service_discovery);
     assert_eq!(min.encryption, Encryption::Ephemeral);

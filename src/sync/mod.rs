@@ -123,8 +123,14 @@ pub fn run(
             default(timeout) => {}
         }
         if let Some(h) = &hints {
-            for storage in h.take() {
+            let due = h.take();
+            for &storage in &due {
                 t.core.rescan(storage, Instant::now(), &mut t.shell);
+            }
+            // A scan's lists and the pages it read are garbage once it is recorded; an idle
+            // daemon gives them back, as after a session.
+            if !due.is_empty() && t.core.session_info().is_none() && t.shell.is_idle() {
+                t.shell.release_idle_memory();
             }
         }
         // Handle everything already queued before pumping more data out.

@@ -43,7 +43,15 @@ impl Session {
             leader: leader.clone(),
             members: members.into_iter().filter(|n| n != me).collect(),
         };
-        Ok(Session::new(sid, storage_idx, role, local, ignore, now))
+        Ok(Session::new(
+            sid,
+            storage_idx,
+            role,
+            local,
+            ignore,
+            now,
+            now,
+        ))
     }
 
     /// The leader asks for this node's index changes after `since`: they go out page by

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::plan::Planner;
 use super::session::{violated, Over, Participant, Phase, Role, Session};
-use super::{Ctx, Io, LocalIndex, Violation, MAX_ENTRIES};
+use super::{Ctx, Fresh, Io, LocalIndex, Violation, MAX_ENTRIES};
 use crate::history::Record;
 use crate::model::NodeId;
 use crate::proto::{self, PartStats, PlanItem, SessionMsg};
@@ -20,16 +20,24 @@ use crate::run::SyncError;
 pub(super) const PLAN_FLUSH_ITEMS: usize = 256;
 
 impl Session {
-    /// Scans `storage` and starts session `sid` with every node in `granted`.
+    /// Scans `storage` (unless `fresh` holds a scan of it that nothing has changed since)
+    /// and starts session `sid` with every node in `granted`.
     pub(super) fn lead(
         name: &str,
         sid: u64,
         storage: usize,
         granted: BTreeSet<NodeId>,
+        fresh: Option<Fresh>,
         now: Instant,
         io: &mut dyn Io,
     ) -> Result<Session, SyncError> {
-        let (local, ignore) = io.scan(storage)?;
+        let (local, ignore, scanned_at) = match fresh {
+            Some(f) => (f.local, f.ignore, f.at),
+            None => {
+                let (local, ignore) = io.scan(storage)?;
+                (local, ignore, now)
+            }
+        };
         let names: Vec<&str> = granted.iter().map(NodeId::as_str).collect();
         log::info!(
             "{name}: leading session {sid:016x} with {}",
@@ -54,6 +62,7 @@ impl Session {
             Role::Lead { participants },
             local,
             ignore,
+            scanned_at,
             now,
         ))
     }

@@ -136,6 +136,7 @@ impl Session {
         role: Role,
         local: LocalIndex,
         ignore: IgnoreMatcher,
+        scanned_at: Instant,
         now: Instant,
     ) -> Session {
         Session {
@@ -143,7 +144,7 @@ impl Session {
             storage,
             role,
             phase: Phase::Collect,
-            scanned_at: now,
+            scanned_at,
             local,
             ignore,
             steps: Vec::new(),
