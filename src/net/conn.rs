@@ -390,6 +390,17 @@ impl Conn {
         ReadOutcome::Frames(frames, status)
     }
 
+    /// Drops an empty read buffer bigger than a read's chunk: a connection that carried
+    /// file data keeps a frame's worth otherwise (a quarter MiB or more) for as long as it
+    /// stays idle. Returns whether it freed one.
+    pub(super) fn shrink_idle(&mut self) -> bool {
+        if self.rlen == 0 && self.rbuf.len() > READ_CHUNK {
+            self.rbuf = Vec::new();
+            return true;
+        }
+        false
+    }
+
     /// Buffer size needed to hold the frame whose header is at the start, if known. The
     /// header was validated against `MAX_FRAME` already, so this is bounded.
     fn next_frame_need(&self) -> usize {

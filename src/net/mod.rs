@@ -344,6 +344,10 @@ impl Net {
             return;
         }
         if c.state == ConnState::Ready && now >= c.last_send + PING_AFTER {
+            // Quiet for a while: what a transfer's frames needed is not needed now.
+            if c.shrink_idle() {
+                crate::mem::release_free();
+            }
             c.queue(&LinkMsg::Ping.into(), true);
             self.flush(id);
         }

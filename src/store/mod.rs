@@ -158,12 +158,16 @@ impl Store {
 
     /// Gives the page cache back between sessions: a daemon idles most of its life.
     pub fn release_memory(&self) {
+        // SAFETY: sqlite3_memory_used only reads SQLite's own counter.
+        let used = || unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        let before = used();
         if let Err(e) = self.conn.release_memory() {
             log::debug!(
                 "database {}: cannot release memory: {e}",
                 self.path.display()
             );
         }
+        log::debug!("SQLite memory: {before} bytes, {} after releasing", used());
     }
 
     /// This node's id.

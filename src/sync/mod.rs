@@ -123,14 +123,8 @@ pub fn run(
             default(timeout) => {}
         }
         if let Some(h) = &hints {
-            let due = h.take();
-            for &storage in &due {
+            for storage in h.take() {
                 t.core.rescan(storage, Instant::now(), &mut t.shell);
-            }
-            // A scan's lists and the pages it read are garbage once it is recorded; an idle
-            // daemon gives them back, as after a session.
-            if !due.is_empty() && t.core.session_info().is_none() && t.shell.is_idle() {
-                t.shell.release_idle_memory();
             }
         }
         // Handle everything already queued before pumping more data out.
@@ -140,6 +134,11 @@ pub fn run(
         let ended = t.shell.receiver.commit_if_due(Instant::now());
         t.received(ended);
         t.tick();
+        // Scans outside sessions (hints, waiting rescans) leave memory behind, as a session
+        // does; an idle daemon gives it back.
+        if t.core.session_info().is_none() {
+            t.shell.release_if_scanned();
+        }
         if let Some(outcome) = t.oneshot_outcome() {
             if let Some(tx) = done.take() {
                 let _ = tx.send(outcome);
