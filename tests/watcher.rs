@@ -396,6 +396,74 @@ fn a_root_that_disappears_deletes_nothing_and_is_watched_again_when_it_returns()
 }
 
 #[test]
+fn a_disk_mounted_after_start_is_watched_once_it_is_there() {
+    let dir = TestDir::new("watch-mount");
+    let (cfgs, roots) = nodes(&dir, "watch-mount", 2, "");
+    let disk = dir.mkdir("disk");
+    std::fs::write(disk.join("old"), b"old").unwrap();
+    let config_a = cfgs[0].write(dir.path());
+    let b = Daemon::start(&cfgs[1].write(dir.path()));
+    // A in a mount namespace of its own, so the mounts touch nothing else on the machine.
+    let mounted = format!(
+        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
+        disk.display(),
+        roots[0].display()
+    );
+    let a = Daemon::start_via(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &mounted,
+        ],
+        &config_a,
+    );
+    let converged = wait_until(DELAY + MARGIN, || roots[1].join("old").exists());
+    assert!(converged, "{}\n{}", a.log(), b.log());
+    a.stop();
+    // Started again before the disk is mounted: the storage's root is an empty mount point,
+    // which the scan refuses (no storage marker), and the watch is on that empty directory.
+    let a = Daemon::start_via(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "exec \"$0\" \"$@\"",
+        ],
+        &config_a,
+    );
+    assert!(a.wait_for_log("docs: not scanned", PATIENCE), "{}", a.log());
+    let st = Command::new("nsenter")
+        .args(["-t", &a.pid().to_string(), "-m", "mount", "--bind"])
+        .arg(&disk)
+        .arg(&roots[0])
+        .status()
+        .unwrap();
+    assert!(st.success(), "nsenter mount: {st}");
+    // The watcher looks at a root without its marker every 30 s and finds the disk. (The
+    // peers' retries of the refused session may carry the first change too; later ones
+    // need the watch on the disk.)
+    assert!(
+        a.wait_for_log("another directory is at", Duration::from_secs(30) + MARGIN),
+        "{}",
+        a.log()
+    );
+    std::fs::write(disk.join("new"), b"new").unwrap();
+    let arrived = wait_until(DELAY + MARGIN, || roots[1].join("new").exists());
+    assert!(arrived, "{}\n{}", a.log(), b.log());
+    assert!(
+        roots[1].join("old").exists(),
+        "the unmounted disk deleted files"
+    );
+}
+
+#[test]
 fn two_nodes_changing_files_at_once_both_arrive_and_the_nodes_settle() {
     let dir = TestDir::new("watch-both");
     let (cfgs, roots) = nodes(&dir, "watch-both", 2, "");

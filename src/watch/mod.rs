@@ -31,6 +31,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::debounce::{Debouncer, Due};
+use crate::fsops::MARKER;
 use crate::ignore::IgnoreMatcher;
 use crate::model::RelPath;
 use crate::run::StartError;
@@ -39,7 +40,9 @@ use tree::{Action, Dirs, Ev};
 
 const INOTIFY: Token = Token(0);
 const WAKER: Token = Token(1);
-/// How often a storage whose root is missing (not mounted yet, deleted) is looked for again.
+/// How often a storage whose root is missing (deleted, unmounted) is looked for again, and a
+/// root without its storage marker (a disk not mounted yet: the watch is on the empty mount
+/// point) is checked for another directory appearing at its path.
 const ROOT_RETRY: Duration = Duration::from_secs(30);
 /// How often a storage the watcher cannot fully see (the watch limit) is rescanned instead.
 pub const DEGRADED_RESCAN: Duration = Duration::from_secs(60);
@@ -116,6 +119,12 @@ struct Root {
     index: usize,
     /// Its root has a watch.
     watched: bool,
+    /// The watched root directory's (device, inode): a disk mounted on the path later, or a
+    /// directory put in its place, is another directory, which the watch does not see.
+    id: Option<(u64, u64)>,
+    /// The root held the storage marker when it was watched. Until it does, it is checked
+    /// every [`ROOT_RETRY`]; a root that held one and went away is back only with one.
+    marked: bool,
     /// Its `.ignore`: ignored directories are not watched (what happens in them is never
     /// synchronized, and `node_modules` would cost thousands of watches).
     ignore: IgnoreMatcher,
@@ -162,6 +171,8 @@ impl Watcher {
                 path: s.root,
                 index: s.index,
                 watched: false,
+                id: None,
+                marked: false,
                 ignore: IgnoreMatcher::empty(),
             })
             .collect();
@@ -215,9 +226,7 @@ impl Watcher {
             if self.next_root_retry.is_some_and(|at| at <= now) {
                 self.next_root_retry = None;
                 for slot in 0..self.roots.len() {
-                    if !self.roots[slot].watched {
-                        self.watch_root(slot, now);
-                    }
+                    self.check_root(slot, now);
                 }
             }
             for (slot, why) in self.debounce.due(now) {
@@ -354,10 +363,53 @@ impl Watcher {
         }
     }
 
+    /// The root's (device, inode) and whether it holds the storage marker; `None` if it is
+    /// not a directory.
+    fn root_state(&self, slot: usize) -> Option<((u64, u64), bool)> {
+        use std::os::unix::fs::MetadataExt;
+        let path = &self.roots[slot].path;
+        let m = std::fs::metadata(path).ok().filter(|m| m.is_dir())?;
+        let marked = std::fs::symlink_metadata(path.join(MARKER)).is_ok();
+        Some(((m.dev(), m.ino()), marked))
+    }
+
+    /// The periodic look at a root that is missing or has no marker.
+    fn check_root(&mut self, slot: usize, now: Instant) {
+        let r = &self.roots[slot];
+        if !r.watched {
+            return self.watch_root(slot, now);
+        }
+        if r.marked {
+            return;
+        }
+        match self.root_state(slot) {
+            Some((id, _)) if Some(id) != r.id => {
+                // Another directory at the root's path (a disk mounted on it at last): the
+                // watches are on the old one.
+                log::info!(
+                    "{}: another directory is at {} now (a disk mounted?); watching it",
+                    r.name,
+                    r.path.display()
+                );
+                self.roots[slot].watched = false;
+                for wd in self.dirs.take_storage(slot) {
+                    let _ = self.inotify.watches().remove(wd);
+                }
+                self.watch_root(slot, now);
+            }
+            Some((_, true)) => self.roots[slot].marked = true,
+            Some((_, false)) => self.retry_roots_at(now + ROOT_RETRY),
+            None => {} // its IN_DELETE_SELF or IN_UNMOUNT says so
+        }
+    }
+
     /// Watches a storage's root and everything below, then has it scanned.
     fn watch_root(&mut self, slot: usize, now: Instant) {
         let r = &self.roots[slot];
-        if !r.path.is_dir() {
+        let state = self.root_state(slot);
+        let Some((id, marked)) = state.filter(|&(_, m)| m || !r.marked) else {
+            // Missing, or a root that had its marker and has none now: an empty mount point
+            // or a directory made in its place, not the storage. Looked for again later.
             log::debug!(
                 "{}: the storage root {} is not there; not watched yet",
                 r.name,
@@ -365,10 +417,13 @@ impl Watcher {
             );
             self.retry_roots_at(now + ROOT_RETRY);
             return;
-        }
+        };
         self.load_rules(slot);
         if self.add_watch(slot, Path::new(""), true) == Added::Yes {
-            self.roots[slot].watched = true;
+            let r = &mut self.roots[slot];
+            r.watched = true;
+            r.id = Some(id);
+            r.marked = marked;
             self.watch_tree(slot, Path::new(""));
             self.debounce.changed(slot, now);
             if self.started {
@@ -379,7 +434,8 @@ impl Watcher {
                     self.dirs.count(slot)
                 );
             }
-        } else {
+        }
+        if !self.roots[slot].marked {
             self.retry_roots_at(now + ROOT_RETRY);
         }
     }
