@@ -123,8 +123,9 @@ pub fn run(
             default(timeout) => {}
         }
         if let Some(h) = &hints {
-            for storage in h.take() {
-                t.core.rescan(storage, Instant::now(), &mut t.shell);
+            for hint in h.take() {
+                t.core
+                    .rescan(hint.storage, hint.rules, Instant::now(), &mut t.shell);
             }
         }
         // Handle everything already queued before pumping more data out.

@@ -53,17 +53,32 @@ impl WatchHandle {
     }
 }
 
+/// A storage due for a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hint {
+    pub storage: usize,
+    /// Its `.ignore` changed: what is to be synchronized may have changed although no file
+    /// did (files a peer offered that the old rules declined), so it is synchronized even if
+    /// the scan finds nothing new.
+    pub rules: bool,
+}
+
+/// Per storage: due, and due with changed rules.
+type Flags = Arc<[(AtomicBool, AtomicBool)]>;
+
 /// The `watch` side of the hints.
 pub struct HintSender {
-    flags: Arc<[AtomicBool]>,
+    flags: Flags,
     wake: Sender<()>,
 }
 
 impl HintSender {
-    /// Storage `storage` is due for a scan.
-    pub fn send(&self, storage: usize) {
-        if let Some(f) = self.flags.get(storage) {
-            f.store(true, Ordering::SeqCst);
+    pub fn send(&self, hint: Hint) {
+        if let Some((due, rules)) = self.flags.get(hint.storage) {
+            if hint.rules {
+                rules.store(true, Ordering::SeqCst);
+            }
+            due.store(true, Ordering::SeqCst);
             // Full means a wake-up is pending already, and it will see this flag too.
             let _ = self.wake.try_send(());
         }
@@ -72,7 +87,7 @@ impl HintSender {
 
 /// The `sync` side of the hints: a channel to wait on, and the storages due.
 pub struct Hints {
-    flags: Arc<[AtomicBool]>,
+    flags: Flags,
     wake: Receiver<()>,
 }
 
@@ -83,16 +98,22 @@ impl Hints {
     }
 
     /// The storages due for a scan since the last call, each once.
-    pub fn take(&self) -> Vec<usize> {
+    pub fn take(&self) -> Vec<Hint> {
         (0..self.flags.len())
-            .filter(|&i| self.flags[i].swap(false, Ordering::SeqCst))
+            .filter(|&i| self.flags[i].0.swap(false, Ordering::SeqCst))
+            .map(|storage| Hint {
+                storage,
+                rules: self.flags[storage].1.swap(false, Ordering::SeqCst),
+            })
             .collect()
     }
 }
 
 /// A pair of hint ends for `storages` storages.
 pub fn hints(storages: usize) -> (HintSender, Hints) {
-    let flags: Arc<[AtomicBool]> = (0..storages).map(|_| AtomicBool::new(false)).collect();
+    let flags: Flags = (0..storages)
+        .map(|_| (AtomicBool::new(false), AtomicBool::new(false)))
+        .collect();
     let (tx, rx) = bounded(1);
     (
         HintSender {
@@ -110,20 +131,23 @@ mod tests {
     #[test]
     fn hints_coalesce_per_storage_and_are_taken_once() {
         let (tx, rx) = hints(3);
+        let h = |storage, rules| Hint { storage, rules };
         for _ in 0..1000 {
-            tx.send(2);
+            tx.send(h(2, false));
         }
-        tx.send(0);
-        tx.send(9); // no such storage
+        tx.send(h(2, true));
+        tx.send(h(2, false));
+        tx.send(h(0, false));
+        tx.send(h(9, true)); // no such storage
         assert!(rx.wake().try_recv().is_ok());
         assert!(
             rx.wake().try_recv().is_err(),
             "one wake-up, however many hints"
         );
-        assert_eq!(rx.take(), vec![0, 2]);
-        assert_eq!(rx.take(), Vec::<usize>::new());
-        tx.send(1);
+        assert_eq!(rx.take(), vec![h(0, false), h(2, true)]);
+        assert_eq!(rx.take(), vec![]);
+        tx.send(h(1, false));
         assert!(rx.wake().try_recv().is_ok());
-        assert_eq!(rx.take(), vec![1]);
+        assert_eq!(rx.take(), vec![h(1, false)]);
     }
 }

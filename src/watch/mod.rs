@@ -35,7 +35,7 @@ use crate::fsops::MARKER;
 use crate::ignore::IgnoreMatcher;
 use crate::model::RelPath;
 use crate::run::StartError;
-use handle::{HintSender, WatchHandle, WatchOptions};
+use handle::{Hint, HintSender, WatchHandle, WatchOptions};
 use tree::{Action, Dirs, Ev};
 
 const INOTIFY: Token = Token(0);
@@ -144,6 +144,8 @@ struct Watcher {
     next_root_retry: Option<Instant>,
     /// The first walk is done (later roots found are roots that came back).
     started: bool,
+    /// Per watched storage: its `.ignore` changed since its last hint.
+    rules_changed: Vec<bool>,
 }
 
 impl Watcher {
@@ -163,6 +165,7 @@ impl Watcher {
                 }
             }
         }
+        let n = opts.storages.len();
         let roots = opts
             .storages
             .into_iter()
@@ -187,6 +190,7 @@ impl Watcher {
             overflow_logged: None,
             next_root_retry: None,
             started: false,
+            rules_changed: vec![false; n],
         }
     }
 
@@ -237,7 +241,11 @@ impl Watcher {
                     }
                     Due::Periodic => log::debug!("{}: periodic rescan", r.name),
                 }
-                self.hints.send(r.index);
+                let rules = std::mem::take(&mut self.rules_changed[slot]);
+                self.hints.send(Hint {
+                    storage: r.index,
+                    rules,
+                });
             }
         }
     }
@@ -314,6 +322,7 @@ impl Watcher {
                 self.retry_roots_at(now + ROOT_RETRY);
             }
             Action::Rules(slot) => {
+                self.rules_changed[slot] = true;
                 // Directories no longer ignored get their watches; ones ignored now keep
                 // theirs until they go (their events cost a scan that finds nothing).
                 self.load_rules(slot);

@@ -399,8 +399,9 @@ pub struct Core {
     session: Option<Session>,
     results: BTreeMap<usize, StorageResult>,
     records: Vec<StorageRecord>,
-    /// Storages whose watcher said "changed" while a session ran: scanned when it is over.
-    rescans: BTreeSet<usize>,
+    /// Storages whose watcher said "changed" while a session ran, and whether their rules
+    /// changed: scanned when it is over.
+    rescans: BTreeMap<usize, bool>,
     /// The scan a rescan just made and claimed for, by storage: the session it leads to
     /// starts from it instead of scanning again (see [`FRESH_FOR`]).
     fresh: BTreeMap<usize, Fresh>,
@@ -439,7 +440,7 @@ impl Core {
             session: None,
             results: BTreeMap::new(),
             records,
-            rescans: BTreeSet::new(),
+            rescans: BTreeMap::new(),
             fresh: BTreeMap::new(),
         }
     }
@@ -552,19 +553,20 @@ impl Core {
     /// node's own writes (files received, deletions and renames applied) are already in the
     /// history, so they find nothing and start no session — no ping-pong between nodes. While
     /// a session runs the scan waits for it to end, as a scan then would meet its temporary
-    /// files and a half-applied plan.
-    pub fn rescan(&mut self, storage: usize, now: Instant, io: &mut dyn Io) {
+    /// files and a half-applied plan. `rules`: the storage's `.ignore` changed, which calls
+    /// for a session even if no file did (what the old rules declined can come now).
+    pub fn rescan(&mut self, storage: usize, rules: bool, now: Instant, io: &mut dyn Io) {
         if storage >= self.storages.len() {
             return;
         }
         if self.session.is_some() {
-            self.rescans.insert(storage);
+            *self.rescans.entry(storage).or_default() |= rules;
             return;
         }
-        self.rescans.remove(&storage);
+        let rules = self.rescans.remove(&storage).unwrap_or(false) || rules;
         let before = io.local_state(storage);
         match io.scan(storage) {
-            Ok((local, ignore)) if before != Some((local.index_id, local.seq)) => {
+            Ok((local, ignore)) if rules || before != Some((local.index_id, local.seq)) => {
                 let state = (local.index_id, local.seq);
                 self.fresh.insert(
                     storage,
@@ -631,8 +633,8 @@ impl Core {
             s.heartbeat(now, io);
         }
         if self.session.is_none() {
-            while let Some(storage) = self.rescans.pop_first() {
-                self.rescan(storage, now, io);
+            while let Some((storage, rules)) = self.rescans.pop_first() {
+                self.rescan(storage, rules, now, io);
             }
         }
         let busy = self.session.is_some();

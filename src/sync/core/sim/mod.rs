@@ -100,6 +100,9 @@ struct Config {
     detect: (u64, u64),
     /// A session running longer than this counts as stalled (see [`STALL`]).
     stall: u64,
+    /// Watchers now and then report a changed `.ignore` (a session even when nothing
+    /// changed): off where a scenario counts its sessions.
+    rules_changes: bool,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             transfer: (MS, 50 * MS),
             detect: (0, 500 * MS),
             stall: STALL,
+            rules_changes: true,
         }
     }
 }
@@ -119,6 +123,7 @@ impl Config {
         Config {
             latency: (latency, latency),
             transfer: (transfer, transfer),
+            rules_changes: false,
             ..Config::default()
         }
     }
@@ -882,12 +887,15 @@ impl Sim {
                     None => return,
                 };
                 for (s, why) in due {
+                    // Now and then as if its `.ignore` had changed: a session even when the
+                    // scan finds nothing, which must not keep the nodes busy.
+                    let rules = self.cfg.rules_changes && self.rng.chance(1, 8);
                     self.log(format!(
-                        "{} watcher: {} due ({why:?})",
+                        "{} watcher: {} due ({why:?}, rules changed: {rules})",
                         self.name(node),
                         self.nodes[node].storages[s]
                     ));
-                    self.call(node, false, |c, io, now| c.rescan(s, now, io));
+                    self.call(node, false, |c, io, now| c.rescan(s, rules, now, io));
                 }
                 self.schedule_watch(node);
             }
