@@ -142,6 +142,14 @@ impl RelPath {
         self.0.match_indices('/').map(move |(i, _)| &self.0[..i])
     }
 
+    /// Is this `other` or below it?
+    pub fn is_within(&self, other: &RelPath) -> bool {
+        self.0 == other.0
+            || (self.0.len() > other.0.len()
+                && self.0.starts_with(other.0.as_str())
+                && self.0.as_bytes()[other.0.len()] == b'/')
+    }
+
     /// Number of components.
     pub fn depth(&self) -> usize {
         self.0.split('/').count()
@@ -349,6 +357,17 @@ pub fn mtime_ns_to_parts(ns: i64) -> (i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_within_is_by_components() {
+        let r = |s| RelPath::new(s).unwrap();
+        assert!(r("d").is_within(&r("d")));
+        assert!(r("d/e/f").is_within(&r("d")));
+        assert!(r("d/e/f").is_within(&r("d/e")));
+        assert!(!r("dx").is_within(&r("d")));
+        assert!(!r("d-e/f").is_within(&r("d")));
+        assert!(!r("d").is_within(&r("d/e")));
+    }
 
     #[test]
     fn relpath_accepts_and_rejects_table() {

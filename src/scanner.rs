@@ -19,7 +19,10 @@
 //! - paths listed in [`ScanOptions::exclude`] (the database and its side files when they
 //!   live inside the storage) are silently left out;
 //! - files the process cannot read and directories it cannot list or enter are skipped with a
-//!   `warn` line and counted (a skipped directory takes its whole subtree with it).
+//!   `warn` line, counted, and listed in [`ScanResult::unreadable`] (a skipped directory
+//!   takes its whole subtree with it): the caller keeps what it knew of them, as a path left
+//!   out of the index would otherwise be taken for deleted;
+//! - a listing of the root that fails part-way fails the scan.
 //!
 //! Limitation: each entry is classified by one `lstat`, then directories are opened by path.
 //! A directory swapped for a symlink between those two steps would be followed; the scanner
@@ -68,6 +71,10 @@ pub struct ScanResult {
     /// Relative paths of leftover internal files (names starting with [`INTERNAL_PREFIX`]),
     /// sorted. Plain strings because a `RelPath` cannot name them.
     pub temp_files: Vec<String>,
+    /// Paths that exist but could not be looked at (permissions, I/O errors): what is known
+    /// of them and of everything below them stands. Left out of `entries`, they would look
+    /// deleted, and their deletion would reach every peer.
+    pub unreadable: Vec<RelPath>,
 }
 
 /// The storage root itself cannot be scanned (missing, not a directory, not readable).
@@ -115,14 +122,21 @@ pub fn scan(root: &Path, opts: &ScanOptions<'_>) -> Result<ScanResult, ScanError
     // Without search permission every lstat below would fail one by one; report it once.
     walker.access(libc::R_OK | libc::X_OK).map_err(fail)?;
     let listing = fs::read_dir(root).map_err(fail)?;
-    walker.list_dir(None, listing);
+    if !walker.list_dir(None, listing) {
+        // What the root holds is not all known: nothing of this scan may stand for it.
+        return Err(fail(io::Error::other(
+            "listing the storage root stopped part-way",
+        )));
+    }
 
     // Explicit stack instead of recursion: a deep tree cannot overflow the thread stack.
     while let Some((rel, mode, key)) = walker.stack.pop() {
         walker.abs = root.join(rel.as_str());
         match fs::read_dir(&walker.abs) {
             Ok(listing) => {
-                walker.list_dir(Some(&rel), listing);
+                if !walker.list_dir(Some(&rel), listing) {
+                    walker.out.unreadable.push(rel.clone());
+                }
                 // Indexed only once listed: a directory we cannot list must not look empty
                 // to peers, which would then delete its content everywhere.
                 walker.out.entries.push(FileMeta::dir(rel, mode));
@@ -134,6 +148,7 @@ pub fn scan(root: &Path, opts: &ScanOptions<'_>) -> Result<ScanResult, ScanError
             Err(e) => {
                 log::warn!("skipping directory {rel} and everything below it: cannot list it: {e}");
                 walker.out.skipped += 1;
+                walker.out.unreadable.push(rel);
             }
         }
     }
@@ -163,7 +178,9 @@ struct Walker<'o, 'a> {
 
 impl Walker<'_, '_> {
     /// Looks at every entry of one directory. `self.abs` must be that directory's path.
-    fn list_dir(&mut self, parent: Option<&RelPath>, listing: ReadDir) {
+    /// Returns false if the listing stopped part-way (the directory's content is not all
+    /// known).
+    fn list_dir(&mut self, parent: Option<&RelPath>, listing: ReadDir) -> bool {
         for item in listing {
             let entry = match item {
                 Ok(entry) => entry,
@@ -174,7 +191,7 @@ impl Walker<'_, '_> {
                         shown(parent, "")
                     );
                     self.out.skipped += 1;
-                    break;
+                    return false;
                 }
             };
             let os_name = entry.file_name();
@@ -190,6 +207,7 @@ impl Walker<'_, '_> {
             self.visit(&entry, parent, name);
             self.abs.pop();
         }
+        true
     }
 
     /// Classifies one entry whose absolute path is in `self.abs`.
@@ -234,6 +252,7 @@ impl Walker<'_, '_> {
             Err(e) => {
                 log::warn!("skipping {rel}: cannot stat it: {e}");
                 self.out.skipped += 1;
+                self.out.unreadable.push(rel);
                 return;
             }
         };
@@ -251,7 +270,7 @@ impl Walker<'_, '_> {
             // enter (r without x) is reported once instead of once per child.
             match self.access(libc::R_OK | libc::X_OK) {
                 Ok(()) => self.stack.push((rel, meta.mode(), key)),
-                Err(e) => self.unreadable(&rel, "directory", e),
+                Err(e) => self.unreadable(rel, "directory", e),
             }
         } else if ft.is_file() {
             match self.access(libc::R_OK) {
@@ -262,7 +281,7 @@ impl Walker<'_, '_> {
                         .push(FileMeta::file(rel, meta.len(), mtime_ns, meta.mode()));
                     self.out.keys.push(key);
                 }
-                Err(e) => self.unreadable(&rel, "file", e),
+                Err(e) => self.unreadable(rel, "file", e),
             }
         } else {
             log::info!("skipping {} {rel}", kind_name(ft));
@@ -270,12 +289,13 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn unreadable(&mut self, rel: &RelPath, what: &str, e: io::Error) {
+    fn unreadable(&mut self, rel: RelPath, what: &str, e: io::Error) {
         if e.kind() == io::ErrorKind::NotFound {
             log::debug!("{rel} vanished during the scan");
         } else {
-            log::warn!("skipping {what} {rel}: {e}");
+            log::warn!("skipping {what} {rel}: {e}; what is known of it stands");
             self.out.skipped += 1;
+            self.out.unreadable.push(rel);
         }
     }
 

@@ -464,6 +464,64 @@ fn a_disk_mounted_after_start_is_watched_once_it_is_there() {
 }
 
 #[test]
+fn what_a_daemon_cannot_read_is_kept_and_never_deleted_on_its_peers() {
+    let dir = TestDir::new("watch-unreadable");
+    let (cfgs, roots) = nodes(&dir, "watch-unreadable", 2, "");
+    dir.write("wa/d/f", b"f");
+    dir.write("wa/d/e/g", b"g");
+    dir.write("wa/top", b"top");
+    // The daemons run as nobody: root reads everything, whatever the mode bits say.
+    sh(&format!("chown -R 65534:65534 '{}'", dir.path().display()));
+    let nobody = [
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+    ];
+    let b = Daemon::start_via(&nobody, &cfgs[1].write(dir.path()));
+    let a = Daemon::start_via(&nobody, &cfgs[0].write(dir.path()));
+    let daemons = [a, b];
+    follows(&roots, DELAY + MARGIN, "the first sync", &daemons);
+    // A chmod is a change the watcher reports at once; the scan it leads to cannot look at
+    // these any more, which is no deletion.
+    sh(&format!(
+        "chmod 000 '{}' '{}'",
+        roots[0].join("d").display(),
+        roots[0].join("top").display()
+    ));
+    assert!(
+        daemons[0].wait_for_log("what is known of it stands", PATIENCE),
+        "{}",
+        daemons[0].log()
+    );
+    // A later change travels: its session has come and gone.
+    std::fs::write(roots[0].join("later"), b"later").unwrap();
+    sh(&format!(
+        "chown 65534:65534 '{}'",
+        roots[0].join("later").display()
+    ));
+    assert!(
+        wait_until(DELAY + MARGIN, || roots[1].join("later").exists()),
+        "{}",
+        logs(&daemons)
+    );
+    for kept in ["d/f", "d/e/g", "top"] {
+        assert!(
+            roots[1].join(kept).exists(),
+            "{kept} was deleted on the peer:\n{}",
+            logs(&daemons)
+        );
+    }
+    sh(&format!(
+        "chmod 755 '{}' && chmod 644 '{}'",
+        roots[0].join("d").display(),
+        roots[0].join("top").display()
+    ));
+}
+
+#[test]
 fn two_nodes_changing_files_at_once_both_arrive_and_the_nodes_settle() {
     let dir = TestDir::new("watch-both");
     let (cfgs, roots) = nodes(&dir, "watch-both", 2, "");

@@ -91,6 +91,21 @@ impl Store {
         now: u64,
         hash: &mut dyn FnMut(&RelPath) -> std::io::Result<Digest>,
     ) -> Result<ScanSummary, StoreError> {
+        self.record_scan_with(storage, found, &[], now, hash)
+    }
+
+    /// [`Store::record_scan`] for a scan that could not look at `unreadable` (permissions,
+    /// I/O errors): what the store knows at and below those paths stands. Taking them for
+    /// deleted would delete them on every peer, for a `chmod`.
+    pub fn record_scan_with(
+        &mut self,
+        storage: StorageId,
+        found: Vec<Found>,
+        unreadable: &[RelPath],
+        now: u64,
+        hash: &mut dyn FnMut(&RelPath) -> std::io::Result<Digest>,
+    ) -> Result<ScanSummary, StoreError> {
+        let unseen = |p: &RelPath| unreadable.iter().any(|u| p.is_within(u));
         let me = self.me.clone();
         let mut changes = ScanChanges::default();
         let mut writes: Vec<Write> = Vec::new();
@@ -109,7 +124,7 @@ impl Store {
                     next = Some(row);
                     break;
                 }
-                if row.entry.is_live() {
+                if row.entry.is_live() && !unseen(&row.entry.meta.path) {
                     gone.push(row);
                 }
                 next = known.next(self)?;
@@ -173,7 +188,7 @@ impl Store {
             }
         }
         while let Some(row) = next.take() {
-            if row.entry.is_live() {
+            if row.entry.is_live() && !unseen(&row.entry.meta.path) {
                 gone.push(row);
             }
             next = known.next(self)?;

@@ -179,6 +179,44 @@ fn scans_record_new_edited_and_deleted_entries_with_new_versions() {
 }
 
 #[test]
+fn what_a_scan_could_not_look_at_is_not_deleted() {
+    let me = n("a");
+    let mut st = Store::open_in_memory(&me).unwrap();
+    let s = st.storage("docs").unwrap();
+    let mut c = HashMap::new();
+    for f in ["d/f", "d/e/g", "dx", "top"] {
+        c.insert(f.to_owned(), 1);
+    }
+    let all = sorted(vec![
+        dir("d", 1),
+        file("d/f", 1, 1, 2),
+        dir("d/e", 3),
+        file("d/e/g", 1, 1, 4),
+        file("dx", 1, 1, 5),
+        file("top", 1, 1, 6),
+    ]);
+    st.record_scan(s, all, 100, &mut hasher(&c)).unwrap();
+    // `d` cannot be listed (chmod 000) and `top` cannot be read: left out of the scan.
+    let r = st
+        .record_scan_with(
+            s,
+            vec![file("dx", 1, 1, 5)],
+            &[p("d"), p("top")],
+            200,
+            &mut hasher(&c),
+        )
+        .unwrap();
+    assert_eq!(r.changes.deleted, 0, "{:?}", r.changes);
+    assert_eq!(live(&st, s), ["d", "d/e", "d/e/g", "d/f", "dx", "top"]);
+    // Readable again and really gone: deleted then.
+    let r = st
+        .record_scan(s, vec![file("dx", 1, 1, 5)], 300, &mut hasher(&c))
+        .unwrap();
+    assert_eq!(r.changes.deleted, 5);
+    assert_eq!(live(&st, s), ["dx"]);
+}
+
+#[test]
 fn a_renamed_file_is_a_move_and_is_not_read() {
     let me = n("a");
     let mut st = Store::open_in_memory(&me).unwrap();

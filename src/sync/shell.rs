@@ -344,7 +344,9 @@ impl Io for Shell {
         let entries = found.len();
         let summary = self
             .store
-            .record_scan(st.id, found, now, &mut |p| hash_file(dir, p))
+            .record_scan_with(st.id, found, &result.unreadable, now, &mut |p| {
+                hash_file(dir, p)
+            })
             .map_err(history)?;
         let c = summary.changes;
         if c != Default::default() {
