@@ -161,6 +161,9 @@ impl Store {
         // SAFETY: sqlite3_memory_used only reads SQLite's own counter.
         let used = || unsafe { rusqlite::ffi::sqlite3_memory_used() };
         let before = used();
+        // The statements a session prepared were allocated in the middle of its buffers:
+        // freed, their pages can go back too (preparing them again costs microseconds).
+        self.conn.flush_prepared_statement_cache();
         if let Err(e) = self.conn.release_memory() {
             log::debug!(
                 "database {}: cannot release memory: {e}",
