@@ -451,6 +451,16 @@ pub fn process_state(pid: i32) -> String {
     format!("{} (command line: {})", out.join(" "), cmdline.trim_end())
 }
 
+/// Whether `child` exec'd the program it was started for (its command line carries our
+/// `--config`) or exited within `limit`.
+fn execs_within(child: &Child, limit: Duration) -> bool {
+    let cmdline = format!("/proc/{}/cmdline", child.id());
+    wait_until(limit, || match std::fs::read(&cmdline) {
+        Ok(c) => c.is_empty() || c.windows(8).any(|w| w == b"--config"),
+        Err(_) => true,
+    })
+}
+
 /// Runs a one-shot sync with `config` (killed after `PATIENCE`).
 pub fn oneshot(config: &Path) -> Output {
     oneshot_within(config, PATIENCE * 3)
@@ -458,13 +468,28 @@ pub fn oneshot(config: &Path) -> Output {
 
 /// Runs a one-shot sync with `config`, killed (and the test failed) after `limit`.
 pub fn oneshot_within(config: &Path, limit: Duration) -> Output {
-    let child = bin()
-        .args(["-v", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn one-shot");
+    let spawn = || {
+        bin()
+            .args(["-v", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn one-shot")
+    };
+    let mut child = spawn();
+    if std::env::var_os("IC_TEST_RUNNER").is_some() && !execs_within(&child, EMULATOR_STALL) {
+        // The emulator stall `Daemon::start` retries: the child of the (emulated) test
+        // process never got as far as exec'ing the emulator with the binary.
+        note_emulator_stall(&format!(
+            "one-shot run for {} stalled before its exec: {}",
+            config.display(),
+            process_state(child.id() as i32)
+        ));
+        let _ = child.kill();
+        let _ = child.wait();
+        child = spawn();
+    }
     let pid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
