@@ -10,6 +10,7 @@ bin=$(realpath "$bin")
 work=$(mktemp -d /tmp/iron-carrier-demo.XXXXXX)
 daemon_pid=
 gamma_pid=
+started_pid=
 cleanup() {
   for p in $daemon_pid $gamma_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
@@ -57,17 +58,23 @@ listing() {
   done
 }
 
+# Starts node $1 as a daemon on port $2 and waits until it accepts connections.
+start_daemon() { # name port
+  "$bin" --daemon -q --config "$work/$1.toml" &
+  started_pid=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && break
+    sleep 0.1
+  done
+}
+
 echo "== before"
 listing
 echo
 
 echo "== starting beta as a daemon on 127.0.0.1:$((base + 2))"
-"$bin" --daemon -q --config "$work/beta.toml" &
-daemon_pid=$!
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$((base + 2))") 2>/dev/null && break
-  sleep 0.1
-done
+start_daemon beta $((base + 2))
+daemon_pid=$started_pid
 
 echo "== alpha: one-shot sync with beta"
 "$bin" -q --config "$work/alpha.toml"
@@ -104,12 +111,8 @@ fi
 echo
 
 echo "== gamma as a daemon too; a file saved on beta (delay_watcher_events = 1)"
-"$bin" --daemon -q --config "$work/gamma.toml" &
-gamma_pid=$!
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$((base + 3))") 2>/dev/null && break
-  sleep 0.1
-done
+start_daemon gamma $((base + 3))
+gamma_pid=$started_pid
 # The two daemons synchronize once on connecting; the note is written after that settles.
 sleep 3
 echo "written on beta at $(date +%T.%N | cut -c1-12)" > "$work/beta/note.txt"
