@@ -135,10 +135,10 @@ pub fn run(
         let ended = t.shell.receiver.commit_if_due(Instant::now());
         t.received(ended);
         t.tick();
-        // Scans outside sessions (hints, waiting rescans) leave memory behind, as a session
-        // does; an idle daemon gives it back.
+        // Sessions and scans outside them (hints, waiting rescans) leave memory behind; an
+        // idle daemon gives it back.
         if t.core.session_info().is_none() {
-            t.shell.release_if_scanned();
+            t.shell.release_if_spent();
         }
         if let Some(outcome) = t.oneshot_outcome() {
             if let Some(tx) = done.take() {
@@ -531,9 +531,7 @@ impl SyncThread {
                  transactions",
                 self.shell.store.transactions()
             );
-            if current.is_none() {
-                self.shell.release_idle_memory();
-            }
+            self.shell.note_spent();
         }
         self.last_session = current;
     }

@@ -71,8 +71,9 @@ pub struct Shell {
     /// History records queued per storage until the next [`Io::flush_history`].
     queued: Vec<Vec<Applied>>,
     rng: u64,
-    /// Scans since the memory was last given back (see [`Shell::release_if_scanned`]).
-    scanned: bool,
+    /// A scan or a session used memory since it was last given back (see
+    /// [`Shell::release_if_spent`]).
+    spent: bool,
 }
 
 /// Seconds since the epoch (what version vector counters and tombstone dates are made of).
@@ -155,7 +156,7 @@ impl Shell {
             store,
             queued,
             rng: seed | 1,
-            scanned: false,
+            spent: false,
         }
     }
 
@@ -186,19 +187,20 @@ impl Shell {
         Some(peer.node)
     }
 
-    /// Gives back what a big session left behind (queue and map capacity, read buffers)
-    /// and returns freed heap to the kernel: an idle daemon's memory is what it uses now.
-    /// An idle node that scanned (a watcher's hint, a periodic rescan) gives back what the
-    /// scan used: the history's page cache holds the storage's whole index after one (a MiB
-    /// for 10,000 files), and the scan's lists leave holes in the heap.
-    pub fn release_if_scanned(&mut self) {
-        if self.scanned && self.is_idle() {
-            self.release_idle_memory();
-        }
+    /// A session ended: what it used is to be given back once the node is idle.
+    pub fn note_spent(&mut self) {
+        self.spent = true;
     }
 
-    pub fn release_idle_memory(&mut self) {
-        self.scanned = false;
+    /// On an idle node that scanned or took part in a session since the last time, gives
+    /// back what that left behind (queue and map capacity, read buffers, the history's page
+    /// cache, which holds a storage's whole index after a scan: a MiB for 10,000 files) and
+    /// returns freed heap to the kernel: an idle daemon's memory is what it uses now.
+    pub fn release_if_spent(&mut self) {
+        if !self.spent || !self.is_idle() {
+            return;
+        }
+        self.spent = false;
         self.outbox.shrink();
         self.receiver.shrink();
         self.store.release_memory();
@@ -309,7 +311,7 @@ impl Io for Shell {
 
     fn scan(&mut self, i: usize) -> Result<(LocalIndex, IgnoreMatcher), SyncError> {
         let started = std::time::Instant::now();
-        self.scanned = true;
+        self.spent = true;
         // The root first: a scan of an empty mount point must never be recorded.
         self.check_root(i)?;
         let st = &self.storages[i];

@@ -125,6 +125,8 @@ struct Root {
     /// The root held the storage marker when it was watched. Until it does, it is checked
     /// every [`ROOT_RETRY`]; a root that held one and went away is back only with one.
     marked: bool,
+    /// Its `.ignore` changed since its last hint.
+    rules_changed: bool,
     /// Its `.ignore`: ignored directories are not watched (what happens in them is never
     /// synchronized, and `node_modules` would cost thousands of watches).
     ignore: IgnoreMatcher,
@@ -144,8 +146,6 @@ struct Watcher {
     next_root_retry: Option<Instant>,
     /// The first walk is done (later roots found are roots that came back).
     started: bool,
-    /// Per watched storage: its `.ignore` changed since its last hint.
-    rules_changed: Vec<bool>,
 }
 
 impl Watcher {
@@ -165,7 +165,6 @@ impl Watcher {
                 }
             }
         }
-        let n = opts.storages.len();
         let roots = opts
             .storages
             .into_iter()
@@ -176,6 +175,7 @@ impl Watcher {
                 watched: false,
                 id: None,
                 marked: false,
+                rules_changed: false,
                 ignore: IgnoreMatcher::empty(),
             })
             .collect();
@@ -190,7 +190,6 @@ impl Watcher {
             overflow_logged: None,
             next_root_retry: None,
             started: false,
-            rules_changed: vec![false; n],
         }
     }
 
@@ -234,17 +233,16 @@ impl Watcher {
                 }
             }
             for (slot, why) in self.debounce.due(now) {
-                let r = &self.roots[slot];
+                let r = &mut self.roots[slot];
                 match why {
                     Due::Changes { events } => {
                         log::debug!("{}: {events} change event(s); scanning", r.name)
                     }
                     Due::Periodic => log::debug!("{}: periodic rescan", r.name),
                 }
-                let rules = std::mem::take(&mut self.rules_changed[slot]);
                 self.hints.send(Hint {
                     storage: r.index,
-                    rules,
+                    rules: std::mem::take(&mut r.rules_changed),
                 });
             }
         }
@@ -322,7 +320,7 @@ impl Watcher {
                 self.retry_roots_at(now + ROOT_RETRY);
             }
             Action::Rules(slot) => {
-                self.rules_changed[slot] = true;
+                self.roots[slot].rules_changed = true;
                 // Directories no longer ignored get their watches; ones ignored now keep
                 // theirs until they go (their events cost a scan that finds nothing).
                 self.load_rules(slot);
