@@ -259,10 +259,27 @@ pub fn summary(outcome: &Outcome) -> Vec<String> {
             );
             return lines;
         }
+        Some(RunProblem::NoPeerFound { secs }) => {
+            lines.push(format!(
+                "no peer found: none are configured and no node of this group announced itself \
+                 on the network within {secs} s (service discovery)"
+            ));
+            return lines;
+        }
         Some(RunProblem::NoPeerConnected) => {
-            let tried: Vec<&str> = report.unreached.iter().map(|(a, _)| a.as_str()).collect();
+            let tried: Vec<&str> = report
+                .unreached
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .chain(report.found.iter().map(|f| f.addr.as_str()))
+                .collect();
             lines.push(format!("no peer reachable (tried {})", tried.join(", ")));
             reasons(&mut lines, "  ");
+            for f in &report.found {
+                if let Some(why) = &f.unreached {
+                    lines.push(format!("  {} (discovered {}): {why}", f.addr, f.node));
+                }
+            }
             return lines;
         }
         None => {}
@@ -304,6 +321,22 @@ pub fn summary(outcome: &Outcome) -> Vec<String> {
         });
     }
     reasons(&mut lines, "not reached: ");
+    if !report.found.is_empty() {
+        let found: Vec<String> = report
+            .found
+            .iter()
+            .map(|f| format!("{} at {}", f.node, f.addr))
+            .collect();
+        lines.push(format!("discovered: {}", found.join(", ")));
+    }
+    for f in report.found.iter() {
+        if let Some(why) = &f.unreached {
+            lines.push(format!(
+                "discovered but not reached: {} at {}: {why}",
+                f.node, f.addr
+            ));
+        }
+    }
     lines.push(format!(
         "network: sent {} bytes, received {} bytes ({} / {})",
         report.sent,

@@ -126,6 +126,9 @@ pub struct Config {
     pub rescan_interval: Option<Duration>,
     pub schedule_sync: Option<Schedule>,
     pub enable_service_discovery: bool,
+    /// Network interfaces discovery announces and listens on; empty: every non-loopback
+    /// interface with multicast and an IPv4 address.
+    pub discovery_interfaces: Vec<String>,
     pub log_path: PathBuf,
     pub encryption: Encryption,
     pub max_parallel_transfers: u32,
@@ -228,6 +231,7 @@ const TOP_KEYS: &[&str] = &[
     "rescan_interval",
     "schedule_sync",
     "enable_service_discovery",
+    "discovery_interfaces",
     "log_path",
     "encryption",
     "max_parallel_transfers",
@@ -439,6 +443,11 @@ impl<'a> Parser<'a> {
             None => true,
         };
 
+        let discovery_interfaces = match Self::get(doc, "discovery_interfaces") {
+            Some(item) => self.interfaces(item)?,
+            None => Vec::new(),
+        };
+
         let log_path = match Self::get(doc, "log_path") {
             Some(item) => {
                 let s = self.string(item, "log_path")?;
@@ -542,6 +551,7 @@ impl<'a> Parser<'a> {
             rescan_interval,
             schedule_sync,
             enable_service_discovery,
+            discovery_interfaces,
             log_path,
             encryption,
             max_parallel_transfers,
@@ -558,6 +568,32 @@ impl<'a> Parser<'a> {
             let key = format!("peers[{i}]");
             let s = self.string(el, &key)?;
             check_peer_addr(s).map_err(|m| self.err(el, &key, format!("{s:?}: {m}")))?;
+            if out.iter().any(|p| p == s) {
+                return Err(self.err(el, &key, format!("{s:?} is listed twice")));
+            }
+            out.push(s.to_owned());
+        }
+        Ok(out)
+    }
+
+    fn interfaces(&self, item: &Item<'_>) -> Result<Vec<String>, ConfigError> {
+        let key = "discovery_interfaces";
+        let Some(arr) = item.get_ref().as_array() else {
+            return Err(self.type_err(item, key, "an array of interface names (\"eth0\")"));
+        };
+        if arr.is_empty() {
+            return Err(self.err(
+                item,
+                key,
+                "empty: leave the key out to use every interface, or set \
+                 enable_service_discovery = false",
+            ));
+        }
+        let mut out = Vec::new();
+        for (i, el) in arr.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            let s = self.string(el, &key)?;
+            check_interface_name(s).map_err(|m| self.err(el, &key, format!("{s:?}: {m}")))?;
             if out.iter().any(|p| p == s) {
                 return Err(self.err(el, &key, format!("{s:?} is listed twice")));
             }
@@ -747,6 +783,23 @@ pub fn check_peer_addr(s: &str) -> Result<(), &'static str> {
     }
 }
 
+/// A Linux interface name: at most 15 bytes (IFNAMSIZ less its NUL), no `/`, no spaces.
+pub fn check_interface_name(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("empty interface name");
+    }
+    if s.len() > 15 {
+        return Err("interface names are at most 15 bytes");
+    }
+    if s == "." || s == ".." || s.contains('/') || s.contains(':') {
+        return Err("not an interface name");
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("interface name contains whitespace");
+    }
+    Ok(())
+}
+
 fn describe_io(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "does not exist".to_owned(),
@@ -808,6 +861,15 @@ impl Config {
             "enable_service_discovery = {}",
             self.enable_service_discovery
         );
+        if self.discovery_interfaces.is_empty() {
+            let _ = writeln!(
+                s,
+                "# discovery_interfaces: not set (every multicast interface)"
+            );
+        } else {
+            let names: Vec<String> = self.discovery_interfaces.iter().map(|p| q(p)).collect();
+            let _ = writeln!(s, "discovery_interfaces = [{}]", names.join(", "));
+        }
         let _ = writeln!(s, "log_path = {}", q(&self.log_path.to_string_lossy()));
         let enc = match &self.encryption {
             Encryption::Off => "false".to_owned(),

@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, Encryption};
+use crate::mdns::{self, handle::MdnsOptions};
 use crate::net::{
     self, handle::LinkConfig, handle::LinkMode, handle::LocalInfo, handle::NetOptions,
 };
@@ -91,6 +92,28 @@ fn watch_options(config: &Config, mode: Mode) -> Option<WatchOptions> {
     })
 }
 
+/// What `mdns` needs of the config, or `None` with discovery off.
+fn mdns_options(config: &Config) -> Option<MdnsOptions> {
+    if !config.enable_service_discovery {
+        return None;
+    }
+    if config.listen_address.is_loopback() {
+        log::warn!(
+            "enable_service_discovery: listen_address {} is loopback, where no peer can dial \
+             this node; discovery is off",
+            config.listen_address
+        );
+        return None;
+    }
+    Some(MdnsOptions {
+        node_id: config.node_id.clone(),
+        group_tag: net::link::group_tag(config.group.as_deref()),
+        port: config.port,
+        listen: config.listen_address,
+        interfaces: config.discovery_interfaces.clone(),
+    })
+}
+
 fn spawn<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -141,6 +164,27 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
         }
         None => (None, None, None),
     };
+    // Discovery hands what it hears straight to `net`; it starts after `net` so that a peer
+    // announced at once has somewhere to go, and never fails the start.
+    let (mdns_thread, mdns_handle) = match mdns_options(&config) {
+        Some(opts) => match mdns::spawn(opts, net_handle.clone()) {
+            Ok((t, h)) => (Some(t), Some(h)),
+            Err(e) => {
+                log::warn!("discovery is off: {e}");
+                (None, None)
+            }
+        },
+        None => (None, None),
+    };
+    let stop_mdns = move || {
+        if let Some(h) = &mdns_handle {
+            h.shutdown();
+        }
+        if let Some(t) = mdns_thread {
+            let _ = t.join();
+        }
+    };
+
     let stop_watch = move || {
         if let Some(h) = &watch_handle {
             h.shutdown();
@@ -175,6 +219,7 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
         .recv()
         .unwrap_or_else(|_| Err("the sync thread stopped while starting".into()));
     if let Err(e) = started {
+        stop_mdns();
         stop_watch();
         let _ = ctl_tx.send(SyncCtl::Shutdown);
         let _ = sync_thread.join();
@@ -197,8 +242,9 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
 
     let stop = wait(&signal_rx, &done_rx, &config, mode);
 
-    // Ordered shutdown: the watcher (it only produces hints), then sync (it may still be
-    // talking through net), then net.
+    // Ordered shutdown: discovery (its goodbyes go out while we still answer), the watcher
+    // (it only produces hints), then sync (it may still be talking through net), then net.
+    stop_mdns();
     stop_watch();
     let _ = ctl_tx.send(SyncCtl::Shutdown);
     let sync_outcome = sync_thread.join();

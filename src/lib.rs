@@ -14,6 +14,7 @@ pub mod fsops;
 pub mod history;
 pub mod ignore;
 pub mod logger;
+pub mod mdns;
 pub mod mem;
 pub mod model;
 pub mod net;

@@ -33,7 +33,15 @@ const FACILITY_DAEMON: u8 = 3;
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        // The mDNS crate logs at INFO every 5 s per interface ("Refreshing known services")
+        // and at ERROR for every packet a network without a route refuses: none of it is
+        // actionable, and the `mdns` thread says what matters. Its lines are debug lines.
+        let level = if metadata.target().starts_with("simple_mdns") {
+            metadata.level().max(Level::Debug)
+        } else {
+            metadata.level()
+        };
+        level <= self.level
     }
 
     fn log(&self, record: &Record<'_>) {

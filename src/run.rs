@@ -44,6 +44,9 @@ pub struct RunReport {
     pub storages: Vec<StorageReport>,
     /// Configured peers that were never reached during the run, with the last reason.
     pub unreached: Vec<(String, DialError)>,
+    /// Nodes that discovery found (id, address), and why one was never connected, if so.
+    /// Not reaching one does not fail the run: discovery promises nobody.
+    pub found: Vec<Found>,
     /// Bytes this node put on and took off the wire.
     pub sent: u64,
     pub received: u64,
@@ -62,6 +65,15 @@ impl RunReport {
     }
 }
 
+/// A node that announced itself during a one-shot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub node: NodeId,
+    pub addr: String,
+    /// `None`: connected during the run; otherwise the last reason it was not.
+    pub unreached: Option<DialError>,
+}
+
 /// Why a one-shot run could do nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunProblem {
@@ -69,6 +81,9 @@ pub enum RunProblem {
     NoPeerConfigured,
     /// No peer connected within the wait (the configured ones are listed in `unreached`).
     NoPeerConnected,
+    /// No `peers` are configured and no node of our group announced itself (discovery on)
+    /// within the wait, which lasted `secs`.
+    NoPeerFound { secs: u64 },
 }
 
 /// What a run did to one storage.

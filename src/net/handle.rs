@@ -58,6 +58,13 @@ pub enum NetCmd {
         conn: ConnId,
         reason: String,
     },
+    /// `mdns` heard `node` of our group announce itself at `addr`. Dialled unless connected;
+    /// forgotten (no more redials) `ttl` after the last announcement.
+    Discovered {
+        node: NodeId,
+        addr: SocketAddr,
+        ttl: std::time::Duration,
+    },
     /// Internal: the `resolve` helper's answer for configured peer `peer`.
     Resolved {
         peer: usize,
@@ -93,6 +100,9 @@ pub enum NetEvent {
         addr: String,
         result: Result<(), DialError>,
     },
+    /// A node announced by discovery is new, back after it expired, or at a new address:
+    /// it is being dialled (its [`NetEvent::DialResult`]s carry `addr`).
+    Discovered { node: NodeId, addr: String },
     /// The listener is up (or `port` is `None`: this node does not listen).
     Listening { port: Option<u16> },
 }

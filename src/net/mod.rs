@@ -51,6 +51,13 @@ const REDIAL_MIN: Duration = Duration::from_millis(500);
 /// A connection up for longer than this is never replaced by a duplicate.
 const SETTLE_TIME: Duration = Duration::from_secs(2);
 const REDIAL_MAX: Duration = Duration::from_secs(60);
+/// Most peers known only by discovery at once. Anyone on the segment can announce our group
+/// tag (it is no secret), so what they make us remember and dial is bounded; an expired
+/// entry's place is taken by the next node announced.
+pub const MAX_DISCOVERED: usize = 64;
+/// How long the larger node id of a pair that discovered each other waits for the smaller
+/// one's dial before dialling itself.
+const DISCOVERED_DEFER: Duration = Duration::from_millis(700);
 
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -111,7 +118,7 @@ pub fn spawn(
 enum Timer {
     /// Check connect / handshake / idle deadlines of a connection.
     Conn(ConnId),
-    /// Try configured peer `i` again.
+    /// Try peer address `i` (configured or discovered) again.
     Redial(usize),
     /// End of the shutdown grace period.
     Drained,
@@ -128,6 +135,15 @@ struct PeerAddr {
     /// A dial to this address is in flight (connecting or handshaking).
     in_flight: Option<ConnId>,
     failures: u32,
+    /// Found by discovery, not configured: no more dials after this (the announcement's TTL
+    /// past the last one heard).
+    discovered: Option<Instant>,
+}
+
+impl PeerAddr {
+    fn expired(&self, now: Instant) -> bool {
+        self.discovered.is_some_and(|until| now >= until)
+    }
 }
 
 struct Net {
@@ -172,6 +188,7 @@ impl Net {
                 node: None,
                 in_flight: None,
                 failures: 0,
+                discovered: None,
             })
             .collect();
         Net {
@@ -278,6 +295,9 @@ impl Net {
                     }
                 }
                 Ok(NetCmd::Resolved { peer, result }) => self.on_resolved(peer, result),
+                Ok(NetCmd::Discovered { node, addr, ttl }) => {
+                    self.on_discovered(node, addr, Instant::now() + ttl)
+                }
                 Ok(NetCmd::Shutdown) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -466,9 +486,94 @@ impl Net {
         }
     }
 
+    /// An announcement of our group: the node is dialled unless it is connected. A known
+    /// address (configured, or this node's previous one) is reused; a new node takes an
+    /// expired entry's place, or a new one up to [`MAX_DISCOVERED`].
+    fn on_discovered(&mut self, node: NodeId, addr: SocketAddr, until: Instant) {
+        if self.draining || node == self.opts.local.node_id {
+            return;
+        }
+        let now = Instant::now();
+        let known = self.peers.iter().position(|p| {
+            p.resolved == Some(addr) || (p.discovered.is_some() && p.node.as_ref() == Some(&node))
+        });
+        let (i, news) = match known {
+            Some(i) => {
+                let p = &mut self.peers[i];
+                let mut news = false;
+                if p.discovered.is_some() {
+                    news = p.expired(now) || p.resolved != Some(addr);
+                    if p.resolved != Some(addr) && p.in_flight.is_some() {
+                        // Still dialling the old address: its outcome decides; the next
+                        // announcement brings the new one again.
+                        return;
+                    }
+                    p.discovered = Some(until);
+                    p.text = addr.to_string();
+                    p.resolved = Some(addr);
+                    p.node = Some(node.clone());
+                }
+                (i, news)
+            }
+            None => {
+                let entry = PeerAddr {
+                    text: addr.to_string(),
+                    resolved: Some(addr),
+                    resolving: false,
+                    node: Some(node.clone()),
+                    in_flight: None,
+                    failures: 0,
+                    discovered: Some(until),
+                };
+                let free = self.peers.iter().position(|p| {
+                    p.expired(now)
+                        && p.in_flight.is_none()
+                        && !p
+                            .node
+                            .as_ref()
+                            .is_some_and(|n| self.by_node.contains_key(n))
+                });
+                let discovered = self.peers.iter().filter(|p| p.discovered.is_some()).count();
+                match free {
+                    Some(i) => self.peers[i] = entry,
+                    None if discovered < MAX_DISCOVERED => self.peers.push(entry),
+                    None => {
+                        log::debug!(
+                            "discovery: not dialling {node} at {addr}: {MAX_DISCOVERED} \
+                             discovered peers are already known"
+                        );
+                        return;
+                    }
+                }
+                (free.unwrap_or(self.peers.len() - 1), true)
+            }
+        };
+        if self.by_node.contains_key(&node) {
+            return;
+        }
+        let dial_first = self.opts.local.node_id < node;
+        if news {
+            log::info!("discovered {node} at {addr}");
+            self.emit(NetEvent::Discovered {
+                node,
+                addr: addr.to_string(),
+            });
+        }
+        // An announcement is fresh evidence the node is there: back-off starts over.
+        self.peers[i].failures = 0;
+        if dial_first {
+            self.dial(i);
+        } else {
+            // Both nodes hear each other at once: the smaller id dials first, so that the
+            // pair does not make two connections and drop one (the duplicate rule would
+            // keep the same one). If it does not come, we dial.
+            self.set_timer(now + DISCOVERED_DEFER, Timer::Redial(i));
+        }
+    }
+
     fn dial(&mut self, i: usize) {
         let Some(p) = self.peers.get(i) else { return };
-        if p.in_flight.is_some() || p.resolving {
+        if p.in_flight.is_some() || p.resolving || p.expired(Instant::now()) {
             return;
         }
         if let Some(node) = &p.node {
@@ -546,11 +651,12 @@ impl Net {
         }
         let text = p.text.clone();
         let failures = p.failures;
+        let forever = self.opts.redial_forever && !p.expired(Instant::now());
         self.emit(NetEvent::DialResult {
             addr: text,
             result: Err(why),
         });
-        if self.opts.redial_forever || failures < 6 {
+        if forever || failures < 6 {
             self.set_timer(Instant::now() + delay, Timer::Redial(i));
         }
     }

@@ -175,8 +175,11 @@ impl SyncThread {
                 id,
             });
         }
-        if config.enable_service_discovery {
-            log::info!("service discovery (mDNS) is not implemented yet; using the peers list");
+        if config.peers.is_empty() && !config.enable_service_discovery && mode == Mode::Daemon {
+            log::warn!(
+                "nobody to sync with: no `peers` are configured and service discovery is off; \
+                 this node synchronizes only with nodes that dial it"
+            );
         }
         let names = config.storages.iter().map(|s| s.name.clone()).collect();
         let core = Core::new(config.node_id.clone(), names, mode == Mode::Daemon);
@@ -221,6 +224,11 @@ impl SyncThread {
         let now = Instant::now();
         match ev {
             NetEvent::Listening { port } => log::debug!("net is listening on {port:?}"),
+            NetEvent::Discovered { node, addr } => {
+                if let Some(os) = &mut self.oneshot {
+                    os.discovered(now, node, addr);
+                }
+            }
             NetEvent::DialResult { addr, result } => {
                 if let Err(e) = &result {
                     log::debug!("dial {addr} failed: {e}");
@@ -284,7 +292,7 @@ impl SyncThread {
             },
         );
         if let Some(os) = &mut self.oneshot {
-            os.peer_joined(now);
+            os.peer_joined(now, &node);
         }
         self.core.peer_up(node, hello.storages, now);
     }

@@ -3,9 +3,9 @@
 //! what happened (a peer joined, a dial ended) and calls [`OneShot::step`] after every event
 //! with the time; the simulator drives the same code over thousands of schedules.
 //!
-//! The wait: until every configured peer is connected, or no new peer has connected for
-//! [`CONNECT_WINDOW`] — at most [`CONNECT_DEADLINE`], which is also how long it waits for a
-//! first peer at all. With no peer configured and nothing else that could bring one (no
+//! The wait: until every configured peer is connected, or no new peer has connected or been
+//! announced (discovery) for [`CONNECT_WINDOW`] — at most [`CONNECT_DEADLINE`], which is
+//! also how long it waits for a first peer at all. With no peer configured and nothing else that could bring one (no
 //! discovery), there is nothing to wait for and the run says so at once. A session that
 //! included this node before the wait ended does not end the run: it may have started before
 //! a late peer connected (nodes started together come up one by one, slowly under load or
@@ -19,16 +19,23 @@
 use std::time::{Duration, Instant};
 
 use super::{Core, StorageResult};
-use crate::run::{DialError, Moved, RunProblem, RunReport, StorageReport, StorageState};
+use crate::model::NodeId;
+use crate::run::{DialError, Found, Moved, RunProblem, RunReport, StorageReport, StorageState};
 
 /// How long a one-shot run waits for more of its peers after the last one that connected.
 pub const CONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// How long a one-shot run waits for a first peer at all before giving up, and for all its
 /// peers at most.
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+/// With discovery on, a one-shot run listens at least this long for announcements before
+/// it takes the peers it has for all there are. Nodes answer the query a starting node
+/// sends within a fraction of a second.
+pub const DISCOVERY_LISTEN: Duration = Duration::from_secs(2);
 /// Most times a one-shot run synchronizes a storage again because no clean session included
 /// a connected peer that has it (bounds a peer that keeps reconnecting).
 pub const ONESHOT_AGAIN: u32 = 3;
+/// Most discovered nodes a run remembers for its report (`net` dials no more than 64).
+const MAX_FOUND: usize = 64;
 
 /// What became of the attempts to reach one configured peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +53,15 @@ pub struct OneShot {
     /// Peers can come without being configured (discovery, or peers that dial us): the run
     /// waits for one even with nothing configured.
     others_may_come: bool,
+    /// Nodes announced by discovery, with the last reason one was not reached.
+    found: Vec<(NodeId, String, Reach)>,
     ever_connected: bool,
-    /// When a peer last connected (or the run started).
+    /// When a peer last connected or was announced (or the run started).
     last_joined: Instant,
     /// The wait for peers is over.
     waited: bool,
+    /// Everyone known is connected, and the wait ends when discovery has listened enough.
+    listen_wake: Option<Instant>,
     /// Per storage: this run has claimed it.
     triggered: Vec<bool>,
     /// Per storage: times it was claimed again.
@@ -69,9 +80,11 @@ impl OneShot {
             started,
             configured: configured.into_iter().map(|a| (a, Reach::NotYet)).collect(),
             others_may_come,
+            found: Vec::new(),
             ever_connected: false,
             last_joined: started,
             waited: false,
+            listen_wake: None,
             triggered: vec![false; storages],
             again: vec![0; storages],
             finished: false,
@@ -79,13 +92,41 @@ impl OneShot {
     }
 
     /// A peer's handshake completed.
-    pub fn peer_joined(&mut self, now: Instant) {
+    pub fn peer_joined(&mut self, now: Instant, node: &NodeId) {
         self.ever_connected = true;
         self.last_joined = now;
+        for (n, _, reach) in &mut self.found {
+            if n == node {
+                *reach = Reach::Reached;
+            }
+        }
     }
 
-    /// An attempt to reach configured peer `addr` ended.
+    /// Discovery heard `node` announce itself at `addr` (new, or at a new address). It is
+    /// being dialled: the wait for peers goes on for a while.
+    pub fn discovered(&mut self, now: Instant, node: NodeId, addr: String) {
+        if !self.waited {
+            self.last_joined = self.last_joined.max(now);
+        }
+        let full = self.found.len() >= MAX_FOUND;
+        match self.found.iter_mut().find(|(n, _, _)| *n == node) {
+            Some(f) if f.2 != Reach::Reached => f.1 = addr,
+            Some(_) => {}
+            None if !full => self.found.push((node, addr, Reach::NotYet)),
+            None => {}
+        }
+    }
+
+    /// An attempt to reach peer address `addr` (configured or discovered) ended.
     pub fn dial_result(&mut self, addr: &str, result: Result<(), DialError>) {
+        for (_, a, reach) in &mut self.found {
+            if a == addr && *reach != Reach::Reached {
+                *reach = match &result {
+                    Ok(()) => Reach::Reached,
+                    Err(e) => Reach::Failed(e.clone()),
+                };
+            }
+        }
         for (a, reach) in &mut self.configured {
             if a != addr || *reach == Reach::Reached {
                 continue;
@@ -113,11 +154,17 @@ impl OneShot {
                 self.finished = true;
                 return;
             }
-            let all_up = !self.configured.is_empty()
-                && self.configured.iter().all(|(_, r)| *r == Reach::Reached);
             let waited = now.saturating_duration_since(self.started);
             let quiet = now.saturating_duration_since(self.last_joined);
-            if all_up
+            // Everyone we know of is here: the configured peers and the nodes announced so
+            // far. With discovery on, not before the announcements had time to arrive.
+            let everyone = (!self.configured.is_empty() || !self.found.is_empty())
+                && self.configured.iter().all(|(_, r)| *r == Reach::Reached)
+                && self.found.iter().all(|(_, _, r)| *r == Reach::Reached);
+            let listened = !self.others_may_come || waited >= DISCOVERY_LISTEN;
+            // Set only while `now` is before the end of the listening: never a time past.
+            self.listen_wake = (everyone && !listened).then(|| self.started + DISCOVERY_LISTEN);
+            if (everyone && listened)
                 || (self.ever_connected && (quiet >= CONNECT_WINDOW || waited >= CONNECT_DEADLINE))
             {
                 self.waited = true;
@@ -173,11 +220,12 @@ impl OneShot {
             return None;
         }
         let deadline = self.started + CONNECT_DEADLINE;
-        if self.ever_connected {
-            Some((self.last_joined + CONNECT_WINDOW).min(deadline))
+        let wake = if self.ever_connected {
+            (self.last_joined + CONNECT_WINDOW).min(deadline)
         } else {
-            Some(deadline)
-        }
+            deadline
+        };
+        Some(self.listen_wake.map_or(wake, |l| l.min(wake)))
     }
 
     /// What the run achieved. `sent` and `received` are the bytes on the wire.
@@ -196,11 +244,32 @@ impl OneShot {
             .collect();
         let problem = if self.ever_connected {
             None
-        } else if self.configured.is_empty() {
-            Some(RunProblem::NoPeerConfigured)
-        } else {
+        } else if !self.configured.is_empty() {
             Some(RunProblem::NoPeerConnected)
+        } else if self.others_may_come && self.found.is_empty() {
+            Some(RunProblem::NoPeerFound {
+                secs: CONNECT_DEADLINE.as_secs(),
+            })
+        } else if self.others_may_come {
+            Some(RunProblem::NoPeerConnected)
+        } else {
+            Some(RunProblem::NoPeerConfigured)
         };
+        let found = self
+            .found
+            .iter()
+            .map(|(node, addr, reach)| Found {
+                node: node.clone(),
+                addr: addr.clone(),
+                unreached: match reach {
+                    Reach::Reached => None,
+                    Reach::Failed(e) => Some(e.clone()),
+                    Reach::NotYet => {
+                        Some(DialError::Unreachable("no answer within the wait".into()))
+                    }
+                },
+            })
+            .collect();
         let storages = core
             .storages()
             .iter()
@@ -236,6 +305,7 @@ impl OneShot {
             problem,
             storages,
             unreached,
+            found,
             sent,
             received,
         }
@@ -283,7 +353,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 match x % 5 {
-                    0 => os.peer_joined(now),
+                    0 => os.peer_joined(now, &NodeId::new("b").unwrap()),
                     1 => os.dial_result("a:1", Err(DialError::Unreachable("refused".into()))),
                     _ => {}
                 }
@@ -306,7 +376,7 @@ mod tests {
         let mut os = OneShot::new(t0, vec!["a:1".into()], true, 1);
         os.step(t0, &mut c, false);
         assert_eq!(os.next_wakeup(), Some(t0 + CONNECT_DEADLINE));
-        os.peer_joined(t0);
+        os.peer_joined(t0, &NodeId::new("b").unwrap());
         os.dial_result("a:1", Ok(()));
         os.step(t0, &mut c, false);
         assert_eq!(os.next_wakeup(), None, "the wait is over");

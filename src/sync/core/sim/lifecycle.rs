@@ -79,7 +79,7 @@ impl Sim {
                 .collect();
             if let Some(run) = &mut self.nodes[x].run {
                 // `net` reports the handshake, then the configured address as reached.
-                run.policy.peer_joined(now);
+                run.policy.peer_joined(now, &id);
                 run.policy.dial_result(id.as_str(), Ok(()));
                 run.seen.extend(shared.into_iter().map(|s| (y, s)));
             }
