@@ -1,0 +1,440 @@
+//! Service discovery for real: nodes in network namespaces of their own (`ip netns`), joined
+//! by veth pairs to a bridge in one more namespace, addresses from 198.18.0.0/15, and real
+//! node processes started in them with `ip netns exec`. No multicast route is added: the
+//! announcements must find their interface by themselves, as on a machine whose only route
+//! is a default one elsewhere. Nothing leaves the namespaces, and they are removed when a
+//! test ends, failed or not. Where namespaces cannot be made (not root), each test says
+//! SKIPPED on the terminal and does nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{manifest, wait_until, Daemon, TestDir, PATIENCE};
+
+/// A bridge and `n` hosts, each in a namespace of its own, host `i` (from 1) at
+/// 198.18.0.`i`/24 on its `eth0`. Dropping it deletes the namespaces (and with them the
+/// veth pairs and the bridge).
+struct Segment {
+    names: Vec<String>,
+}
+
+static SEGMENTS: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Segment {
+    /// `None` (and a SKIPPED line straight to the terminal, past the test harness's
+    /// capture) where namespaces cannot be made.
+    fn new(test: &str, n: usize) -> Option<Segment> {
+        let k = SEGMENTS.fetch_add(1, Ordering::SeqCst);
+        let base = format!("icd{}x{k}", std::process::id());
+        let mut seg = Segment { names: Vec::new() };
+        match seg.build(&base, n) {
+            Ok(()) => Some(seg),
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED {test}: cannot create network namespaces ({e}); \
+                     discovery is not tested here (run as root with iproute2) ***\n"
+                );
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, base: &str, n: usize) -> Result<(), String> {
+        let br = format!("{base}b");
+        ip(&["netns", "add", &br])?;
+        self.names.push(br.clone());
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        // No snooping: every multicast frame reaches every port, as on a plain switch.
+        ip(&[
+            "-n",
+            &br,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        ip(&["-n", &br, "link", "set", "br0", "up"])?;
+        for i in 1..=n {
+            let ns = format!("{base}h{i}");
+            ip(&["netns", "add", &ns])?;
+            self.names.push(ns.clone());
+            let port = format!("p{i}");
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &br,
+            ])?;
+            ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &br, "link", "set", &port, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            self.set_addr(i, &format!("198.18.0.{i}"))?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Host `i`'s namespace.
+    fn ns(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// Gives host `i` the address `addr`/24 instead of the one it had.
+    fn set_addr(&self, i: usize, addr: &str) -> Result<(), String> {
+        ip(&["-n", self.ns(i), "addr", "flush", "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            self.ns(i),
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])
+    }
+
+    /// The command prefix that runs a program on host `i` (through the emulator under
+    /// cross-test).
+    fn wrapper(&self, i: usize) -> Vec<String> {
+        let mut w: Vec<String> = ["ip", "netns", "exec", self.ns(i)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Ok(r) = std::env::var("IC_TEST_RUNNER") {
+            w.extend(r.split_whitespace().map(str::to_owned));
+        }
+        w
+    }
+
+    fn daemon(&self, i: usize, config: &Path) -> Daemon {
+        let w = self.wrapper(i);
+        let w: Vec<&str> = w.iter().map(String::as_str).collect();
+        Daemon::start_via(&w, config)
+    }
+
+    /// A one-shot run on host `i`, killed (and the test failed) after `limit`.
+    fn oneshot(&self, i: usize, config: &Path, limit: Duration) -> Output {
+        let w = self.wrapper(i);
+        let child = Command::new(&w[0])
+            .args(&w[1..])
+            .arg(env!("CARGO_BIN_EXE_iron-carrier"))
+            .args(["-v", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn one-shot");
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(out) => out.expect("one-shot output"),
+            Err(_) => {
+                // SAFETY: kill(2) on our own child that outlived its deadline.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("one-shot run did not finish within {limit:?}");
+            }
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // Hosts first (their processes are gone by now: daemons are dropped before the
+        // segment), the bridge last.
+        for ns in self.names.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// A node's config: discovery on (the default, so not written), no `peers`, listening on
+/// every address of its host, one storage "docs" at `root`.
+fn config(dir: &TestDir, id: &str, group: &str, root: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        "node_id = \"{id}\"\ngroup = \"{group}\"\nport = 25230\nlog_path = \"{id}.db\"\n\
+         {extra}\n[storages]\ndocs = \"{}\"\n",
+        root.display()
+    );
+    dir.write(&format!("{id}.toml"), text.as_bytes())
+}
+
+/// Waits until every tree in `roots` holds the same files (markers aside) and `want` of
+/// them, showing the daemons' logs if not.
+fn converge(roots: &[PathBuf], want: &[&str], what: &str, daemons: &[&Daemon]) {
+    let ok = wait_until(PATIENCE, || {
+        let first = manifest(&roots[0]);
+        want.iter().all(|f| first.contains_key(*f))
+            && roots[1..].iter().all(|r| manifest(r) == first)
+    });
+    if !ok {
+        let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+        let trees: Vec<String> = roots.iter().map(|r| format!("{:?}", manifest(r))).collect();
+        panic!(
+            "{what}: no convergence\ntrees:\n{}\nlogs:\n{}",
+            trees.join("\n"),
+            logs.join("\n-----\n")
+        );
+    }
+}
+
+#[test]
+fn three_nodes_of_a_group_find_each_other_and_a_fourth_group_stays_apart() {
+    let Some(seg) = Segment::new("three_nodes_of_a_group…", 4) else {
+        return;
+    };
+    let dir = TestDir::new("disc-three");
+    let roots: Vec<PathBuf> = (1..=4).map(|i| dir.mkdir(&format!("r{i}"))).collect();
+    for (i, r) in roots.iter().enumerate() {
+        std::fs::write(r.join(format!("from-{}.txt", i + 1)), format!("{i}")).unwrap();
+    }
+    let group = "family";
+    let mut daemons = Vec::new();
+    for i in 1..=3 {
+        let c = config(&dir, &format!("n{i}"), group, &roots[i - 1], "");
+        daemons.push(seg.daemon(i, &c));
+    }
+    // A neighbour of another group, same service, same port, same segment.
+    let c = config(&dir, "outsider-7", "neighbours", &roots[3], "");
+    let stranger = seg.daemon(4, &c);
+    let all: Vec<&Daemon> = daemons.iter().chain([&stranger]).collect();
+    converge(
+        &roots[..3],
+        &["from-1.txt", "from-2.txt", "from-3.txt"],
+        "the group",
+        &all,
+    );
+    for (i, d) in daemons.iter().enumerate() {
+        for j in (1..=3).filter(|j| *j != i + 1) {
+            let seen = format!("discovered n{j} at 198.18.0.{j}:25230");
+            let connected = format!("connected to n{j} at 198.18.0.{j}");
+            assert!(
+                d.log().contains(&seen) || d.log().contains(&connected),
+                "n{} never found n{j}:\n{}",
+                i + 1,
+                d.log()
+            );
+        }
+    }
+    // A change after the first convergence travels too: by then every announcement of the
+    // stranger has long been heard, so if it were taken for a peer, its file would be here.
+    std::fs::write(roots[0].join("later.txt"), b"later").unwrap();
+    converge(&roots[..3], &["later.txt"], "a later change", &all);
+    for r in &roots[..3] {
+        assert!(
+            !r.join("from-4.txt").exists(),
+            "the stranger's file arrived"
+        );
+    }
+    assert_eq!(
+        manifest(&roots[3]).keys().collect::<Vec<_>>(),
+        ["from-4.txt"],
+        "the stranger received something"
+    );
+    for d in &daemons {
+        assert!(
+            !d.log().contains("outsider-7"),
+            "a node dialled the stranger:\n{}",
+            d.log()
+        );
+    }
+    assert!(
+        !stranger.log().contains("connected to"),
+        "the stranger connected:\n{}",
+        stranger.log()
+    );
+    // The threads a discovering daemon runs, by name.
+    let names = thread_names(daemons[0].pid());
+    for t in ["net", "sync", "watch", "signals", "mdns"] {
+        assert!(names.iter().any(|n| n == t), "no {t} thread: {names:?}");
+    }
+    drop(daemons);
+    drop(stranger);
+    drop(seg);
+}
+
+/// The names of a process's threads (its `comm`s); under cross-test, of the emulated
+/// program, which is the process itself.
+fn thread_names(pid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    // `ip netns exec` execs the program: the daemon's pid is the child's.
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("comm")) {
+                out.push(c.trim().to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_node_restarted_at_a_new_address_is_found_again() {
+    let Some(seg) = Segment::new("a_node_restarted…", 2) else {
+        return;
+    };
+    let dir = TestDir::new("disc-moved");
+    let roots = [dir.mkdir("a"), dir.mkdir("b")];
+    std::fs::write(roots[0].join("one.txt"), b"one").unwrap();
+    let ca = config(&dir, "node-a", "g", &roots[0], "");
+    let cb = config(&dir, "node-b", "g", &roots[1], "");
+    let a = seg.daemon(1, &ca);
+    let b = seg.daemon(2, &cb);
+    converge(&roots, &["one.txt"], "before the move", &[&a, &b]);
+    let (_, log_b) = b.stop();
+    assert!(log_b.contains("stopped"), "{log_b}");
+    seg.set_addr(2, "198.18.0.22").unwrap();
+    std::fs::write(roots[1].join("two.txt"), b"two").unwrap();
+    let b = seg.daemon(2, &cb);
+    converge(&roots, &["one.txt", "two.txt"], "after the move", &[&a, &b]);
+    assert!(
+        a.log().contains("discovered node-b at 198.18.0.22:25230")
+            || b.log().contains("discovered node-a at 198.18.0.1:25230"),
+        "not found again by discovery:\n{}\n-----\n{}",
+        a.log(),
+        b.log()
+    );
+    // And a change on A reaches B at its new address.
+    std::fs::write(roots[0].join("three.txt"), b"three").unwrap();
+    converge(&roots, &["three.txt"], "a change after the move", &[&a, &b]);
+}
+
+#[test]
+fn a_one_shot_run_finds_daemons_says_whom_and_alone_says_nobody_came() {
+    let Some(seg) = Segment::new("a_one_shot_run_finds…", 3) else {
+        return;
+    };
+    let dir = TestDir::new("disc-oneshot");
+    let roots = [dir.mkdir("a"), dir.mkdir("b"), dir.mkdir("c")];
+    std::fs::write(roots[0].join("from-a.txt"), b"a").unwrap();
+    let cb = config(&dir, "node-b", "g", &roots[1], "");
+    let cc = config(&dir, "node-c", "g", &roots[2], "");
+    let ca = config(&dir, "node-a", "g", &roots[0], "");
+    let b = seg.daemon(2, &cb);
+    let c = seg.daemon(3, &cc);
+    let out = seg.oneshot(1, &ca, PATIENCE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let shown = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{shown}");
+    assert!(stdout.contains("node-b at 198.18.0.2:25230"), "{shown}");
+    assert!(stdout.contains("node-c at 198.18.0.3:25230"), "{shown}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("discovered: ")),
+        "{shown}"
+    );
+    assert!(roots[1].join("from-a.txt").exists() && roots[2].join("from-a.txt").exists());
+    drop(b);
+    drop(c);
+    // Alone on the segment: nobody announces, nobody is configured.
+    let out = seg.oneshot(1, &ca, PATIENCE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("no peer found"), "{stdout}");
+}
+
+#[test]
+fn without_discovery_static_peers_work_and_without_either_a_node_says_so() {
+    let Some(seg) = Segment::new("without_discovery…", 2) else {
+        return;
+    };
+    let dir = TestDir::new("disc-off");
+    let roots = [dir.mkdir("a"), dir.mkdir("b")];
+    std::fs::write(roots[0].join("static.txt"), b"s").unwrap();
+    let off = "enable_service_discovery = false";
+    let ca = config(
+        &dir,
+        "node-a",
+        "g",
+        &roots[0],
+        &format!("{off}\npeers = [\"198.18.0.2:25230\"]"),
+    );
+    let cb = config(&dir, "node-b", "g", &roots[1], off);
+    let b = seg.daemon(2, &cb);
+    let a = seg.daemon(1, &ca);
+    converge(&roots, &["static.txt"], "static peers", &[&a, &b]);
+    assert!(!a.log().contains("discovery:"), "{}", a.log());
+    assert_eq!(
+        thread_names(a.pid())
+            .iter()
+            .filter(|n| *n == "mdns")
+            .count(),
+        0
+    );
+    assert!(
+        b.log().contains("nobody to sync with"),
+        "node-b has no peers and no discovery:\n{}",
+        b.log()
+    );
+    drop(a);
+    drop(b);
+    let out = seg.oneshot(2, &cb, PATIENCE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("no peers are configured"), "{stdout}");
+}
+
+#[test]
+fn a_host_without_a_usable_interface_warns_once_and_syncs_with_its_peers() {
+    let Some(seg) = Segment::new("a_host_without…", 1) else {
+        return;
+    };
+    // Host 1 loses its only interface but loopback: two nodes on it, configured peers on
+    // 127.0.0.1, discovery on.
+    ip(&["-n", seg.ns(1), "link", "set", "eth0", "down"]).unwrap();
+    let dir = TestDir::new("disc-none");
+    let roots = [dir.mkdir("a"), dir.mkdir("b")];
+    std::fs::write(roots[0].join("lo.txt"), b"lo").unwrap();
+    let ca = config(
+        &dir,
+        "node-a",
+        "g",
+        &roots[0],
+        "peers = [\"127.0.0.1:25231\"]",
+    );
+    let cb = dir.write(
+        "node-b.toml",
+        format!(
+            "node_id = \"node-b\"\ngroup = \"g\"\nport = 25231\nlog_path = \"node-b.db\"\n\
+             [storages]\ndocs = \"{}\"\n",
+            roots[1].display()
+        )
+        .as_bytes(),
+    );
+    let b = seg.daemon(1, &cb);
+    let a = seg.daemon(1, &ca);
+    converge(&roots, &["lo.txt"], "over loopback", &[&a, &b]);
+    for d in [&a, &b] {
+        assert_eq!(d.count_log("no usable network interface"), 1, "{}", d.log());
+    }
+}
