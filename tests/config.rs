@@ -126,6 +126,7 @@ fn full_config_has_every_value_and_minimal_config_every_default() {
         "*/30 8-20 * * mon-fri"
     );
     assert!(!full.enable_service_discovery);
+    assert_eq!(full.discovery_interfaces, ["eth0", "wlan0"]);
     assert_eq!(full.log_path, dir.join("state/ic.db"));
     assert_eq!(
         full.encryption,
@@ -158,6 +159,7 @@ fn full_config_has_every_value_and_minimal_config_every_default() {
     assert_eq!(min.rescan_interval, Some(Duration::from_secs(3600)));
     assert!(min.schedule_sync.is_none());
     assert!(min.enable_service_discovery);
+    assert!(min.discovery_interfaces.is_empty());
     assert_eq!(min.encryption, Encryption::Ephemeral);
     assert_eq!(min.max_parallel_transfers, 4);
     assert!(min.group.is_none());
