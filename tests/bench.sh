@@ -588,6 +588,129 @@ ic_watch_memory() {
   rec "${ids[@]}" status=ok "${figures[@]}"
 }
 
+# Discovery: three hosts, each a namespace of its own joined to a bridge (198.18.0.1-3/24),
+# no multicast route. Five times: the three daemons started together with a config of only
+# [storages] (and their ports), and the time from the start until every node is connected to
+# both others, from the log lines' timestamps; node 1's VmRSS 3 s later and its threads by
+# name. Then three times the same with discovery off and the peers listed: the RSS that
+# discovery adds is the difference of the medians.
+ic_discovery() {
+  local r samples=() rss_on=() rss_off=()
+  disc_base=${ns}d
+  disc_threads=
+  trap disc_cleanup EXIT
+  ip netns add "${disc_base}b"
+  ip -n "${disc_base}b" link add br0 type bridge
+  ip -n "${disc_base}b" link set br0 type bridge mcast_snooping 0
+  ip -n "${disc_base}b" link set br0 up
+  local i
+  for i in 1 2 3; do
+    ip netns add "${disc_base}h$i"
+    ip link add eth0 netns "${disc_base}h$i" type veth peer name "p$i" netns "${disc_base}b"
+    ip -n "${disc_base}b" link set "p$i" master br0
+    ip -n "${disc_base}b" link set "p$i" up
+    ip -n "${disc_base}h$i" link set lo up
+    ip -n "${disc_base}h$i" addr add "198.18.0.$i/24" dev eth0
+    ip -n "${disc_base}h$i" link set eth0 up
+  done
+  for r in 1 2 3 4 5; do
+    disc_round true
+    samples+=("$disc_mesh_s")
+    rss_on+=("$disc_rss_kib")
+  done
+  for r in 1 2 3; do
+    disc_round false
+    rss_off+=("$disc_rss_kib")
+  done
+  local fig
+  fig=$(python3 - "${samples[*]}" "${rss_on[*]}" "${rss_off[*]}" <<'PY'
+import json, statistics, sys
+s = [float(x) for x in sys.argv[1].split()]
+on = [int(x) for x in sys.argv[2].split()]
+off = [int(x) for x in sys.argv[3].split()]
+print(f"discovery_s={statistics.median(s):.3f} samples_s:={json.dumps(s, separators=(',', ':'))} "
+      f"rss_on_kib={int(statistics.median(on))} rss_off_kib={int(statistics.median(off))} "
+      f"rss_added_kib={int(statistics.median(on) - statistics.median(off))}")
+PY
+)
+  # shellcheck disable=SC2086 # one key=value per word
+  rec "${ids[@]}" status=ok $fig threads="$disc_threads"
+}
+
+disc_cleanup() {
+  local n
+  for n in "$disc_base"h1 "$disc_base"h2 "$disc_base"h3 "$disc_base"b; do
+    ns_kill "$n"
+    ip netns del "$n" 2> /dev/null || true
+  done
+}
+
+disc_config() { # i discovery
+  local peers="" j
+  if [ "$2" = false ]; then
+    for j in 1 2 3; do [ "$j" = "$1" ] || peers="$peers\"198.18.0.$j:25230\", "; done
+  fi
+  mkdir -p "$run/r$1"
+  cat > "$run/n$1.toml" <<EOF
+node_id = "n$1"
+port = 25230
+peers = [${peers%, }]
+enable_service_discovery = $2
+encryption = $ic_enc
+log_path = "$run/n$1.db"
+
+[storages]
+data = "$run/r$1"
+EOF
+}
+
+# One round (discovery true or false): starts the three daemons, waits until each is
+# connected to both others, sets disc_mesh_s (from the start to the last of those
+# connections), disc_rss_kib (node 1, 3 s later) and, once, disc_threads; stops them.
+disc_round() { # discovery
+  local t0 k n=0 pids=()
+  rm -f "$run"/n*.db* "$run"/n*.log
+  for k in 1 2 3; do disc_config "$k" "$1"; done
+  t0=$(now)
+  for k in 1 2 3; do
+    ip netns exec "${disc_base}h$k" "$bin" --daemon --config "$run/n$k.toml" > "$run/n$k.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 1 600); do
+    n=0
+    for k in 1 2 3; do
+      [ "$(grep -o 'connected to n[0-9]' "$run/n$k.log" | sort -u | wc -l)" -ge 2 ] && n=$((n + 1))
+    done
+    [ "$n" = 3 ] && break
+    sleep 0.05
+  done
+  [ "$n" = 3 ] || fail "the three nodes did not all connect (discovery $1): $(tail -3 "$run/n1.log" | tr '\n' ' ')"
+  # The moment the last node had both peers, from the log lines' own timestamps.
+  disc_mesh_s=$(python3 - "$t0" "$run"/n1.log "$run"/n2.log "$run"/n3.log <<'PY'
+import datetime, re, sys
+t0 = float(sys.argv[1])
+last = 0.0
+for path in sys.argv[2:]:
+    first = {}
+    for line in open(path, errors="replace"):
+        m = re.match(r"(\S+Z) .*connected to (n\d) at", line)
+        if m and m.group(2) not in first:
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
+            first[m.group(2)] = t.replace(tzinfo=datetime.timezone.utc).timestamp()
+    last = max(last, max(first.values()))
+print(f"{last - t0:.3f}")
+PY
+)
+  sleep 3
+  disc_rss_kib=$(awk '/^VmRSS/ { print $2 }' "/proc/${pids[0]}/status")
+  if [ -z "$disc_threads" ] && [ "$1" = true ]; then
+    disc_threads=$(cat "/proc/${pids[0]}"/task/*/comm | sort | uniq -c |
+      awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')
+  fi
+  kill -TERM "${pids[@]}"
+  wait "${pids[@]}" 2> /dev/null || true
+}
+
 # Writes the config of node i of a five-node full mesh.
 mesh_config() { # i dir
   local j peers=""
@@ -1008,6 +1131,7 @@ done
 # 5. idle; 6. latency.
 measure_ic idle - ic_idle_latency "$data/small"
 measure watch-memory iron-carrier - ic_watch_memory
+measure discovery iron-carrier - ic_discovery
 for t in rsync rsync-fsync unison; do
   na idle "$t" - "no daemon: a one-shot tool uses nothing between runs"
   na latency "$t" - "no watcher daemon: it syncs only when run"

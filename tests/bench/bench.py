@@ -828,6 +828,20 @@ def cmd_render(a):
                 f"directory's inode stays cached")
         else:
             out(f"  {status_cell(r)}")
+    for r in by.get("discovery", []):
+        out()
+        out("discovery: three hosts in namespaces on one bridge (no multicast route), configs of "
+            "only [storages]; from the start of the three daemons until each is connected to "
+            "both others")
+        if r.get("status") == "ok":
+            out(f"  median of {len(r['samples_s'])}: {r['discovery_s']:.3f} s "
+                f"(runs: {', '.join(f'{x:.3f}' for x in r['samples_s'])} s)")
+            out(f"  node 1 idle, 3 s after: RSS {r['rss_on_kib']:,} KiB with discovery, "
+                f"{r['rss_off_kib']:,} KiB without (peers listed instead): "
+                f"{r['rss_added_kib']:+,} KiB")
+            out(f"  threads: {r['threads']}")
+        else:
+            out(f"  {status_cell(r)}")
     for r in by.get("binary-size", []):
         out()
         out("binary size")
@@ -948,6 +962,13 @@ def cmd_render(a):
     target("latency ≤ delay_watcher_events + 0.2 s",
            f"{r['latency_s']:.3f} s" if ok(r) else (status_cell(r) if r else "not measured"),
            "≤ 1.2 s", (r["latency_s"] <= 1.2) if ok(r) else None)
+    r = ic("discovery")
+    target("discovery of all peers (3 nodes): median of 5 < 3 s",
+           f"{r['discovery_s']:.3f} s" if ok(r) else (status_cell(r) if r else "not measured"),
+           "< 3 s", (r["discovery_s"] < 3) if ok(r) else None)
+    target("RSS added by discovery ≤ 1 MiB",
+           f"{r['rss_added_kib']:+,} KiB" if ok(r) else (status_cell(r) if r else "not measured"),
+           "≤ 1024 KiB", (r["rss_added_kib"] <= 1024) if ok(r) else None)
     b = (by.get("binary-size") or [None])[0]
     if b and isinstance(b.get("armv7_bytes"), int):
         target("stripped armv7 binary ≤ 2 MiB", f"{b['armv7_bytes']:,} bytes "
