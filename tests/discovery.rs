@@ -438,3 +438,93 @@ fn a_host_without_a_usable_interface_warns_once_and_syncs_with_its_peers() {
         assert_eq!(d.count_log("no usable network interface"), 1, "{}", d.log());
     }
 }
+
+/// Sends `packets` mDNS answers of `per` A records each, every record a new name under our
+/// service, from host `i` (names numbered from `first`): what a host announcing ever new
+/// names sends.
+fn flood(seg: &Segment, i: usize, first: u64, packets: u64, per: u64) {
+    const SCRIPT: &str = r#"
+import socket, struct, sys
+src, n, packets, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+def name(k):
+    out = b""
+    for label in ("junk%d" % k, "_ironcarrier", "_tcp", "local"):
+        out += bytes([len(label)]) + label.encode()
+    return out + b"\0"
+for _ in range(packets):
+    body = b""
+    for _ in range(per):
+        body += name(n) + struct.pack(">HHIHI", 1, 1, 120, 4, 0x0a000000 + n % 0xffffff)
+        n += 1
+    s.sendto(struct.pack(">HHHHHH", 0, 0x8400, 0, per, 0, 0) + body, ("224.0.0.251", 5353))
+"#;
+    let status = Command::new("ip")
+        .args(["netns", "exec", seg.ns(i), "python3", "-c", SCRIPT])
+        .arg(format!("198.18.0.{i}"))
+        .args([first.to_string(), packets.to_string(), per.to_string()])
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "the flood script failed");
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The mDNS crate keeps every record it hears, without a bound. A host announcing ever new
+/// names makes discovery pause (said once in the log) with its memory frozen, while the
+/// configured peer keeps synchronizing.
+#[test]
+fn a_flood_of_announcements_pauses_discovery_and_memory_stops_growing() {
+    let Some(seg) = Segment::new("a_flood_of_announcements…", 2) else {
+        return;
+    };
+    let dir = TestDir::new("disc-flood");
+    let roots = [dir.mkdir("a"), dir.mkdir("b")];
+    std::fs::write(roots[0].join("before.txt"), b"before").unwrap();
+    let ca = config(
+        &dir,
+        "node-a",
+        "g",
+        &roots[0],
+        "peers = [\"198.18.0.2:25230\"]\ndelay_watcher_events = 0",
+    );
+    let cb = config(
+        &dir,
+        "node-b",
+        "g",
+        &roots[1],
+        "enable_service_discovery = false\ndelay_watcher_events = 0",
+    );
+    let b = seg.daemon(2, &cb);
+    let a = seg.daemon(1, &ca);
+    converge(&roots, &["before.txt"], "before the flood", &[&a, &b]);
+    // Rounds of 300 packets until the pause is said: a receive buffer that overflows drops
+    // some of them, so how many it takes is not fixed.
+    let mut first = 0;
+    let tripped = wait_until(PATIENCE, || {
+        flood(&seg, 2, first, 300, 10);
+        first += 3000;
+        a.log().contains("(a flood?)")
+    });
+    assert!(tripped, "no pause after {first} records:\n{}", a.log());
+    let before = rss_kib(a.pid());
+    flood(&seg, 2, first, 3000, 10);
+    // A change on B reaches A: the configured peer is unaffected, and by then the 30,000
+    // records above would long have been taken in if the instances still listened.
+    std::fs::write(roots[1].join("after.txt"), b"after").unwrap();
+    converge(&roots, &["after.txt"], "during the flood", &[&a, &b]);
+    let after = rss_kib(a.pid());
+    assert!(
+        after < before + 1024,
+        "memory grew from {before} to {after} KiB during a paused flood"
+    );
+    assert_eq!(a.count_log("(a flood?)"), 1, "{}", a.log());
+}

@@ -8,7 +8,7 @@
 //! key), so a forged announcement costs at most a failed dial, and the tables here are
 //! bounded so that a flood of them costs no more than a fixed amount of memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,85 @@ impl Heard {
     fn len(&self) -> usize {
         self.peers.len()
     }
+}
+
+/// Most new records a minute announced under our service name (any group) before discovery
+/// pauses. The crate caches every record it hears, without a bound and for good (it only
+/// filters expired ones out), at about 1 KiB each: a host announcing ever new names would
+/// grow this process without end. Past the budget, the instances are silenced (their caches
+/// freeze) and made anew after [`FLOOD_PAUSE`], so a flood costs about 1 MiB per pause, for
+/// at most [`super::MAX_INSTANCES`] instances. Only records not heard before in the minute
+/// count: nodes repeating their announcements, or answering queries, cost nothing; 200
+/// nodes (any group) appearing within a minute do not trip it.
+pub const FLOOD_RECORDS_PER_MIN: u32 = 1000;
+/// How long discovery stays silent after a flood.
+pub const FLOOD_PAUSE: Duration = Duration::from_secs(600);
+const FLOOD_WINDOW: Duration = Duration::from_secs(60);
+/// Announcements remembered per window to tell new from repeated (8 bytes each).
+const FLOOD_SEEN: usize = 4096;
+
+/// Counts the new records heard per minute against [`FLOOD_RECORDS_PER_MIN`].
+#[derive(Debug)]
+pub struct Flood {
+    window_start: Instant,
+    records: u32,
+    /// Fingerprints of the announcements heard in this window.
+    seen: HashSet<u64>,
+}
+
+impl Flood {
+    pub fn new(now: Instant) -> Flood {
+        Flood {
+            window_start: now,
+            records: 0,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// An announcement with fingerprint `print` and about `records` records was heard:
+    /// whether the budget is now spent (the caller pauses; the count starts over).
+    pub fn heard(&mut self, now: Instant, print: u64, records: usize) -> bool {
+        if now.saturating_duration_since(self.window_start) >= FLOOD_WINDOW {
+            self.window_start = now;
+            self.records = 0;
+            self.seen.clear();
+        }
+        if self.seen.contains(&print) {
+            return false;
+        }
+        if self.seen.len() < FLOOD_SEEN {
+            self.seen.insert(print);
+        }
+        self.records = self.records.saturating_add(records.max(1) as u32);
+        if self.records > FLOOD_RECORDS_PER_MIN {
+            self.window_start = now;
+            self.records = 0;
+            self.seen.clear();
+            return true;
+        }
+        false
+    }
+}
+
+/// A fingerprint of what an announcement says (its name, addresses, ports, attributes),
+/// whatever order they came in.
+pub fn fingerprint(
+    name: &str,
+    ips: impl IntoIterator<Item = IpAddr>,
+    ports: impl IntoIterator<Item = u16>,
+    attributes: &HashMap<String, Option<String>>,
+) -> u64 {
+    let mut ips: Vec<IpAddr> = ips.into_iter().collect();
+    ips.sort();
+    let mut ports: Vec<u16> = ports.into_iter().collect();
+    ports.sort();
+    let mut attrs: Vec<(&String, &Option<String>)> = attributes.iter().collect();
+    attrs.sort();
+    let mut h = blake3::Hasher::new();
+    h.update(format!("{name:?}{ips:?}{ports:?}{attrs:?}").as_bytes());
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(out)
 }
 
 /// One IPv4 address of a network interface, as `getifaddrs` reports it.
@@ -419,6 +498,64 @@ mod tests {
         assert!(!h.heard(t0, id("late"), a));
         assert!(h.heard(t0 + TTL, id("late"), a));
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn a_flood_trips_once_per_budget_and_a_busy_segment_never() {
+        let t0 = Instant::now();
+        let mut f = Flood::new(t0);
+        // 200 nodes appearing within a minute, each announcing five records, then every one
+        // of them repeating itself (announcements, answers to queries) for an hour.
+        for k in 0..200u64 {
+            assert!(
+                !f.heard(t0 + Duration::from_millis(k * 250), k, 5),
+                "a crowd tripped"
+            );
+        }
+        for minute in 1..61u64 {
+            for k in 0..200u64 * 10 {
+                let t = t0 + Duration::from_secs(minute * 60) + Duration::from_millis(k * 25);
+                assert!(!f.heard(t, k % 200, 5), "a busy but honest segment tripped");
+            }
+        }
+        // Ever new names: tripped every 1,000 records.
+        let t1 = t0 + Duration::from_secs(7200);
+        let mut f = Flood::new(t1);
+        let trips = (0..3500u64)
+            .filter(|k| f.heard(t1 + Duration::from_millis(*k), 1_000_000 + k, 1))
+            .count();
+        assert_eq!(trips, 3);
+        // Empty announcements still count.
+        let mut f = Flood::new(t1);
+        assert!((0..=FLOOD_RECORDS_PER_MIN as u64).any(|k| f.heard(t1, k, 0)));
+    }
+
+    #[test]
+    fn a_fingerprint_ignores_order_and_sees_every_field() {
+        let a = attrs("b", &TAG);
+        let one = fingerprint("x", [ip("10.0.0.1"), ip("10.0.0.2")], [1, 2], &a);
+        assert_eq!(
+            one,
+            fingerprint("x", [ip("10.0.0.2"), ip("10.0.0.1")], [2, 1], &a)
+        );
+        assert_ne!(
+            one,
+            fingerprint("y", [ip("10.0.0.1"), ip("10.0.0.2")], [1, 2], &a)
+        );
+        assert_ne!(one, fingerprint("x", [ip("10.0.0.1")], [1, 2], &a));
+        assert_ne!(
+            one,
+            fingerprint("x", [ip("10.0.0.1"), ip("10.0.0.2")], [1], &a)
+        );
+        assert_ne!(
+            one,
+            fingerprint(
+                "x",
+                [ip("10.0.0.1"), ip("10.0.0.2")],
+                [1, 2],
+                &attrs("c", &TAG)
+            )
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod handle;
 
 use std::collections::HashSet;
 use std::io;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -41,7 +41,7 @@ use crate::model::NodeId;
 use crate::net::handle::{NetCmd, NetHandle};
 use crate::run::StartError;
 
-use announce::{Announcing, Heard, Iface, Ignored};
+use announce::{Announcing, Flood, Heard, Iface, Ignored};
 use handle::{MdnsHandle, MdnsOptions};
 
 /// How often the interfaces are looked at again.
@@ -51,6 +51,15 @@ const IFACE_CHECK: Duration = Duration::from_secs(30);
 pub const MAX_INSTANCES: usize = 8;
 const MDNS_PORT: u16 = 5353;
 const MDNS_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
+/// Floods after which discovery stays off until the process restarts: each costs what the
+/// crate cached before its instances were silenced (a few MiB at most, see
+/// [`RECEIVE_BUFFER`]), so their number is bounded too.
+const MAX_FLOODS: u32 = 2;
+/// The kernel's receive buffer of the crate's sockets (it doubles it for its bookkeeping):
+/// what can be queued for the crate when a flood starts, and so what it can still cache
+/// after we stop it. A burst of honest answers (tens of packets of a few hundred bytes)
+/// fits.
+const RECEIVE_BUFFER: libc::c_int = 32 * 1024;
 /// Most nodes of our group with another protocol version that are reported, once each.
 const MAX_VERSION_WARNINGS: usize = 16;
 
@@ -77,6 +86,9 @@ pub fn spawn(
                 stop,
                 instances: Vec::new(),
                 heard: Heard::default(),
+                flood: Flood::new(Instant::now()),
+                paused_until: None,
+                floods: 0,
                 local: Vec::new(),
                 next_check: Instant::now(),
                 said_none: false,
@@ -97,9 +109,22 @@ struct Instance {
     /// Our own socket for queries, pinned to the interface.
     query: Option<UdpSocket>,
     announcing: Announcing,
-    /// Said goodbye (its address changed or its interface went away); its threads live on,
-    /// idle.
+    /// The crate's receiving sockets of this instance (found like its sender): silenced when
+    /// it is retired.
+    receivers: Vec<libc::c_int>,
+    /// Said goodbye and silenced (its address changed, its interface went away, or a
+    /// flood): its threads live on, blocked on a socket that hears nothing.
     retired: bool,
+}
+
+impl Instance {
+    fn retire(&mut self) {
+        self.sd.remove_service_from_discovery();
+        for fd in &self.receivers {
+            silence(*fd, self.iface.addr);
+        }
+        self.retired = true;
+    }
 }
 
 struct Mdns {
@@ -111,6 +136,10 @@ struct Mdns {
     stop: Arc<AtomicBool>,
     instances: Vec<Instance>,
     heard: Heard,
+    flood: Flood,
+    /// Discovery is paused after a flood until then.
+    paused_until: Option<Instant>,
+    floods: u32,
     /// The interfaces announced on (an announced peer's address on one of their networks
     /// is preferred).
     local: Vec<Iface>,
@@ -156,6 +185,22 @@ impl Mdns {
     }
 
     fn on_announcement(&mut self, info: &InstanceInformation) {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|t| now < t) || self.floods >= MAX_FLOODS {
+            // Heard before the instances were silenced.
+            return;
+        }
+        let records = info.ip_addresses.len() + info.ports.len() + info.attributes.len();
+        let print = announce::fingerprint(
+            &info.unescaped_instance_name(),
+            info.ip_addresses.iter().copied(),
+            info.ports.iter().copied(),
+            &info.attributes,
+        );
+        if self.flood.heard(now, print, records) {
+            self.pause(now);
+            return;
+        }
         let got = announce::read(
             &self.opts.node_id,
             &self.opts.group_tag,
@@ -166,7 +211,7 @@ impl Mdns {
         );
         match got {
             Ok((node, addr)) => {
-                if self.heard.heard(Instant::now(), node.clone(), addr) {
+                if self.heard.heard(now, node.clone(), addr) {
                     log::debug!("discovery: {node} announced at {addr}");
                     self.net.send(NetCmd::Discovered {
                         node,
@@ -193,8 +238,35 @@ impl Mdns {
         }
     }
 
+    /// A flood of announcements: every instance is silenced (the crate's caches, which have
+    /// no bound, stop growing) until the pause ends; then the interfaces get new ones.
+    fn pause(&mut self, now: Instant) {
+        self.floods += 1;
+        let until = if self.floods >= MAX_FLOODS {
+            "stops until the daemon restarts".to_owned()
+        } else {
+            format!(
+                "pauses for {} minutes",
+                announce::FLOOD_PAUSE.as_secs() / 60
+            )
+        };
+        log::warn!(
+            "discovery: more than {} new mDNS records a minute announced on the network (a \
+             flood?); discovery {until} to keep memory bounded (configured peers and \
+             connected nodes are not affected)",
+            announce::FLOOD_RECORDS_PER_MIN,
+        );
+        for inst in self.instances.iter_mut().filter(|i| !i.retired) {
+            inst.retire();
+        }
+        self.paused_until = Some(now + announce::FLOOD_PAUSE);
+    }
+
     /// Announces on interfaces that came up or changed address since the last look.
     fn check_interfaces(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| now < t) || self.floods >= MAX_FLOODS {
+            return;
+        }
         let all = interfaces();
         for want in &self.opts.interfaces {
             if !all.iter().any(|i| i.name == *want) && self.said_missing.insert(want.clone()) {
@@ -214,8 +286,7 @@ impl Mdns {
                     inst.iface.name,
                     inst.iface.addr
                 );
-                inst.sd.remove_service_from_discovery();
-                inst.retired = true;
+                inst.retire();
             }
         }
         if chosen.is_empty() {
@@ -247,8 +318,9 @@ impl Mdns {
             if self.instances.len() >= MAX_INSTANCES {
                 if !self.said_full {
                     log::warn!(
-                        "discovery: {MAX_INSTANCES} interface addresses announced since start; \
-                         not announcing {} ({}) until the daemon restarts (SIGHUP)",
+                        "discovery: {MAX_INSTANCES} interface addresses announced since start \
+                         (or floods paused it); not announcing {} ({}) until the daemon \
+                         restarts (SIGHUP)",
                         iface.name,
                         iface.addr
                     );
@@ -273,6 +345,7 @@ impl Mdns {
         for (k, v) in announce::attributes(&self.opts.node_id, &self.opts.group_tag) {
             info = info.with_attribute(k, Some(v));
         }
+        let before = group_receivers();
         let sd = match ServiceDiscovery::new_with_scope(
             info,
             announce::SERVICE,
@@ -297,6 +370,13 @@ impl Mdns {
                 iface.name
             );
         }
+        let receivers: Vec<libc::c_int> = group_receivers()
+            .into_iter()
+            .filter(|fd| !before.contains(fd))
+            .collect();
+        for fd in &receivers {
+            let _ = setsockopt(*fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RECEIVE_BUFFER);
+        }
         // The crate's first announcement went where the routing table said: again, pinned.
         sd.announce(false);
         let query = match query_socket(iface.addr) {
@@ -318,6 +398,7 @@ impl Mdns {
             sd,
             query,
             announcing: Announcing::new(now),
+            receivers,
             retired: false,
         };
         send_query(&inst);
@@ -423,32 +504,31 @@ fn in_addr(a: Ipv4Addr) -> libc::in_addr {
 /// socket is bound to the group, our query sockets are pinned when made). Returns how many
 /// sockets were pinned (the crate's clones of the socket share it: one).
 fn pin_new_senders(addr: Ipv4Addr) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
-    let mut pinned = 0;
-    for entry in dir.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if is_unpinned_mdns_sender(fd)
-            && setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &in_addr(addr)).is_ok()
-        {
-            pinned += 1;
-        }
-    }
-    pinned
+    own_fds()
+        .into_iter()
+        .filter(|fd| {
+            is_unpinned_mdns_sender(*fd)
+                && setsockopt(*fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &in_addr(addr)).is_ok()
+        })
+        .count()
 }
 
-fn is_unpinned_mdns_sender(fd: libc::c_int) -> bool {
+/// This process's descriptors.
+fn own_fds() -> Vec<libc::c_int> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
+/// The IPv4 address a UDP socket is bound to; `None` for any other descriptor.
+fn udp_bound(fd: libc::c_int) -> Option<SocketAddrV4> {
     let mut ty: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the out-pointers are valid for the lengths given; an fd that is not a socket
-    // makes the calls fail, nothing more.
+    // SAFETY: the out-pointers are valid for the lengths given; a descriptor that is not a
+    // socket makes the calls fail, nothing more.
     unsafe {
         if libc::getsockopt(
             fd,
@@ -459,28 +539,61 @@ fn is_unpinned_mdns_sender(fd: libc::c_int) -> bool {
         ) != 0
             || ty != libc::SOCK_DGRAM
         {
-            return false;
+            return None;
         }
         let mut sin: libc::sockaddr_in = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         if libc::getsockname(fd, (&mut sin as *mut libc::sockaddr_in).cast(), &mut len) != 0
             || i32::from(sin.sin_family) != libc::AF_INET
-            || u16::from_be(sin.sin_port) != MDNS_PORT
-            || sin.sin_addr.s_addr != 0
         {
-            return false;
+            return None;
         }
-        let mut cur: libc::in_addr = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::in_addr>() as libc::socklen_t;
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+            u16::from_be(sin.sin_port),
+        ))
+    }
+}
+
+/// The crate's receiving sockets: UDP, bound to the group's address and port.
+fn group_receivers() -> Vec<libc::c_int> {
+    own_fds()
+        .into_iter()
+        .filter(|fd| udp_bound(*fd) == Some(SocketAddrV4::new(MDNS_GROUP, MDNS_PORT)))
+        .collect()
+}
+
+/// A receiving socket of a retired instance hears nothing more: it leaves the group, and
+/// stops taking the groups other sockets joined (`IP_MULTICAST_ALL`, on by default). Its
+/// thread stays blocked in `recv`, and its cache no longer grows.
+fn silence(fd: libc::c_int, iface: Ipv4Addr) {
+    let zero: libc::c_int = 0;
+    let _ = setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, &zero);
+    let mreq = libc::ip_mreq {
+        imr_multiaddr: in_addr(MDNS_GROUP),
+        imr_interface: in_addr(iface),
+    };
+    // Fails if the interface is gone, which dropped the membership already.
+    let _ = setsockopt(fd, libc::IPPROTO_IP, libc::IP_DROP_MEMBERSHIP, &mreq);
+}
+
+fn is_unpinned_mdns_sender(fd: libc::c_int) -> bool {
+    if udp_bound(fd) != Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MDNS_PORT)) {
+        return false;
+    }
+    let mut cur = in_addr(Ipv4Addr::UNSPECIFIED);
+    let mut len = std::mem::size_of::<libc::in_addr>() as libc::socklen_t;
+    // SAFETY: the out-pointer is valid for the length given.
+    let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::IPPROTO_IP,
             libc::IP_MULTICAST_IF,
             (&mut cur as *mut libc::in_addr).cast(),
             &mut len,
-        ) == 0
-            && cur.s_addr == 0
-    }
+        )
+    };
+    rc == 0 && cur.s_addr == 0
 }
 
 /// A socket for our queries: source port 5353 (RFC 6762 §6: otherwise responders answer it

@@ -352,9 +352,11 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                match x % 5 {
+                match x % 7 {
                     0 => os.peer_joined(now, &NodeId::new("b").unwrap()),
                     1 => os.dial_result("a:1", Err(DialError::Unreachable("refused".into()))),
+                    2 => os.discovered(now, NodeId::new("c").unwrap(), "c:3".into()),
+                    3 => os.dial_result("c:3", Ok(())),
                     _ => {}
                 }
                 os.step(now, &mut c, false);
@@ -373,7 +375,7 @@ mod tests {
     fn the_wait_ends_when_every_configured_peer_is_reached() {
         let t0 = Instant::now();
         let mut c = core();
-        let mut os = OneShot::new(t0, vec!["a:1".into()], true, 1);
+        let mut os = OneShot::new(t0, vec!["a:1".into()], false, 1);
         os.step(t0, &mut c, false);
         assert_eq!(os.next_wakeup(), Some(t0 + CONNECT_DEADLINE));
         os.peer_joined(t0, &NodeId::new("b").unwrap());
@@ -381,6 +383,51 @@ mod tests {
         os.step(t0, &mut c, false);
         assert_eq!(os.next_wakeup(), None, "the wait is over");
         assert!(c.has_want(0), "the storage is claimed at once");
+    }
+
+    /// With discovery on, everyone known being here ends the wait only once announcements
+    /// had time to arrive; a node announced meanwhile is waited for too.
+    #[test]
+    fn with_discovery_the_wait_listens_first_and_waits_for_the_announced() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = core();
+        let mut os = OneShot::new(t0, vec!["a:1".into()], true, 1);
+        os.peer_joined(t0, &NodeId::new("b").unwrap());
+        os.dial_result("a:1", Ok(()));
+        os.step(t0, &mut c, false);
+        assert_eq!(os.next_wakeup(), Some(t0 + DISCOVERY_LISTEN));
+        assert!(!c.has_want(0));
+        let t1 = t0 + ms(500);
+        os.discovered(t1, NodeId::new("c").unwrap(), "198.18.0.3:1".into());
+        os.step(t0 + DISCOVERY_LISTEN, &mut c, false);
+        assert!(!c.has_want(0), "c was announced and is not here yet");
+        let t2 = t0 + DISCOVERY_LISTEN + ms(100);
+        os.dial_result("198.18.0.3:1", Ok(()));
+        os.peer_joined(t2, &NodeId::new("c").unwrap());
+        os.step(t2, &mut c, false);
+        assert_eq!(os.next_wakeup(), None, "the wait is over");
+        assert!(c.has_want(0));
+        let r = os.report(&c, 0, 0);
+        assert_eq!(r.found.len(), 1);
+        assert_eq!(r.found[0].unreached, None);
+    }
+
+    #[test]
+    fn with_discovery_and_nobody_the_run_says_nobody_was_found() {
+        let t0 = Instant::now();
+        let mut c = core();
+        let mut os = OneShot::new(t0, Vec::new(), true, 1);
+        os.step(t0, &mut c, false);
+        assert!(!os.is_finished());
+        os.step(t0 + CONNECT_DEADLINE, &mut c, false);
+        assert!(os.is_finished());
+        let r = os.report(&c, 0, 0);
+        assert!(
+            matches!(r.problem, Some(RunProblem::NoPeerFound { .. })),
+            "{r:?}"
+        );
+        assert!(!r.ok());
     }
 
     #[test]
