@@ -47,8 +47,9 @@ OPTIONS:
 
 EXIT CODES:
     0   success
-    1   the sync did not complete: no peer reachable, a configured peer not reached, a
-        storage not synchronized with a connected peer that has it, or files failed
+    1   the sync did not complete: no peer reachable (or none configured and none found by
+        discovery), a configured peer not reached, a storage not synchronized with a
+        connected peer that has it, or files failed
     2   bad command line or configuration (the message names the key and line); nothing done
     3   could not start (e.g. the port is in use)
 ";
