@@ -1,8 +1,8 @@
 //! Service discovery for real: nodes in network namespaces of their own (`ip netns`), joined
 //! by veth pairs to a bridge in one more namespace, addresses from 198.18.0.0/15, and real
-//! node processes started in them with `ip netns exec`. No multicast route is added: the
-//! announcements must find their interface by themselves, as on a machine whose only route
-//! is a default one elsewhere. Nothing leaves the namespaces, and they are removed when a
+//! node processes started in them with `ip netns exec`. No multicast route is added (but
+//! under qemu, see `Segment::build`): the announcements must find their interface by
+//! themselves, as on a machine whose only route is a default one elsewhere. Nothing leaves the namespaces, and they are removed when a
 //! test ends, failed or not. Where namespaces cannot be made (not root), each test says
 //! SKIPPED on the terminal and does nothing.
 
@@ -95,6 +95,12 @@ impl Segment {
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             self.set_addr(i, &format!("198.18.0.{i}"))?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            if std::env::var_os("IC_TEST_RUNNER").is_some() {
+                // qemu-user does not emulate IP_MULTICAST_IF, so under cross-test the node
+                // cannot pin its packets to eth0 (it says so) and needs the route a machine
+                // usually has. Natively, the namespaces have none: pinning is tested.
+                ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+            }
         }
         Ok(())
     }

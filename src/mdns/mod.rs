@@ -10,7 +10,7 @@
 //! - it joins the group on its interface but sends through whatever interface the routing
 //!   table picks for 224.0.0.251 (none on a machine without a default or multicast route):
 //!   after creating an instance, its sending socket is found among our descriptors and
-//!   pinned to the interface (`IP_MULTICAST_IF`, [`pin_new_senders`]);
+//!   pinned to the interface (`IP_MULTICAST_IF`, [`pin`]);
 //! - it queries for the service once, at creation: the query is sent again, pinned, from a
 //!   socket of ours during the first announcements ([`announce::query_packet`]);
 //! - it announces once: this thread announces again at 1 s, 3 s, then every minute;
@@ -345,7 +345,8 @@ impl Mdns {
         for (k, v) in announce::attributes(&self.opts.node_id, &self.opts.group_tag) {
             info = info.with_attribute(k, Some(v));
         }
-        let before = group_receivers();
+        let receivers_before = sockets_bound_to(MDNS_GROUP);
+        let senders_before = sockets_bound_to(Ipv4Addr::UNSPECIFIED);
         let sd = match ServiceDiscovery::new_with_scope(
             info,
             announce::SERVICE,
@@ -364,15 +365,19 @@ impl Mdns {
                 return None;
             }
         };
-        if pin_new_senders(iface.addr) == 0 {
+        let senders: Vec<libc::c_int> = sockets_bound_to(Ipv4Addr::UNSPECIFIED)
+            .into_iter()
+            .filter(|fd| !senders_before.contains(fd))
+            .collect();
+        if pin(&senders, iface.addr) == 0 {
             log::warn!(
                 "discovery: cannot pin announcements to {}; they follow the routing table",
                 iface.name
             );
         }
-        let receivers: Vec<libc::c_int> = group_receivers()
+        let receivers: Vec<libc::c_int> = sockets_bound_to(MDNS_GROUP)
             .into_iter()
-            .filter(|fd| !before.contains(fd))
+            .filter(|fd| !receivers_before.contains(fd))
             .collect();
         for fd in &receivers {
             let _ = setsockopt(*fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RECEIVE_BUFFER);
@@ -498,17 +503,19 @@ fn in_addr(a: Ipv4Addr) -> libc::in_addr {
     }
 }
 
-/// Pins the sending socket of the instance just created to `addr`'s interface. The crate
-/// keeps that socket private; it is the one descriptor of ours that is UDP, bound to
-/// 0.0.0.0:5353 and not yet pinned (earlier instances' are pinned, the crate's receiving
-/// socket is bound to the group, our query sockets are pinned when made). Returns how many
-/// sockets were pinned (the crate's clones of the socket share it: one).
-fn pin_new_senders(addr: Ipv4Addr) -> usize {
-    own_fds()
-        .into_iter()
+/// Pins the sending sockets in `senders` (the instance's, see [`sockets_bound_to`]) to
+/// `addr`'s interface. Returns how many were pinned (the crate's clones share one socket).
+fn pin(senders: &[libc::c_int], addr: Ipv4Addr) -> usize {
+    senders
+        .iter()
         .filter(|fd| {
-            is_unpinned_mdns_sender(*fd)
-                && setsockopt(*fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &in_addr(addr)).is_ok()
+            setsockopt(
+                **fd,
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_IF,
+                &in_addr(addr),
+            )
+            .is_ok()
         })
         .count()
 }
@@ -555,11 +562,13 @@ fn udp_bound(fd: libc::c_int) -> Option<SocketAddrV4> {
     }
 }
 
-/// The crate's receiving sockets: UDP, bound to the group's address and port.
-fn group_receivers() -> Vec<libc::c_int> {
+/// Our UDP sockets bound to `addr`:5353. The crate keeps its sockets private: those of the
+/// instance just made are the ones that were not there before (its sender is bound to
+/// 0.0.0.0, its receiver to the group's address; our query sockets are made afterwards).
+fn sockets_bound_to(addr: Ipv4Addr) -> Vec<libc::c_int> {
     own_fds()
         .into_iter()
-        .filter(|fd| udp_bound(*fd) == Some(SocketAddrV4::new(MDNS_GROUP, MDNS_PORT)))
+        .filter(|fd| udp_bound(*fd) == Some(SocketAddrV4::new(addr, MDNS_PORT)))
         .collect()
 }
 
@@ -577,28 +586,10 @@ fn silence(fd: libc::c_int, iface: Ipv4Addr) {
     let _ = setsockopt(fd, libc::IPPROTO_IP, libc::IP_DROP_MEMBERSHIP, &mreq);
 }
 
-fn is_unpinned_mdns_sender(fd: libc::c_int) -> bool {
-    if udp_bound(fd) != Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MDNS_PORT)) {
-        return false;
-    }
-    let mut cur = in_addr(Ipv4Addr::UNSPECIFIED);
-    let mut len = std::mem::size_of::<libc::in_addr>() as libc::socklen_t;
-    // SAFETY: the out-pointer is valid for the length given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MULTICAST_IF,
-            (&mut cur as *mut libc::in_addr).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && cur.s_addr == 0
-}
-
 /// A socket for our queries: source port 5353 (RFC 6762 §6: otherwise responders answer it
-/// by unicast, which the crate's receiver never sees), pinned to `addr`'s interface, and
-/// deaf to multicast (it is never read).
+/// by unicast, which the crate's receiver never sees), pinned to `addr`'s interface (where
+/// the kernel allows: qemu-user does not know `IP_MULTICAST_IF`), and
+/// deaf to multicast where the kernel allows (it is never read).
 fn query_socket(addr: Ipv4Addr) -> io::Result<UdpSocket> {
     // SAFETY: plain socket(2); the descriptor is owned by the UdpSocket made from it.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -611,8 +602,14 @@ fn query_socket(addr: Ipv4Addr) -> io::Result<UdpSocket> {
     let zero: libc::c_int = 0;
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)?;
-    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, &zero)?;
-    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &in_addr(addr))?;
+    if let Err(e) = setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &in_addr(addr)) {
+        // Then the query follows the routing table, as the crate's packets do.
+        log::debug!("discovery: cannot pin the query socket to {addr}: {e}");
+    }
+    // Best effort (qemu-user, for one, does not know it): without it the unread socket
+    // also gets the group's packets, in a receive buffer kept at the kernel's minimum.
+    let _ = setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, &zero);
+    let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &zero);
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: MDNS_PORT.to_be(),
