@@ -502,12 +502,9 @@ impl Net {
                 let p = &mut self.peers[i];
                 let mut news = false;
                 if p.discovered.is_some() {
+                    // A dial to the old address still in flight goes on; when it fails, the
+                    // redial goes to the new one.
                     news = p.expired(now) || p.resolved != Some(addr);
-                    if p.resolved != Some(addr) && p.in_flight.is_some() {
-                        // Still dialling the old address: its outcome decides; the next
-                        // announcement brings the new one again.
-                        return;
-                    }
                     p.discovered = Some(until);
                     p.text = addr.to_string();
                     p.resolved = Some(addr);
