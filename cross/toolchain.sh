@@ -2,7 +2,7 @@
 # Installs, idempotently, what builds and tests need beyond rustup's toolchain:
 #   deps  — system packages the test suite uses (iproute2 for network namespaces, procps,
 #           the linter of the shell scripts, shellcheck, BusyBox for the init-script test,
-#           GNU time for cross/qemu-rss.sh)
+#           GNU time for cross/qemu-rss.sh, python3 for the mDNS flood of tests/discovery.rs)
 #   host  — Debian's rustc-web/cargo-web 1.85, the MSRV toolchain, as /usr/bin/{rustc,cargo}
 #   cross — host, plus what `make cross-test` and `make dist` need to build for and run on
 #           armv7 (Debian armhf) and aarch64 (Debian arm64) without Docker: the 1.85 standard
@@ -138,6 +138,8 @@ case "${1:-}" in
     command -v pkill >/dev/null || missing+=(procps)
     command -v shellcheck >/dev/null || missing+=(shellcheck)
     command -v busybox >/dev/null || missing+=(busybox)
+    # tests/discovery.rs floods mDNS from a small Python script.
+    command -v python3 >/dev/null || missing+=(python3)
     [ -x /usr/bin/time ] || missing+=(time)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
     ;;
