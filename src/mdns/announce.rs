@@ -70,8 +70,8 @@ pub enum Ignored {
     Malformed(&'static str),
 }
 
-/// A peer to dial, read from an announcement's attributes, addresses and ports. An address
-/// in one of `local` networks (ours) is preferred when several are announced.
+/// A peer to dial, read from an announcement's attributes, addresses and ports: the first
+/// of its addresses on one of `local`'s networks (the interfaces we announce on).
 pub fn read(
     own: &NodeId,
     group_tag: &[u8; 16],
@@ -110,12 +110,14 @@ pub fn read(
         })
         .collect();
     v4.sort();
-    let on_link = v4
+    // Multicast DNS does not cross routers: a peer heard here is on one of our networks. An
+    // address elsewhere could only aim this node's dials at some other host.
+    let addr = v4
         .iter()
-        .find(|a| local.iter().any(|i| i.same_network(**a)));
-    let addr = on_link
-        .or(v4.first())
-        .ok_or(Ignored::Malformed("no usable IPv4 address"))?;
+        .find(|a| local.iter().any(|i| i.same_network(**a)))
+        .ok_or(Ignored::Malformed(
+            "no IPv4 address on this node's networks",
+        ))?;
     Ok((node, SocketAddr::new(IpAddr::V4(*addr), port)))
 }
 
@@ -449,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn an_address_on_our_network_is_preferred() {
+    fn only_an_address_on_our_networks_is_dialled() {
         let got = read(
             &id("a"),
             &TAG,
@@ -459,6 +461,20 @@ mod tests {
             &lan(),
         );
         assert_eq!(got.unwrap().1, "198.18.0.9:5".parse().unwrap());
+        // A forged announcement pointing at a host elsewhere (to make every node of the
+        // segment dial it) is refused.
+        let elsewhere = read(
+            &id("a"),
+            &TAG,
+            &attrs("b", &TAG),
+            [ip("203.0.113.7")],
+            [22],
+            &lan(),
+        );
+        assert!(
+            matches!(elsewhere, Err(Ignored::Malformed(_))),
+            "{elsewhere:?}"
+        );
     }
 
     #[test]
