@@ -528,9 +528,14 @@ fn a_flood_of_announcements_pauses_discovery_and_memory_stops_growing() {
     std::fs::write(roots[1].join("after.txt"), b"after").unwrap();
     converge(&roots, &["after.txt"], "during the flood", &[&a, &b]);
     let after = rss_kib(a.pid());
-    assert!(
-        after < before + 1024,
-        "memory grew from {before} to {after} KiB during a paused flood"
-    );
+    // Under cross-test the process is qemu, whose RSS grows with the code it translates
+    // (the session above runs paths not run before): natively only. The pause itself, and
+    // the peer unaffected by it, are checked everywhere.
+    if std::env::var_os("IC_TEST_RUNNER").is_none() {
+        assert!(
+            after < before + 1024,
+            "memory grew from {before} to {after} KiB during a paused flood"
+        );
+    }
     assert_eq!(a.count_log("(a flood?)"), 1, "{}", a.log());
 }
