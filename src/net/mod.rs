@@ -162,6 +162,8 @@ struct Net {
     peers: Vec<PeerAddr>,
     /// Reading is paused because `sync` is behind.
     read_paused: bool,
+    /// A connection stopped at its read budget with data left (`read_pending` says which).
+    more_to_read: bool,
     /// Shutting down: flushing what is queued, accepting nothing new.
     draining: bool,
     drain_expired: bool,
@@ -204,6 +206,7 @@ impl Net {
             timers: BinaryHeap::new(),
             peers,
             read_paused: false,
+            more_to_read: false,
             draining: false,
             drain_expired: false,
             admission: Admission::default(),
@@ -230,10 +233,14 @@ impl Net {
         }
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            let timeout = if self.more_to_read && !self.read_paused {
+                // Data is waiting in a socket: look at the others and come straight back.
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .peek()
+                    .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -275,6 +282,7 @@ impl Net {
                 return;
             }
             self.maybe_resume_reading();
+            self.read_more();
         }
     }
 
@@ -750,56 +758,86 @@ impl Net {
             }
             return;
         }
-        loop {
-            let Some(c) = self.conns.get_mut(&id) else {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.state == ConnState::Connecting || c.state == ConnState::Closing {
+            return;
+        }
+        // Checked before every read, not only when a read budget runs out: a peer whose
+        // frames always fit one read would otherwise never be paused.
+        if self.own.inbound.load() > IN_HIGH {
+            c.read_pending = true;
+            self.pause_reading();
+            return;
+        }
+        let outcome = c.read_frames();
+        let (frames, status) = match outcome {
+            ReadOutcome::Frames(frames, status) => (frames, status),
+            ReadOutcome::Error(reason) => {
+                let who = c.describe();
+                log::warn!("disconnecting {who}: {reason}");
+                if c.state == ConnState::Handshaking {
+                    c.refusal = Some(DialError::BadHandshake(reason.clone()));
+                }
+                self.refuse(id, &reason);
                 return;
-            };
-            if c.state == ConnState::Connecting || c.state == ConnState::Closing {
+            }
+            ReadOutcome::Refused(why) => {
+                log::warn!("refusing {}: {why}", c.describe());
+                c.refusal = Some(why);
+                self.linger_close(id);
                 return;
             }
-            // Checked before every read, not only when a read budget runs out: a peer whose
-            // frames always fit one read would otherwise never be paused.
-            if self.own.inbound.load() > IN_HIGH {
-                c.read_pending = true;
-                self.pause_reading();
+        };
+        // Reading may have advanced the link, which queues bytes of its own (the
+        // handshake's reply, our sealed Hello): they go out now, not with the next
+        // message.
+        self.flush(id);
+        for (msg, size) in frames {
+            if !self.handle_frame(id, msg, size) {
                 return;
             }
-            let outcome = c.read_frames();
-            let (frames, status) = match outcome {
-                ReadOutcome::Frames(frames, status) => (frames, status),
-                ReadOutcome::Error(reason) => {
-                    let who = c.describe();
-                    log::warn!("disconnecting {who}: {reason}");
-                    if c.state == ConnState::Handshaking {
-                        c.refusal = Some(DialError::BadHandshake(reason.clone()));
-                    }
-                    self.refuse(id, &reason);
-                    return;
+        }
+        match status {
+            conn::ReadStatus::WouldBlock => {}
+            conn::ReadStatus::Closed => self.close(id, "connection closed by peer"),
+            conn::ReadStatus::More => {
+                // A read budget's worth, and there may be more: back to the poll loop
+                // first, so that timers (our pings) and the other connections get
+                // their turn. A peer sending faster than we decrypt (a Pi, qemu) kept
+                // a loop here going for a minute, and our silence made its peers drop us.
+                // Readiness is edge-triggered: `read_more` reads it again.
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.read_pending = true;
                 }
-                ReadOutcome::Refused(why) => {
-                    log::warn!("refusing {}: {why}", c.describe());
-                    c.refusal = Some(why);
-                    self.linger_close(id);
-                    return;
-                }
-            };
-            // Reading may have advanced the link, which queues bytes of its own (the
-            // handshake's reply, our sealed Hello): they go out now, not with the next
-            // message.
-            self.flush(id);
-            for (msg, size) in frames {
-                if !self.handle_frame(id, msg, size) {
-                    return;
-                }
+                self.more_to_read = true;
             }
-            match status {
-                conn::ReadStatus::WouldBlock => return,
-                conn::ReadStatus::Closed => {
-                    self.close(id, "connection closed by peer");
-                    return;
-                }
-                conn::ReadStatus::More => {}
+        }
+    }
+
+    /// Reads on from connections that stopped at their read budget (one budget each, in
+    /// turn), unless reading is paused (then `maybe_resume_reading` takes them).
+    fn read_more(&mut self) {
+        if !self.more_to_read || self.read_paused {
+            return;
+        }
+        self.more_to_read = false;
+        let pending: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.read_pending)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            if self.read_paused {
+                // Paused meanwhile: the rest keep their flag for `maybe_resume_reading`.
+                break;
             }
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.read_pending = false;
+            }
+            self.on_readable(id);
         }
     }
 
