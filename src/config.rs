@@ -560,28 +560,23 @@ impl<'a> Parser<'a> {
     }
 
     fn peers(&self, item: &Item<'_>) -> Result<Vec<String>, ConfigError> {
-        let Some(arr) = item.get_ref().as_array() else {
-            return Err(self.type_err(item, "peers", "an array of \"host:port\" strings"));
-        };
-        let mut out = Vec::new();
-        for (i, el) in arr.iter().enumerate() {
-            let key = format!("peers[{i}]");
-            let s = self.string(el, &key)?;
-            check_peer_addr(s).map_err(|m| self.err(el, &key, format!("{s:?}: {m}")))?;
-            if out.iter().any(|p| p == s) {
-                return Err(self.err(el, &key, format!("{s:?} is listed twice")));
-            }
-            out.push(s.to_owned());
-        }
-        Ok(out)
+        self.unique_strings(
+            item,
+            "peers",
+            "an array of \"host:port\" strings",
+            check_peer_addr,
+        )
     }
 
     fn interfaces(&self, item: &Item<'_>) -> Result<Vec<String>, ConfigError> {
         let key = "discovery_interfaces";
-        let Some(arr) = item.get_ref().as_array() else {
-            return Err(self.type_err(item, key, "an array of interface names (\"eth0\")"));
-        };
-        if arr.is_empty() {
+        let out = self.unique_strings(
+            item,
+            key,
+            "an array of interface names (\"eth0\")",
+            check_interface_name,
+        )?;
+        if out.is_empty() {
             return Err(self.err(
                 item,
                 key,
@@ -589,11 +584,25 @@ impl<'a> Parser<'a> {
                  enable_service_discovery = false",
             ));
         }
-        let mut out = Vec::new();
+        Ok(out)
+    }
+
+    /// An array of strings under `key`, each passing `check`, none listed twice.
+    fn unique_strings(
+        &self,
+        item: &Item<'_>,
+        key: &str,
+        expected: &str,
+        check: fn(&str) -> Result<(), &'static str>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(arr) = item.get_ref().as_array() else {
+            return Err(self.type_err(item, key, expected));
+        };
+        let mut out: Vec<String> = Vec::new();
         for (i, el) in arr.iter().enumerate() {
             let key = format!("{key}[{i}]");
             let s = self.string(el, &key)?;
-            check_interface_name(s).map_err(|m| self.err(el, &key, format!("{s:?}: {m}")))?;
+            check(s).map_err(|m| self.err(el, &key, format!("{s:?}: {m}")))?;
             if out.iter().any(|p| p == s) {
                 return Err(self.err(el, &key, format!("{s:?} is listed twice")));
             }

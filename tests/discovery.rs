@@ -156,19 +156,7 @@ impl Segment {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn one-shot");
-        let pid = child.id() as i32;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(limit) {
-            Ok(out) => out.expect("one-shot output"),
-            Err(_) => {
-                // SAFETY: kill(2) on our own child that outlived its deadline.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("one-shot run did not finish within {limit:?}");
-            }
-        }
+        common::output_within(child, limit)
     }
 }
 

@@ -823,15 +823,21 @@ impl Net {
             return;
         }
         self.more_to_read = false;
-        let pending: Vec<ConnId> = self
+        self.read_marked();
+    }
+
+    /// Reads every connection marked `read_pending`: readiness is edge-triggered, so data
+    /// left in a socket (at a read budget's end, or while reading was paused) produces no
+    /// new event. Stops if reading is paused meanwhile; the rest keep their mark.
+    fn read_marked(&mut self) {
+        let marked: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(_, c)| c.read_pending)
             .map(|(id, _)| *id)
             .collect();
-        for id in pending {
+        for id in marked {
             if self.read_paused {
-                // Paused meanwhile: the rest keep their flag for `maybe_resume_reading`.
                 break;
             }
             if let Some(c) = self.conns.get_mut(&id) {
@@ -853,20 +859,7 @@ impl Net {
         }
         self.read_paused = false;
         self.own.inbound.paused.store(false, Ordering::Release);
-        let pending: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.read_pending)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in pending {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.read_pending = false;
-            }
-            // Edge-triggered readiness: data that arrived while paused produces no new
-            // event, so read it now.
-            self.on_readable(id);
-        }
+        self.read_marked();
     }
 
     /// Handles one decoded frame. Returns false if the connection was closed.

@@ -490,6 +490,12 @@ pub fn oneshot_within(config: &Path, limit: Duration) -> Output {
         let _ = child.wait();
         child = spawn();
     }
+    output_within(child, limit)
+}
+
+/// Waits for a one-shot run's `child` with piped output; kills it (and fails the test,
+/// showing what it printed) after `limit`.
+pub fn output_within(child: std::process::Child, limit: Duration) -> Output {
     let pid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
