@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod peer;
+pub mod target;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
