@@ -32,6 +32,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes read from one socket before yielding to the loop, so one busy peer cannot
 /// starve the others or overrun the inbound gauge by much.
 const READ_BUDGET: usize = 1024 * 1024;
+/// Most frames decoded from one socket before yielding to the loop. A decoded message
+/// takes far more memory than its frame (a 5-byte Ping is a whole `Message`): a read
+/// budget of the smallest frames decoded at once held 20 MiB.
+const FRAMES_BUDGET: usize = 1024;
 /// Buffers larger than this are shrunk back when they become empty.
 const SHRINK_ABOVE: usize = 2 * 1024 * 1024;
 /// Small frames are appended to the last output buffer while it is shorter than this.
@@ -107,6 +111,8 @@ pub struct Conn {
     pub dialed: Option<usize>,
     pub state: ConnState,
     pub peer: Option<NodeId>,
+    /// The port the peer says it listens on (its `Hello`; 0: none, or not yet known).
+    pub hello_port: u16,
     /// `Connected` was sent to `sync`, so `Disconnected` must be too.
     pub announced: bool,
     /// Why the handshake failed, when it did: what a failed dial reports.
@@ -155,6 +161,7 @@ impl Conn {
             dialed,
             state: ConnState::Connecting,
             peer: None,
+            hello_port: 0,
             announced: false,
             refusal: None,
             since: now,
@@ -354,7 +361,7 @@ impl Conn {
         let mut frames = Vec::new();
         let mut read_total = 0;
         let status = loop {
-            if read_total >= READ_BUDGET {
+            if read_total >= READ_BUDGET || frames.len() >= FRAMES_BUDGET {
                 break ReadStatus::More;
             }
             let want = self.next_frame_need().max(self.rlen + READ_CHUNK);

@@ -17,7 +17,7 @@ pub mod link;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,6 +58,28 @@ pub const MAX_DISCOVERED: usize = 64;
 /// How long the larger node id of a pair that discovered each other waits for the smaller
 /// one's dial before dialling itself.
 const DISCOVERED_DEFER: Duration = Duration::from_millis(700);
+
+/// Most peers linked at once (configured ones may exceed it, see [`Net::peer_limit_reached`]).
+/// Each costs a descriptor, buffers and a place in every index summary this node sends as a
+/// follower, whose list of peers a receiver caps at 256 on decode; 128 stays well under
+/// that and, with the handshakes admission lets through (`admit::PENDING_MAX`, 64) and the
+/// files `sync` opens, well under the usual 1024 descriptors.
+pub const MAX_PEERS: usize = 128;
+/// Most bytes queued for one connection (its outbound gauge) before it is cut off as a
+/// peer that does not read. Beyond `OUT_HIGH`, which paces file data, `sync` queues index
+/// and plan streams whole, as fast as it reads them from its store (about 100-150 bytes an
+/// entry): 64 MiB holds the stream of some 500,000 entries, five times the first sync of
+/// 100,000 files this daemon is sized for, so an honest slow peer mid-session is not cut,
+/// while a peer that never reads costs at most this much.
+pub const OUT_MAX: usize = 64 * 1024 * 1024;
+/// When accepting failed for want of descriptors, the listener is tried again after this:
+/// its readiness is edge-triggered, and connections left waiting in its backlog would
+/// produce no new event.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+/// A limit hit again within this time is not logged again (the same limit, or per node id).
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Node ids whose conflicts' log times are remembered; past this the old ones are forgotten.
+const CONFLICTS_REMEMBERED: usize = 256;
 
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -122,6 +144,8 @@ enum Timer {
     Redial(usize),
     /// End of the shutdown grace period.
     Drained,
+    /// Try the listener again (accepting failed for want of descriptors).
+    Accept,
 }
 
 struct PeerAddr {
@@ -169,6 +193,32 @@ struct Net {
     drain_expired: bool,
     /// Limits on incoming connections that have not finished their handshake.
     admission: Admission,
+    /// A descriptor held in reserve (`/dev/null`): out of descriptors, it is closed to accept
+    /// and at once close one waiting connection, so the backlog drains instead of filling
+    /// up with connections nobody takes (see [`Net::refuse_waiting`]).
+    reserve: Option<std::fs::File>,
+    /// A `Timer::Accept` is pending.
+    accept_retry: bool,
+    /// When running out of descriptors was last logged.
+    fds_logged: Option<Instant>,
+    /// When the peer limit was last logged.
+    limit_logged: Option<Instant>,
+    /// When a node id conflict was last logged, per node id.
+    conflicts_logged: HashMap<NodeId, Instant>,
+}
+
+/// Whether to log now, given when it was last logged; updates the stamp if so.
+fn log_due(last: &mut Option<Instant>, now: Instant) -> bool {
+    let due = last.is_none_or(|t| now >= t + LOG_EVERY);
+    if due {
+        *last = Some(now);
+    }
+    due
+}
+
+/// An address as one host: IPv4 connections to a dual-stack listener arrive mapped.
+fn host(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
 impl Net {
@@ -210,6 +260,11 @@ impl Net {
             draining: false,
             drain_expired: false,
             admission: Admission::default(),
+            reserve: std::fs::File::open("/dev/null").ok(),
+            accept_retry: false,
+            fds_logged: None,
+            limit_logged: None,
+            conflicts_logged: HashMap::new(),
         }
     }
 
@@ -346,6 +401,12 @@ impl Net {
                     }
                 }
                 Timer::Drained => self.drain_expired = true,
+                Timer::Accept => {
+                    self.accept_retry = false;
+                    if !self.draining {
+                        self.accept();
+                    }
+                }
             }
         }
     }
@@ -365,6 +426,11 @@ impl Net {
             ConnState::Ready if now >= c.last_recv + IDLE_TIMEOUT => {
                 Some("peer silent for too long")
             }
+            // A peer that keeps talking but takes nothing of what we send would hold its
+            // queue (up to `OUT_MAX`) and its descriptor for ever.
+            ConnState::Ready if c.has_output() && now >= c.last_send + IDLE_TIMEOUT => {
+                Some("peer read nothing for too long")
+            }
             _ => None,
         };
         if let Some(reason) = reason {
@@ -376,14 +442,30 @@ impl Net {
             if c.shrink_idle() {
                 crate::mem::release_free();
             }
-            c.queue(&LinkMsg::Ping.into(), true);
-            self.flush(id);
+            // Output still waiting says we are alive as well, once the peer reads it; a
+            // Ping queued behind it every time would only add to it.
+            if !c.has_output() {
+                c.queue(&LinkMsg::Ping.into(), true);
+                self.flush(id);
+            }
         }
         let next = match self.conns.get(&id) {
             Some(c) => match c.state {
                 ConnState::Connecting => c.since + CONNECT_TIMEOUT,
                 ConnState::Handshaking => c.since + HANDSHAKE_TIMEOUT,
-                _ => (c.last_recv + IDLE_TIMEOUT).min(c.last_send + PING_AFTER),
+                _ => {
+                    // Nothing written for a while (a peer not reading): the next look is a
+                    // ping's interval away, not at once again.
+                    let ping_at = c.last_send + PING_AFTER;
+                    let ping_at = if ping_at <= now {
+                        now + PING_AFTER
+                    } else {
+                        ping_at
+                    };
+                    let stall_at = c.last_send + IDLE_TIMEOUT;
+                    let stall_at = if c.has_output() { stall_at } else { ping_at };
+                    (c.last_recv + IDLE_TIMEOUT).min(ping_at).min(stall_at)
+                }
             },
             None => return,
         };
@@ -454,6 +536,19 @@ impl Net {
             match listener.accept() {
                 Ok((stream, addr)) => {
                     let id = self.next_id;
+                    // A stranger that could not be linked anyway costs no handshake; a
+                    // configured peer's address may use the reserve above the limit.
+                    let reserved = self.is_configured_ip(addr.ip());
+                    if self.peer_limit_reached(reserved) {
+                        if log_due(&mut self.limit_logged, Instant::now()) {
+                            log::warn!(
+                                "refusing connections from strangers: too many peers \
+                                 ({MAX_PEERS}) (logged once a minute)"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
                     match self.admission.admit(id, addr.ip(), Instant::now()) {
                         Verdict::Refuse { why, log } => {
                             if log {
@@ -483,15 +578,96 @@ impl Net {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and try again on the next event rather than
-                    // spinning.
-                    log::warn!("accept failed: {e}");
+                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    if out_of_fds {
+                        if log_due(&mut self.fds_logged, Instant::now()) {
+                            log::warn!(
+                                "out of file descriptors ({e}): refusing incoming connections \
+                                 until some are free (logged once a minute)"
+                            );
+                        }
+                        if self.refuse_waiting() {
+                            continue;
+                        }
+                    } else {
+                        log::warn!("accept failed: {e}");
+                    }
+                    // Not spinning on it, but not waiting for an event either: readiness
+                    // is edge-triggered, and what waits in the backlog would wait for ever.
+                    if !self.accept_retry {
+                        self.accept_retry = true;
+                        self.set_timer(Instant::now() + ACCEPT_RETRY, Timer::Accept);
+                    }
                     return;
                 }
             }
         }
+    }
+
+    /// Out of descriptors: closes the reserve, accepts one waiting connection and closes it
+    /// at once, then takes the reserve back. Returns whether one was refused (so the
+    /// backlog can be drained on); false when there is no reserve or nothing came of it.
+    fn refuse_waiting(&mut self) -> bool {
+        let Some(reserve) = self.reserve.take() else {
+            return false;
+        };
+        drop(reserve);
+        let refused = match self.listener.as_ref().map(|l| l.accept()) {
+            Some(Ok((stream, addr))) => {
+                log::debug!("refused connection from {addr}: out of file descriptors");
+                drop(stream);
+                true
+            }
+            _ => false,
+        };
+        // Another thread may have taken the descriptor meanwhile: then the retry timer
+        // tries again, and so does the next shortage.
+        self.reserve = std::fs::File::open("/dev/null").ok();
+        refused && self.reserve.is_some()
+    }
+
+    /// Configured peer addresses (not discovered ones): the reserve above [`MAX_PEERS`].
+    fn configured(&self) -> usize {
+        self.peers.iter().filter(|p| p.discovered.is_none()).count()
+    }
+
+    /// Whether `ip` is the address of a configured peer.
+    fn is_configured_ip(&self, ip: IpAddr) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.discovered.is_none() && p.resolved.is_some_and(|a| host(a.ip()) == host(ip)))
+    }
+
+    /// Whether connection `id` goes to a configured peer: dialled for a configured
+    /// address, or coming from a configured peer's address.
+    fn is_configured_conn(&self, id: ConnId) -> bool {
+        let Some(c) = self.conns.get(&id) else {
+            return false;
+        };
+        match c.dialed {
+            Some(i) => self.peers.get(i).is_some_and(|p| p.discovered.is_none()),
+            None => self.is_configured_ip(c.addr.ip()),
+        }
+    }
+
+    /// Whether one more peer would be too many. A crowd of strangers must not lock friends
+    /// out: configured peers have a reserve above [`MAX_PEERS`], one place each.
+    fn peer_limit_reached(&self, configured: bool) -> bool {
+        let limit = if configured {
+            MAX_PEERS + self.configured()
+        } else {
+            MAX_PEERS
+        };
+        self.by_node.len() >= limit
     }
 
     /// An announcement of our group: the node is dialled unless it is connected. A known
@@ -709,6 +885,15 @@ impl Net {
             self.close(id, &format!("write failed: {e}"));
             return;
         }
+        if after > OUT_MAX {
+            log::warn!(
+                "disconnecting {}: {after} bytes queued for it, more than {OUT_MAX}: it does \
+                 not read what it is sent",
+                c.describe()
+            );
+            self.close(id, "does not read what it is sent");
+            return;
+        }
         let pending = c.has_output();
         if pending != c.write_interest {
             let interest = if pending {
@@ -890,8 +1075,13 @@ impl Net {
                 false
             }
             (ConnState::Ready, Message::Link(LinkMsg::Ping)) => {
-                c.queue(&LinkMsg::Pong.into(), true);
-                self.flush(id);
+                // Output still queued will prove we are alive as well as a Pong. Answering
+                // every Ping of a peer that floods them and reads nothing grew our memory
+                // by 118 MiB in seconds.
+                if !c.has_output() {
+                    c.queue(&LinkMsg::Pong.into(), true);
+                    self.flush(id);
+                }
                 true
             }
             (ConnState::Ready, Message::Link(LinkMsg::Pong)) => true,
@@ -935,11 +1125,19 @@ impl Net {
             return false;
         }
         let node = h.node_id.clone();
-        let Some(c) = self.conns.get(&id) else {
+        let Some(c) = self.conns.get_mut(&id) else {
             return false;
         };
+        c.hello_port = h.listen_port;
         let dialed_by_us = c.dialed.is_some();
         let addr = c.addr;
+        if let Some(reason) = self.id_conflict(id, &node) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.refusal = Some(DialError::BadHandshake(reason.clone()));
+            }
+            self.refuse(id, &reason);
+            return false;
+        }
         // Configured addresses this incoming peer listens at: reached, though not by us.
         let mut found_at = Vec::new();
         if !dialed_by_us && h.listen_port != 0 {
@@ -953,6 +1151,7 @@ impl Net {
                 }
             }
         }
+        let replacing = self.by_node.contains_key(&node);
         // One connection per peer. A connection that has been up for a while is kept: it may
         // carry a session. Two that came up together (both nodes dialled at once) are settled
         // by a rule both ends apply alike: keep the one dialled by the smaller node id.
@@ -960,7 +1159,7 @@ impl Net {
             let old_conn = self.conns.get(&old);
             let old_dialed_by_us = old_conn.is_some_and(|c| c.dialed.is_some());
             let old_settled = old_conn.is_some_and(|c| c.since.elapsed() >= SETTLE_TIME);
-            let we_are_smaller = local.node_id < node;
+            let we_are_smaller = self.opts.local.node_id < node;
             let preferred_is_ours = we_are_smaller;
             let new_preferred = dialed_by_us == preferred_is_ours;
             let old_preferred = old_dialed_by_us == preferred_is_ours;
@@ -972,6 +1171,17 @@ impl Net {
             }
             log::debug!("replacing connection {old} to {node} with {id}");
             self.close(old, "replaced by the preferred duplicate");
+        }
+        if !replacing && self.peer_limit_reached(self.is_configured_conn(id)) {
+            let reason = format!("too many peers ({MAX_PEERS})");
+            if let Some(c) = self.conns.get_mut(&id) {
+                if log_due(&mut self.limit_logged, Instant::now()) {
+                    log::warn!("refusing {}: {reason} (logged once a minute)", c.describe());
+                }
+                c.refusal = Some(DialError::BadHandshake(reason.clone()));
+            }
+            self.refuse(id, &reason);
+            return false;
         }
         let Some(c) = self.conns.get_mut(&id) else {
             return false;
@@ -1002,6 +1212,51 @@ impl Net {
             });
         }
         true
+    }
+
+    /// Whether connection `id`, whose `Hello` names `node`, conflicts with the connection
+    /// `node` already has: another node using the same id. Returns the reason to refuse it
+    /// with, after logging it (once a minute per id).
+    ///
+    /// Another listening port is another node (a node sends the same port on every
+    /// connection). Another address is one only once the first connection has settled:
+    /// two nodes dialling each other at once may see each other at different addresses
+    /// (a host with several), and the duplicate rule settles those quietly.
+    fn id_conflict(&mut self, id: ConnId, node: &NodeId) -> Option<String> {
+        let old = self.conns.get(self.by_node.get(node)?)?;
+        let new = self.conns.get(&id)?;
+        let other_port = old.hello_port != new.hello_port;
+        let other_host = host(old.addr.ip()) != host(new.addr.ip());
+        let settled = old.since.elapsed() >= SETTLE_TIME;
+        let conflict = other_port || (other_host && settled);
+        if !conflict {
+            return None;
+        }
+        let at = |c: &Conn| match c.hello_port {
+            0 => format!("{} (not listening)", c.addr),
+            p => format!("{} (listening on port {p})", c.addr),
+        };
+        let (old_at, new_at) = (at(old), at(new));
+        let now = Instant::now();
+        if self.conflicts_logged.len() >= CONFLICTS_REMEMBERED {
+            self.conflicts_logged.retain(|_, t| now < *t + LOG_EVERY);
+            if self.conflicts_logged.len() >= CONFLICTS_REMEMBERED {
+                self.conflicts_logged.clear();
+            }
+        }
+        let mut last = self.conflicts_logged.get(node).copied();
+        if log_due(&mut last, now) {
+            self.conflicts_logged.insert(node.clone(), now);
+            log::warn!(
+                "node id conflict: {node} is connected from {old_at}, and a connection from \
+                 {new_at} claims the same id: refusing it (node ids must be unique in a group; \
+                 logged once a minute per id)"
+            );
+        }
+        Some(format!(
+            "node id conflict: {node} is already connected from {old_at} (node ids must be \
+             unique in a group: set node_id)"
+        ))
     }
 
     fn note_dial_ok(&mut self, id: ConnId, node: &NodeId) {

@@ -247,3 +247,35 @@ pub fn expect_session_start(p: &mut RawPeer) -> u64 {
         other => panic!("expected SessionStart, got {other:?}"),
     }
 }
+
+impl Target {
+    /// Like `start`, with the binary started through `wrapper` (see `Daemon::start_via`; e.g.
+    /// `prlimit --nofile=64:64`) and its config amended by `amend` (e.g. a configured peer).
+    pub fn start_custom(
+        tag: &str,
+        enc: Enc,
+        wrapper: &[&str],
+        amend: impl FnOnce(NodeConfig) -> NodeConfig,
+    ) -> Target {
+        let dir = TestDir::new(&format!("{tag}-{enc:?}"));
+        dir.write("store/keep.txt", b"already here\n");
+        dir.write("outside/marker.txt", b"must stay exactly as it is\n");
+        let cfg = amend(
+            NodeConfig::new(DAEMON_ID)
+                .encryption(&enc.toml())
+                .storage(STORAGE, &dir.join("store")),
+        );
+        let port = cfg.port;
+        let daemon = Daemon::start_via(wrapper, &cfg.write(dir.path()));
+        let around_before = around_storage(dir.path());
+        let store_before = manifest(&dir.join("store"));
+        Target {
+            dir,
+            daemon,
+            port,
+            enc,
+            around_before,
+            store_before,
+        }
+    }
+}
