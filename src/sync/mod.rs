@@ -58,9 +58,9 @@ struct SyncThread {
     core: Core,
     shell: Shell,
     oneshot: Option<OneShot>,
+    /// Whether the shell was idle (nothing to send or sign) at the last tick.
+    idle_at_tick: bool,
     next_cron: Option<SystemTime>,
-    /// The session running at the last tick, to notice when one ends.
-    last_session: Option<u64>,
 }
 
 /// What the thread waits on.
@@ -103,7 +103,10 @@ pub fn run(
     let mut done = Some(done);
     loop {
         let busy = t.pump();
-        let timeout = if busy {
+        // Pumping can end a session (its last send) or drain the outbox a one-shot run
+        // waits for: the tick that acts on it must come now, not at the next event, which
+        // may never come.
+        let timeout = if busy || t.needs_tick() {
             Duration::ZERO
         } else {
             t.next_wakeup()
@@ -215,8 +218,8 @@ impl SyncThread {
             core,
             shell,
             oneshot,
+            idle_at_tick: true,
             next_cron,
-            last_session: None,
         })
     }
 
@@ -360,8 +363,10 @@ impl SyncThread {
                 }
             }
             TransferMsg::FileReject { xid, reason } => {
-                log::info!("{from} declined a file: {reason}");
-                shell.outbox.engine.drop_receiver(conn, Some(xid));
+                match shell.outbox.engine.drop_receiver(conn, Some(xid)) {
+                    Some(path) => log::warn!("{from} declined {path}: {reason}"),
+                    None => log::info!("{from} declined a file: {reason}"),
+                }
             }
         }
     }
@@ -384,13 +389,15 @@ impl SyncThread {
             }
             ChunkOutcome::Ended(ended) => {
                 self.core.on_progress(now);
-                shell.send_to(
-                    from,
-                    TransferMsg::FileReject {
-                        xid,
-                        reason: "the receiver cannot take it".into(),
-                    },
-                );
+                // The sender's summary says why (a full disk, a read-only file system),
+                // not just that the file failed.
+                let reason = match &ended.end {
+                    RecvEnd::Failed(why) | RecvEnd::KeptLocal(why) | RecvEnd::Aborted(why) => {
+                        why.clone()
+                    }
+                    RecvEnd::Committed { .. } => String::new(),
+                };
+                shell.send_to(from, TransferMsg::FileReject { xid, reason });
                 self.received(vec![ended]);
             }
         }
@@ -493,6 +500,11 @@ impl SyncThread {
         at.saturating_duration_since(now)
     }
 
+    /// Something changed since the last tick that only a tick acts on.
+    fn needs_tick(&self) -> bool {
+        self.core.has_ended() || self.shell.is_idle() != self.idle_at_tick
+    }
+
     fn tick(&mut self) {
         let now = Instant::now();
         if let Some(at) = self.next_cron {
@@ -517,15 +529,17 @@ impl SyncThread {
         self.core.tick(now, &mut self.shell);
         self.after_session_changes();
         let busy = !self.shell.is_idle();
+        self.idle_at_tick = !busy;
         if let Some(os) = &mut self.oneshot {
             os.step(now, &mut self.core, busy);
         }
     }
 
-    /// When the session this thread took part in is over (whatever ended it).
+    /// When a session this thread took part in is over (whatever ended it; it may have
+    /// started and ended since the last look).
     fn after_session_changes(&mut self) {
-        let current = self.core.session_info().map(|(sid, _, _)| sid);
-        if let Some(old) = self.last_session.filter(|&s| current != Some(s)) {
+        let ended = self.core.take_ended();
+        for &old in &ended {
             // Sends and signatures are only pumped while a session runs: anything the one
             // that ended left behind would never drain, and would keep a one-shot run
             // "busy" for ever.
@@ -533,6 +547,8 @@ impl SyncThread {
                 log::debug!("session {old:016x} ended with work queued; dropping it");
                 core::Io::cancel_session(&mut self.shell, old);
             }
+        }
+        if !ended.is_empty() {
             let (sent, received) = self.shell.net.traffic.get();
             log::info!(
                 "network so far: sent {sent} bytes, received {received} bytes; {} database \
@@ -541,7 +557,6 @@ impl SyncThread {
             );
             self.shell.note_spent();
         }
-        self.last_session = current;
     }
 
     /// The one-shot run's report, once (when its policy says it is over).

@@ -215,10 +215,15 @@ impl Sender {
     }
 
     /// A receiver asked us to stop sending `xid`, or its connection is gone (`xid` None).
-    pub fn drop_receiver(&mut self, conn: ConnId, xid: Option<u32>) {
+    /// Returns the path of transfer `xid`, if it was still going (for the log).
+    pub fn drop_receiver(&mut self, conn: ConnId, xid: Option<u32>) -> Option<RelPath> {
+        let mut path = None;
         for a in &mut self.active {
             if xid.is_none_or(|x| x == a.xid) {
                 a.job.to.retain(|d| d.conn != conn);
+                if xid.is_some() {
+                    path = Some(a.job.meta.path.clone());
+                }
             }
         }
         if xid.is_none() {
@@ -236,6 +241,7 @@ impl Sender {
             }
             self.sigs.retain(|(_, _, c), _| *c != conn);
         }
+        path
     }
 
     /// Moves data: starts queued jobs up to the parallel limit and sends chunks while the

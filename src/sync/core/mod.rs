@@ -405,7 +405,13 @@ pub struct Core {
     /// The scan a rescan just made and claimed for, by storage: the session it leads to
     /// starts from it instead of scanning again (see [`FRESH_FOR`]).
     fresh: BTreeMap<usize, Fresh>,
+    /// Sessions over since the shell last asked ([`Core::take_ended`]): one can start and
+    /// end between two of its looks, and what it left queued must still be dropped.
+    ended: Vec<u64>,
 }
+
+/// Most ended sessions remembered for the shell; a few end between two ticks at most.
+const MAX_ENDED: usize = 64;
 
 /// How long a rescan's result may stand in for the scan of the session it claimed for. A
 /// change made after the scan is in the next session either way (its events lead to one),
@@ -442,7 +448,25 @@ impl Core {
             records,
             rescans: BTreeMap::new(),
             fresh: BTreeMap::new(),
+            ended: Vec::new(),
         }
+    }
+
+    /// The sessions that ended since the last call, oldest first.
+    pub fn take_ended(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// A session ended that the shell has not taken yet.
+    pub fn has_ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
+    fn note_ended(&mut self, sid: u64) {
+        if self.ended.len() >= MAX_ENDED {
+            self.ended.remove(0);
+        }
+        self.ended.push(sid);
     }
 
     pub fn me(&self) -> &NodeId {
@@ -754,7 +778,15 @@ impl Core {
             );
         };
         self.election.take_grant();
-        let peers = self.peers.ids();
+        // Only the session's members: the leader routes copies between them and no one else,
+        // and a crowd of other connections (strangers sharing nothing, idle peers) must not
+        // swell the summary past what a leader decodes and break a session of friends.
+        let peers = self
+            .peers
+            .ids()
+            .into_iter()
+            .filter(|n| members.contains(n))
+            .collect();
         match Session::follow(&self.me, storage, sid, i, from, members, peers, now, io) {
             Ok(s) => self.session = Some(s),
             Err(e) => {
@@ -780,13 +812,21 @@ impl Core {
         sid: u64,
         meta: &FileMeta,
         now: Instant,
-        io: &dyn Io,
+        io: &mut dyn Io,
     ) -> Result<Accepted, Refusal> {
-        match self.session.as_mut() {
-            Some(s) if s.sid == sid => s.accept_file(from, meta, now, io),
+        let (cx, _, session) = self.parts();
+        let Some(s) = session.as_mut().filter(|s| s.sid == sid) else {
             // Late traffic of an aborted session: harmless, say no.
-            _ => Err(Refusal::Reject("no such session here")),
+            return Err(Refusal::Reject("no such session here"));
+        };
+        let verdict = s.accept_file(from, meta, now, &*io);
+        if verdict.is_err() {
+            // A refusal may have settled the last file this node waited for (no room for
+            // it): its part is done now, not when the session times out.
+            let over = s.maybe_part_done(&cx, now, io);
+            self.conclude(over, now);
         }
+        verdict
     }
 
     /// A received file reached its end (committed, kept local, failed, aborted).
@@ -832,6 +872,7 @@ impl Core {
         let Some(mut s) = self.session.take() else {
             return;
         };
+        self.note_ended(s.sid);
         let name = &self.storages[s.storage];
         let over = s.abort(name, why, io);
         self.conclude(Some(over), now);
@@ -841,7 +882,9 @@ impl Core {
     /// result is recorded.
     fn conclude(&mut self, over: Option<Over>, now: Instant) {
         let Some(over) = over else { return };
-        self.session = None;
+        if let Some(s) = self.session.take() {
+            self.note_ended(s.sid);
+        }
         match over {
             Over::Done {
                 storage,

@@ -597,6 +597,11 @@ impl Session {
         };
         if let Some(free) = io.free_space(self.storage) {
             if meta.size > free {
+                log::warn!(
+                    "{} not received: it needs {} bytes and the storage has {free} free",
+                    meta.path,
+                    meta.size
+                );
                 self.expected.finish(&meta.path);
                 self.stats.failed += 1;
                 return Err(Refusal::Reject("not enough space on the receiver"));

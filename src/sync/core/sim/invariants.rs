@@ -400,6 +400,7 @@ impl Sim {
             oracle: &mut self.oracle,
             now,
             touched: Vec::new(),
+            full: false,
         };
         let watched = node.watch.is_some();
         let mut unrecorded = Vec::new();

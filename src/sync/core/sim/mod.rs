@@ -181,6 +181,9 @@ struct Node {
     watch_at: Option<u64>,
     /// (storage, path, size, mtime) → times this node read that version as a source.
     reads: HashMap<(String, RelPath, u64, i64), u32>,
+    /// Its disk is full until this virtual time: it refuses every incoming file for lack
+    /// of space (as the real receiver does when `free_space` is too small).
+    full_until: u64,
 }
 
 impl Node {
@@ -381,6 +384,7 @@ impl Sim {
                     inc: 0,
                     rng: Rng::new(rng.next()),
                     tick_at: None,
+                    full_until: 0,
                     watch: None,
                     watch_settings: st
                         .iter()
@@ -539,6 +543,7 @@ impl Sim {
             oracle: &mut self.oracle,
             now: EPOCH_SECS + self.now / SEC,
             touched: Vec::new(),
+            full: self.now < node.full_until,
         };
         // The real loop runs the one-shot policy after every event, before and after the
         // core's tick (what the policy claims is claimed at once, and a run the tick
@@ -983,7 +988,8 @@ impl Sim {
                         .as_ref()
                         .and_then(Core::session_info)
                         .is_some_and(|(s, _, _)| s == sid);
-                    if same && why != super::SENDER_LOST {
+                    let full = self.now < self.nodes[r].full_until;
+                    if same && why != super::SENDER_LOST && !full {
                         // Its own session, and nothing in the simulation is ignored or
                         // lacks space: the file was planned for it and will never come
                         // again, so the session can only hang.

@@ -209,6 +209,8 @@ pub(super) struct SimIo<'a> {
     pub(super) now: u64,
     /// Storages this node wrote in (its own writes, which its watcher sees like any other).
     pub(super) touched: Vec<usize>,
+    /// Its disk is full: no room for any incoming file.
+    pub(super) full: bool,
 }
 
 fn sim_err(e: impl std::fmt::Display) -> SyncError {
@@ -605,7 +607,7 @@ impl Io for SimIo<'_> {
     }
 
     fn free_space(&self, _storage: usize) -> Option<u64> {
-        None
+        self.full.then_some(0)
     }
 
     fn random(&mut self) -> u64 {

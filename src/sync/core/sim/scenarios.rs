@@ -34,6 +34,15 @@ impl Sim {
                 let s = st[self.rng.index(st.len())].clone();
                 self.trigger(i, &s);
             }
+        } else if roll < 90 {
+            // A node's disk fills up for a while: every file it is sent is refused for lack
+            // of space, and its sessions must still end at once (not at a timeout).
+            if !up.is_empty() {
+                let i = up[self.rng.index(up.len())];
+                let until = self.now + self.rng.range(200, 3_000) * MS;
+                self.log(format!("{}'s disk is full for a while", self.name(i)));
+                self.nodes[i].full_until = self.nodes[i].full_until.max(until);
+            }
         } else if roll < 93 {
             // A connection drops while both ends stay up; `net` redials it.
             if up.len() >= 2 {
@@ -115,6 +124,7 @@ impl Sim {
         // From now on every node runs as a daemon (one-shot runs have all ended).
         for n in &mut self.nodes {
             n.kind = Kind::Daemon;
+            n.full_until = 0;
         }
         for i in 0..self.nodes.len() {
             if !self.up(i) {
