@@ -215,7 +215,8 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Ok(Outcome::Reload) => reexec(again),
         Ok(outcome) => {
             for line in summary(&outcome) {
-                println!("{line}");
+                // Reasons and names in it come from peers: one line stays one line.
+                println!("{}", logger::escape(&line));
             }
             exit_code(&outcome)
         }

@@ -6,7 +6,13 @@
 //! locked stderr, or one datagram), so lines from different threads never interleave. It never
 //! panics: a record that cannot be written is dropped; if syslog goes away, lines go to stderr
 //! until it is back.
+//!
+//! Every message is escaped on its way out: control characters (newlines above all) and
+//! the invisible characters that reorder text become `\n`, `\u{202e}` and so on. Names in
+//! messages come from peers and from the disk, and a file called "x\n... ERROR ..." must not
+//! forge a log line.
 
+use std::fmt;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Mutex;
@@ -100,8 +106,48 @@ fn format_syslog(record: &Record<'_>, pid: u32) -> String {
         FACILITY_DAEMON * 8 + severity,
         thread.name().unwrap_or("?"),
         target,
-        record.args()
+        Escaped(record.args())
     )
+}
+
+/// A message whose control and bidirectional-formatting characters are written escaped.
+struct Escaped<'a>(&'a fmt::Arguments<'a>);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Out<'f, 'g>(&'f mut fmt::Formatter<'g>);
+        impl fmt::Write for Out<'_, '_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let mut rest = s;
+                while let Some(i) = rest.find(needs_escape) {
+                    self.0.write_str(&rest[..i])?;
+                    let c = rest[i..].chars().next().unwrap_or_default();
+                    match c {
+                        '\n' => self.0.write_str("\\n")?,
+                        '\r' => self.0.write_str("\\r")?,
+                        '\t' => self.0.write_str("\\t")?,
+                        c => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+                    }
+                    rest = &rest[i + c.len_utf8()..];
+                }
+                self.0.write_str(rest)
+            }
+        }
+        fmt::write(&mut Out(f), *self.0)
+    }
+}
+
+/// `s` with the characters [`needs_escape`] names escaped: for other text that must stay
+/// one line per line (a run's summary carries peers' reasons and file names).
+pub fn escape(s: &str) -> String {
+    Escaped(&format_args!("{s}")).to_string()
+}
+
+/// Characters a log line must not carry as they are: C0 and C1 controls, DEL, and the
+/// marks and overrides that make a terminal show text in another order than it was written.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn format_line(record: &Record<'_>, now: SystemTime) -> String {
@@ -115,7 +161,7 @@ fn format_line(record: &Record<'_>, now: SystemTime) -> String {
         record.level(),
         thread_name,
         target,
-        record.args()
+        Escaped(record.args())
     )
 }
 
@@ -204,6 +250,32 @@ mod tests {
         }
         let before = UNIX_EPOCH - Duration::from_millis(1);
         assert_eq!(utc_timestamp(before), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn control_and_reordering_characters_are_escaped() {
+        let name = "evil\n2026-01-01T00:00:00.000Z ERROR [sync] forged\r\t\u{1b}[31m\u{202e}txt.exe\u{7f}\u{85}";
+        // The record lives only as long as its arguments: built within each statement.
+        let build = |f: &dyn Fn(&Record<'_>) -> String| {
+            f(&Record::builder()
+                .level(Level::Info)
+                .target("iron_carrier::sync")
+                .args(format_args!("received {name} from é"))
+                .build())
+        };
+        let line = build(&|r| format_line(r, UNIX_EPOCH));
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(
+            line.ends_with(
+                "sync: received evil\\n2026-01-01T00:00:00.000Z ERROR [sync] forged\\r\\t\\u{1b}[31m\\u{202e}txt.exe\\u{7f}\\u{85} from é\n"
+            ),
+            "{line}"
+        );
+        let line = build(&|r| format_syslog(r, 1));
+        assert!(
+            !line.contains('\n') && line.contains("evil\\n2026"),
+            "{line}"
+        );
     }
 
     #[test]
