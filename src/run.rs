@@ -135,6 +135,8 @@ pub enum SyncError {
     EndedEarly(NodeId),
     /// Nothing happened in the session for too long.
     Stalled,
+    /// No progress for `secs` while `to` waited for this node: ended to let it in.
+    Yielded { to: NodeId, secs: u64 },
     /// This node is shutting down.
     ShuttingDown,
     /// Files that did not arrive or could not be sent (I/O errors, lost senders, no space).
@@ -157,6 +159,10 @@ impl fmt::Display for SyncError {
             }
             SyncError::EndedEarly(n) => write!(f, "{n} ended the session early"),
             SyncError::Stalled => f.write_str("no progress for too long"),
+            SyncError::Yielded { to, secs } => write!(
+                f,
+                "no progress for {secs} s while {to} waited: ended to let it synchronize"
+            ),
             SyncError::ShuttingDown => f.write_str("shutting down"),
             SyncError::FilesFailed(n) => write!(f, "{n} file(s) failed"),
             SyncError::Guard(why) | SyncError::History(why) => f.write_str(why),

@@ -20,7 +20,9 @@ use std::net::Shutdown;
 use std::path::Path;
 
 use common::peer::{frame, Enc, RawPeer};
-use common::target::{expect_session_start, hello, lead_session, Target, STORAGE};
+use common::target::{
+    expect_session_start, hello, lead_session, one, start_receive, Target, STORAGE,
+};
 use iron_carrier::history::{Entry, Record, Vv};
 use iron_carrier::model::{FileMeta, NodeId, RelPath, Version};
 use iron_carrier::net::link::{HANDSHAKE_LEN, HANDSHAKE_REFUSED, MAX_SEALED, PREAMBLE_LEN};
@@ -434,10 +436,6 @@ fn index_entry(name: &str, vv: Vv) -> Record {
     })
 }
 
-fn one(node: &str, counter: u64) -> Vv {
-    Vv::from_pairs(vec![(NodeId::new(node).unwrap(), counter)]).unwrap()
-}
-
 /// A version vector naming a node twice (unsorted), with a zero counter, or naming more
 /// nodes than any vector may: the frame is refused as malformed, nothing is recorded.
 fn a_malformed_version_vector_disconnects_the_follower(enc: Enc) {
@@ -491,59 +489,6 @@ fn an_index_end_that_does_not_match_the_summary_disconnects_the_follower(enc: En
 
 // ---------------------------------------------------------------------------------------
 // Delta instructions
-
-/// Leads a session whose plan makes the daemon receive `path` (new size `size`) from us,
-/// against its current version `old` (None: it has none), then says Go and starts the file.
-fn start_receive(t: &Target, path: &str, size: u64, old: Option<Version>) -> (RawPeer, u64) {
-    let sid = 0xDE17_A5E5;
-    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
-    lead_session(&mut p, sid);
-    let meta = FileMeta::file(
-        RelPath::new(path).unwrap(),
-        size,
-        1_900_000_000_000_000_000,
-        0o644,
-    );
-    let entry = Entry {
-        meta: meta.clone(),
-        deleted: false,
-        hash: Some([5; 32]),
-        vv: one("a-evil", 1_900_000_000),
-        by: NodeId::new("a-evil").unwrap(),
-        link: None,
-    };
-    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanChunk {
-        sid,
-        items: vec![PlanItem::Receive {
-            entry,
-            from: NodeId::new("a-evil").unwrap(),
-            expect: old,
-        }],
-    })));
-    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanEnd {
-        sid,
-    })));
-    // A delta receiver also sends its signature (in either order with PlanReady); an honest
-    // sender starts a delta only once it has it.
-    let (mut ready, mut signed) = (false, old.is_none());
-    while !(ready && signed) {
-        match p.expect("PlanReady and the signature") {
-            Message::Peer(PeerMsg::Session(SessionMsg::PlanReady { sid: s })) => {
-                assert_eq!(s, sid);
-                ready = true;
-            }
-            Message::Peer(PeerMsg::Transfer(TransferMsg::Signature { .. })) => signed = true,
-            other => panic!("expected PlanReady or Signature, got {other:?}"),
-        }
-    }
-    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Go { sid })));
-    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileStart {
-        sid,
-        xid: 9,
-        meta,
-    })));
-    (p, sid)
-}
 
 fn a_block_copy_for_a_file_that_is_no_delta_disconnects(enc: Enc) {
     let t = Target::start("proto-copy-no-delta", enc);

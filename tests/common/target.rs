@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use iron_carrier::model::NodeId;
+use iron_carrier::history::{Entry, Vv};
+use iron_carrier::model::{FileMeta, NodeId, RelPath, Version};
 use iron_carrier::proto::{
-    ElectionMsg, Hello, LinkMsg, Message, PeerMsg, SessionMsg, PROTOCOL_VERSION,
+    ElectionMsg, Hello, LinkMsg, Message, PeerMsg, PlanItem, SessionMsg, TransferMsg,
+    PROTOCOL_VERSION,
 };
 
 use super::peer::{Enc, RawPeer};
@@ -278,4 +280,61 @@ impl Target {
             store_before,
         }
     }
+}
+
+pub fn one(node: &str, counter: u64) -> Vv {
+    Vv::from_pairs(vec![(NodeId::new(node).unwrap(), counter)]).unwrap()
+}
+
+/// Leads a session whose plan makes the daemon receive `path` (new size `size`) from us,
+/// against its current version `old` (None: it has none), then says Go and starts the file.
+pub fn start_receive(t: &Target, path: &str, size: u64, old: Option<Version>) -> (RawPeer, u64) {
+    let sid = 0xDE17_A5E5;
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    lead_session(&mut p, sid);
+    let meta = FileMeta::file(
+        RelPath::new(path).unwrap(),
+        size,
+        1_900_000_000_000_000_000,
+        0o644,
+    );
+    let entry = Entry {
+        meta: meta.clone(),
+        deleted: false,
+        hash: Some([5; 32]),
+        vv: one("a-evil", 1_900_000_000),
+        by: NodeId::new("a-evil").unwrap(),
+        link: None,
+    };
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanChunk {
+        sid,
+        items: vec![PlanItem::Receive {
+            entry,
+            from: NodeId::new("a-evil").unwrap(),
+            expect: old,
+        }],
+    })));
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanEnd {
+        sid,
+    })));
+    // A delta receiver also sends its signature (in either order with PlanReady); an honest
+    // sender starts a delta only once it has it.
+    let (mut ready, mut signed) = (false, old.is_none());
+    while !(ready && signed) {
+        match p.expect("PlanReady and the signature") {
+            Message::Peer(PeerMsg::Session(SessionMsg::PlanReady { sid: s })) => {
+                assert_eq!(s, sid);
+                ready = true;
+            }
+            Message::Peer(PeerMsg::Transfer(TransferMsg::Signature { .. })) => signed = true,
+            other => panic!("expected PlanReady or Signature, got {other:?}"),
+        }
+    }
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Go { sid })));
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileStart {
+        sid,
+        xid: 9,
+        meta,
+    })));
+    (p, sid)
 }

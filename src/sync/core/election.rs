@@ -18,6 +18,18 @@ use crate::proto::ElectionMsg;
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 /// A grant whose claimant does not start the session within this is void.
 const GRANT_LEASE: Duration = Duration::from_secs(15);
+/// A grant held this long while another node claims is taken back for that node: a
+/// claimant collects its grants in a few round trips, so one that holds a grant this long
+/// is waiting for a slow node or squatting, and must not keep the others waiting.
+const GRANT_CONTESTED: Duration = Duration::from_secs(3);
+/// How long a node whose grant was taken back is denied: doubled at each further strike
+/// (one that let a grant lapse unused gets two), up to [`BENCH_MAX`]; a session it really
+/// starts clears its strikes.
+const BENCH_FIRST: Duration = Duration::from_secs(2);
+const BENCH_MAX: Duration = Duration::from_secs(600);
+/// Most nodes remembered as benched (each costs a node id): past it the earliest to
+/// return are forgotten first.
+const MAX_BENCHED: usize = 256;
 /// How long a wanted storage must stay without any connected holder before the node
 /// concludes that no peer has it.
 const ALONE_GRACE: Duration = Duration::from_secs(2);
@@ -63,13 +75,21 @@ struct Granted {
     to: NodeId,
     ticket: u64,
     storage: usize,
+    since: Instant,
     expires: Instant,
+}
+
+/// A node that held a grant without using it while others waited.
+struct Bench {
+    until: Instant,
+    strikes: u32,
 }
 
 pub(crate) struct Election {
     wants: BTreeMap<usize, Want>,
     claim: Option<Claim>,
     grant: Option<Granted>,
+    benched: BTreeMap<NodeId, Bench>,
     max_attempts: u32,
 }
 
@@ -85,6 +105,7 @@ impl Election {
             wants: BTreeMap::new(),
             claim: None,
             grant: None,
+            benched: BTreeMap::new(),
             max_attempts,
         }
     }
@@ -105,9 +126,55 @@ impl Election {
             .map(|g| g.storage)
     }
 
-    /// The granted session started: the grant is used up.
+    /// The granted session started: the grant is used up, and its holder's strikes are
+    /// forgiven.
     pub(crate) fn take_grant(&mut self) {
-        self.grant = None;
+        if let Some(g) = self.grant.take() {
+            self.benched.remove(&g.to);
+        }
+    }
+
+    /// `node` held a grant it did not use (`strikes`: 1 taken back, 2 let lapse): it is
+    /// denied for a while, longer at each strike.
+    fn bench(&mut self, node: &NodeId, strikes: u32, now: Instant) {
+        if !self.benched.contains_key(node) && self.benched.len() >= MAX_BENCHED {
+            self.benched.retain(|_, b| b.until > now);
+            if self.benched.len() >= MAX_BENCHED {
+                let first = self
+                    .benched
+                    .iter()
+                    .min_by_key(|(_, b)| b.until)
+                    .map(|(n, _)| n.clone());
+                if let Some(n) = first {
+                    self.benched.remove(&n);
+                }
+            }
+        }
+        let b = self.benched.entry(node.clone()).or_insert(Bench {
+            until: now,
+            strikes: 0,
+        });
+        b.strikes = b.strikes.saturating_add(strikes);
+        let pause = BENCH_FIRST
+            .saturating_mul(1 << (b.strikes - 1).min(10))
+            .min(BENCH_MAX);
+        b.until = now + pause;
+        // Once is what a slow claimant does; again, or a lease let lapse, is not.
+        let level = if b.strikes >= 2 {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
+            "{node} held the lead of a storage without starting its session while others \
+             waited; its claims are denied for {} s",
+            pause.as_secs_f32()
+        );
+    }
+
+    fn is_benched(&self, node: &NodeId, now: Instant) -> bool {
+        self.benched.get(node).is_some_and(|b| now < b.until)
     }
 
     /// When [`Election::tick`] next has something to do. `in_session`: a session runs, so
@@ -170,9 +237,10 @@ impl Election {
         now: Instant,
         io: &mut dyn Io,
     ) -> Vec<ElectionEvent> {
-        if self.grant.as_ref().is_some_and(|g| now >= g.expires) {
-            log::debug!("grant expired without a session");
-            self.grant = None;
+        if let Some(g) = self.grant.take_if(|g| now >= g.expires) {
+            // A claimant either starts its session or releases its grants well within
+            // the lease: one that lets it lapse held everyone else off for nothing.
+            self.bench(&g.to, 2, now);
         }
         if self
             .claim
@@ -257,14 +325,23 @@ impl Election {
         let Some(i) = cx.storages.iter().position(|s| s == storage) else {
             return io.send(from, deny);
         };
-        if busy {
+        if busy || self.is_benched(from, now) {
             return io.send(from, deny);
         }
         if let Some(g) = &self.grant {
             if g.to == *from && g.ticket == ticket {
                 return io.send(from, ElectionMsg::Grant { ticket }.into());
             }
-            return io.send(from, deny);
+            if now < g.since + GRANT_CONTESTED {
+                return io.send(from, deny);
+            }
+            // Held too long while another node waits: taken back (the holder hears a
+            // `Deny` and withdraws; a session it starts anyway is refused for want of a
+            // grant), and given to the one that asks.
+            if let Some(old) = self.grant.take() {
+                io.send(&old.to, ElectionMsg::Deny { ticket: old.ticket }.into());
+                self.bench(&old.to, 1, now);
+            }
         }
         if self.claim.is_some() {
             if from < cx.me {
@@ -279,6 +356,7 @@ impl Election {
             to: from.clone(),
             ticket,
             storage: i,
+            since: now,
             expires: now + GRANT_LEASE,
         });
         io.send(from, ElectionMsg::Grant { ticket }.into());

@@ -64,7 +64,7 @@ use crate::run::SyncError;
 
 use election::{Election, ElectionEvent};
 pub use sends::{IntoSends, Sends};
-use session::{Over, Session};
+use session::{GiveWay, Over, Session};
 
 /// Most index entries or plan items accepted from one peer in one session. Bounds memory
 /// against a peer that never stops sending.
@@ -72,6 +72,11 @@ pub const MAX_ENTRIES: u64 = 2_000_000;
 /// A session with no sign of life for this long is abandoned: for a follower, nothing from
 /// its leader; for the leader, no progress of its own and nothing from any participant.
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A session that made no progress (a `SessionAlive` is none) for this long while another
+/// node has waited as long for this one to be free is ended, so that one slow or hostile
+/// peer cannot keep the others waiting: the session is retried later, and the next one only
+/// moves what is missing.
+pub const SESSION_YIELD: Duration = Duration::from_secs(60);
 /// How often a leader tells its participants it is alive, and a participant that made
 /// progress tells its leader, during a long session (files may move between followers for
 /// minutes without a word to or from the leader).
@@ -408,6 +413,9 @@ pub struct Core {
     /// Sessions over since the shell last asked ([`Core::take_ended`]): one can start and
     /// end between two of its looks, and what it left queued must still be dropped.
     ended: Vec<u64>,
+    /// Since when another node has been denied a claim because a session runs here (the
+    /// first such node since the session started).
+    waited: Option<(Instant, NodeId)>,
 }
 
 /// Most ended sessions remembered for the shell; a few end between two ticks at most.
@@ -449,6 +457,7 @@ impl Core {
             rescans: BTreeMap::new(),
             fresh: BTreeMap::new(),
             ended: Vec::new(),
+            waited: None,
         }
     }
 
@@ -653,6 +662,26 @@ impl Core {
         if self.session.as_ref().is_some_and(|s| s.idle_too_long(now)) {
             self.abort_with(SyncError::Stalled, now, io);
         }
+        if let (Some(s), Some((since, node))) = (&self.session, &self.waited) {
+            let why = SyncError::Yielded {
+                to: node.clone(),
+                secs: SESSION_YIELD.as_secs(),
+            };
+            match s.give_way(*since, now) {
+                Some(GiveWay::Abort) => self.abort_with(why, now, io),
+                Some(GiveWay::Leave) => {
+                    let storage = s.storage();
+                    log::warn!(
+                        "{}: leaving session {:016x}: {why}",
+                        self.storages[storage],
+                        s.sid
+                    );
+                    io.cancel_session(s.sid);
+                    self.conclude(Some(Over::Aborted { storage, why }), now);
+                }
+                None => {}
+            }
+        }
         if let Some(s) = &mut self.session {
             s.heartbeat(now, io);
         }
@@ -675,6 +704,10 @@ impl Core {
         let event = match msg {
             ElectionMsg::Claim { ticket, storage } => {
                 election.on_claim(&cx, from, ticket, &storage, busy, now, io);
+                let shared = cx.storages.contains(&storage);
+                if busy && shared && self.waited.is_none() {
+                    self.waited = Some((now, from.clone()));
+                }
                 None
             }
             ElectionMsg::Grant { ticket } => election.on_grant(from, ticket, io),
@@ -885,6 +918,7 @@ impl Core {
         if let Some(s) = self.session.take() {
             self.note_ended(s.sid);
         }
+        self.waited = None;
         match over {
             Over::Done {
                 storage,

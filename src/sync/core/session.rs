@@ -12,7 +12,7 @@ use super::plan::check_plan;
 use super::sends::Sends;
 use super::{
     Accepted, Ctx, Deleted, Io, LocalIndex, Received, Refusal, Sent, StepError, Violation,
-    ALIVE_EVERY, SENDER_LOST, SESSION_IDLE_TIMEOUT,
+    ALIVE_EVERY, SENDER_LOST, SESSION_IDLE_TIMEOUT, SESSION_YIELD,
 };
 use crate::history::{Entry, Vv};
 use crate::ignore::IgnoreMatcher;
@@ -49,6 +49,15 @@ pub(super) enum Phase {
     Ready,
     /// Files are moving.
     Go,
+}
+
+/// How a session gives way to a node waiting for this one ([`Session::give_way`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GiveWay {
+    /// Abort it, telling the others.
+    Abort,
+    /// Leave it without a word: this follower's part is done, and the others' goes on.
+    Leave,
 }
 
 /// A participant of a session this node leads.
@@ -116,6 +125,9 @@ pub(super) struct Session {
     read: u64,
     pub(super) local_done: bool,
     pub(super) last_activity: Instant,
+    /// The last sign of progress: anything but a `SessionAlive`, which only says a peer is
+    /// there (see [`Session::stalled_while_waited`]).
+    pub(super) last_progress: Instant,
     /// When this node last sent `SessionAlive`.
     alive_sent: Instant,
     /// Local progress (data moved) since the last `SessionAlive` sent.
@@ -158,6 +170,7 @@ impl Session {
             read: 0,
             local_done: false,
             last_activity: now,
+            last_progress: now,
             alive_sent: now,
             progressed: false,
         }
@@ -195,6 +208,29 @@ impl Session {
         now >= self.last_activity + SESSION_IDLE_TIMEOUT
     }
 
+    /// Whether to give way to a node that has waited since `waited_since` for this one: no
+    /// progress for [`SESSION_YIELD`] while it waited as long, so that a peer keeping a
+    /// session alive without moving it (a leader that never plans, a participant that never
+    /// answers) cannot hold every other peer off.
+    ///
+    /// Only before files move, or, for a follower, once its own part is done: files in
+    /// flight between other nodes are no progress here, and must not be cut for a newcomer.
+    pub(super) fn give_way(&self, waited_since: Instant, now: Instant) -> Option<GiveWay> {
+        if now < self.last_progress.max(waited_since) + SESSION_YIELD {
+            return None;
+        }
+        match (self.phase, &self.role) {
+            (Phase::Collect | Phase::Ready, _) => Some(GiveWay::Abort),
+            (Phase::Go, Role::Follow { .. }) if self.local_done => Some(GiveWay::Leave),
+            (Phase::Go, _) => None,
+        }
+    }
+
+    /// The storage this session synchronizes.
+    pub(super) fn storage(&self) -> usize {
+        self.storage
+    }
+
     /// Sends `SessionAlive` when due: the leader always, a participant only if it moved data
     /// since its last one.
     pub(super) fn heartbeat(&mut self, now: Instant, io: &mut dyn Io) {
@@ -222,6 +258,7 @@ impl Session {
         let ours = self.sid == sid && matches!(self.role, Role::Lead { .. });
         if ours {
             self.last_activity = now;
+            self.last_progress = now;
         }
         ours
     }
@@ -231,6 +268,7 @@ impl Session {
         let ours = self.sid == sid && self.leader() == Some(from);
         if ours {
             self.last_activity = now;
+            self.last_progress = now;
         }
         ours
     }
@@ -290,9 +328,13 @@ impl Session {
             SessionMsg::PlanReady { sid } => self.leader_on_ready(cx, from, sid, now, io),
             // Either role: a sign of life.
             SessionMsg::Alive { sid } => {
+                // Life, not progress: it keeps the session from timing out, not a node
+                // that waits for this one out for ever.
+                let progress = self.last_progress;
                 if !self.led(sid, now) {
                     self.joined(from, sid, now);
                 }
+                self.last_progress = progress;
                 None
             }
             SessionMsg::Go { sid } => self.follower_on_go(cx, from, sid, now, io),
@@ -566,6 +608,7 @@ impl Session {
             return Err(Refusal::Reject("no such session here"));
         }
         self.last_activity = now;
+        self.last_progress = now;
         if self.declined.contains(&meta.path) {
             return Err(Refusal::Reject("ignored by the receiver's .ignore"));
         }
@@ -623,6 +666,7 @@ impl Session {
         io: &mut dyn Io,
     ) -> Option<Over> {
         self.last_activity = now;
+        self.last_progress = now;
         self.progressed = true;
         if !self.expected.finish(path) {
             return None;
@@ -647,6 +691,7 @@ impl Session {
         io: &mut dyn Io,
     ) -> Option<Over> {
         self.last_activity = now;
+        self.last_progress = now;
         self.progressed = true;
         self.sends_left = self.sends_left.saturating_sub(1);
         match outcome {
@@ -668,6 +713,7 @@ impl Session {
     /// Transfer progress without a message (a long file): keeps the session alive.
     pub(super) fn on_progress(&mut self, now: Instant) {
         self.last_activity = now;
+        self.last_progress = now;
         self.progressed = true;
     }
 

@@ -1,0 +1,266 @@
+//! Crafted peers that play the election and the session unfairly, against a real daemon
+//! over real TCP on 127.0.0.1, while a good node wants to synchronize with it: a peer that
+//! claims the lead again and again and never starts its session, a leader that keeps its
+//! session alive and never plans, a follower that grants and never answers, a crowd of
+//! peers around a session of friends, and names and reasons made to forge log lines.
+//!
+//! Each time the good node must get its files across, and the daemon must say in its log
+//! what it did about the bad one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+mod common;
+
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::peer::{frame, Enc, RawPeer};
+use common::target::{expect_session_start, hello, lead_session, start_receive, Target, STORAGE};
+use common::{oneshot_within, show, NodeConfig, TestDir};
+use iron_carrier::proto::{ElectionMsg, Message, PeerMsg, SessionMsg, TransferMsg};
+
+/// Longer than the daemon's `SESSION_YIELD` (60 s) plus a good node's back-off.
+const YIELD_PATIENCE: Duration = Duration::from_secs(180);
+
+/// A crafted peer on a plain link that keeps reading (and dropping) what the daemon sends in
+/// a thread of its own, so the daemon never blocks on it, while the test writes to it.
+struct Background {
+    writer: TcpStream,
+    reader: JoinHandle<()>,
+}
+
+impl Background {
+    fn new(p: RawPeer) -> Background {
+        let writer = p.stream.try_clone().expect("clone the stream");
+        // A daemon that says nothing for a while is no failure here.
+        p.stream
+            .set_read_timeout(Some(Duration::from_secs(3600)))
+            .expect("set read timeout");
+        let reader = std::thread::spawn(move || {
+            let mut p = p;
+            while p.recv().is_some() {}
+        });
+        Background { writer, reader }
+    }
+
+    fn send(&mut self, msg: &Message) -> bool {
+        self.writer.write_all(&frame(msg)).is_ok()
+    }
+
+    fn close(self) {
+        let _ = self.writer.shutdown(Shutdown::Both);
+        let _ = self.reader.join();
+    }
+}
+
+/// Sends what `next` makes every `every` from a thread until the returned flag is set.
+fn keep_sending(
+    mut peer: Background,
+    every: Duration,
+    mut next: impl FnMut() -> Message + Send + 'static,
+) -> (Arc<AtomicBool>, JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            if !peer.send(&next()) {
+                break;
+            }
+            std::thread::sleep(every);
+        }
+        peer.close();
+    });
+    (stop, handle)
+}
+
+/// A good node, "c-good" (it sorts before the daemon, so it may lead), synchronizes one new
+/// file with the daemon by a one-shot run, killed after `limit`.
+fn good_sync(t: &Target, limit: Duration) -> (TestDir, Output) {
+    let good = TestDir::new("hostile-good");
+    good.write("store/from-c-good.txt", b"written by a well-behaved node\n");
+    let cfg = NodeConfig::new("c-good")
+        .encryption(&t.enc.toml())
+        .peer(t.port)
+        .storage(STORAGE, &good.join("store"))
+        .write(good.path());
+    let out = oneshot_within(&cfg, limit);
+    (good, out)
+}
+
+fn assert_good_synced(t: &Target, out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the good node's run failed:\n{}\ndaemon log:\n{}",
+        show(out),
+        t.daemon.log()
+    );
+    assert_eq!(
+        std::fs::read(t.store().join("from-c-good.txt")).ok(),
+        Some(b"written by a well-behaved node\n".to_vec()),
+        "the good node's file did not arrive:\n{}",
+        t.daemon.log()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The election
+
+/// "a-evil" has priority over everyone and claims the lead every 100 ms with a new ticket,
+/// never starting a session: before, the daemon granted it again the moment a grant lapsed
+/// and denied the good node for as long as it went on.
+#[test]
+fn a_peer_that_claims_and_never_starts_does_not_keep_a_good_peer_out() {
+    let t = Target::start("hostile-squat", Enc::Plain);
+    let p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    let mut ticket = 0u64;
+    let (stop, squatter) =
+        keep_sending(Background::new(p), Duration::from_millis(100), move || {
+            ticket += 1;
+            Message::Peer(PeerMsg::Election(ElectionMsg::Claim {
+                ticket,
+                storage: STORAGE.into(),
+            }))
+        });
+    // The squatter holds a grant before the good node comes.
+    t.wait_for_log("peer a-evil connected");
+    let (_good, out) = good_sync(&t, YIELD_PATIENCE);
+    stop.store(true, Ordering::Relaxed);
+    squatter.join().unwrap();
+    assert_good_synced(&t, &out);
+    t.wait_for_log("a-evil held the lead of a storage without starting its session");
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions kept alive without progress
+
+/// "a-evil" leads a session with the daemon, then only ever says it is alive: no index
+/// request, no plan. Before, each `SessionAlive` kept the session open for ever and the
+/// daemon denied the good node's claims all along.
+#[test]
+fn a_leader_that_keeps_its_session_alive_and_never_plans_gives_way() {
+    let t = Target::start("hostile-alive-leader", Enc::Plain);
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    let sid = 0x57A1_1ED0;
+    lead_session(&mut p, sid);
+    let (stop, leader) = keep_sending(Background::new(p), Duration::from_secs(2), move || {
+        Message::Peer(PeerMsg::Session(SessionMsg::Alive { sid }))
+    });
+    let (_good, out) = good_sync(&t, YIELD_PATIENCE);
+    stop.store(true, Ordering::Relaxed);
+    leader.join().unwrap();
+    assert_good_synced(&t, &out);
+    t.wait_for_log("while c-good waited: ended to let it synchronize");
+}
+
+/// "zz-mute" grants the daemon's claim, so the daemon leads a session with it, and then
+/// never sends its index summary, only `SessionAlive`s.
+#[test]
+fn a_follower_that_never_answers_gives_way_to_a_good_peer() {
+    let t = Target::start("hostile-mute-follower", Enc::Plain);
+    let mut p = t.handshake(&hello("zz-mute", None, &[STORAGE]));
+    let sid = expect_session_start(&mut p);
+    let (stop, follower) = keep_sending(Background::new(p), Duration::from_secs(2), move || {
+        Message::Peer(PeerMsg::Session(SessionMsg::Alive { sid }))
+    });
+    let (_good, out) = good_sync(&t, YIELD_PATIENCE);
+    stop.store(true, Ordering::Relaxed);
+    follower.join().unwrap();
+    assert_good_synced(&t, &out);
+    t.wait_for_log("while c-good waited: ended to let it synchronize");
+}
+
+// ---------------------------------------------------------------------------------------
+// A crowd around a session
+
+/// A follower names in its summary only the session's members it is connected to. Before,
+/// it named every connected peer, and past 256 of them its leader refused the summary.
+#[test]
+fn a_follower_reports_only_the_members_of_its_session() {
+    let t = Target::start("hostile-crowd", Enc::Plain);
+    let strangers: Vec<Background> = (0..3)
+        .map(|i| Background::new(t.handshake(&hello(&format!("zz-idle-{i}"), None, &[]))))
+        .collect();
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    let sid = 0xC0_4D;
+    p.send(&Message::Peer(PeerMsg::Election(ElectionMsg::Claim {
+        ticket: sid,
+        storage: STORAGE.into(),
+    })));
+    loop {
+        match p.expect("Grant") {
+            Message::Peer(PeerMsg::Election(ElectionMsg::Grant { ticket })) if ticket == sid => {
+                break
+            }
+            Message::Peer(PeerMsg::Election(ElectionMsg::Claim { .. })) => {}
+            other => panic!("expected Grant, got {other:?}"),
+        }
+    }
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Start {
+        sid,
+        storage: STORAGE.into(),
+        members: vec![],
+    })));
+    match p.expect("IndexSummary") {
+        Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary { sid: s, peers, .. })) => {
+            assert_eq!(s, sid);
+            assert!(
+                peers.is_empty(),
+                "the summary names peers outside the session: {peers:?}"
+            );
+        }
+        other => panic!("expected IndexSummary, got {other:?}"),
+    }
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Abort {
+        sid,
+        reason: "done looking".into(),
+    })));
+    drop(p);
+    for s in strangers {
+        s.close();
+    }
+    t.assert_survived("disconnected from a-evil");
+}
+
+// ---------------------------------------------------------------------------------------
+// Forged log lines
+
+/// A file name with a newline and a terminal escape (legal on Linux), planned by a leader
+/// for a file larger than the disk: the daemon's log names it escaped, on one line, and no
+/// line of the log is the forged one. (Strings in messages are sanitized by the decoder;
+/// paths cannot be, as they must arrive exactly.)
+#[test]
+fn a_file_name_with_control_characters_cannot_forge_a_log_line() {
+    let t = Target::start("hostile-forge", Enc::Plain);
+    let forged = "2026-01-01T00:00:00.000Z ERROR [sync] sync: all files deleted";
+    let name = format!("evil\n{forged}\u{1b}[2K");
+    let (mut p, _) = start_receive(&t, &name, 1 << 60, None);
+    // The refusal settles the daemon's part at once: its PartDone may come first.
+    loop {
+        match p.expect("FileReject") {
+            Message::Peer(PeerMsg::Transfer(TransferMsg::FileReject { reason, .. })) => {
+                assert!(reason.contains("not enough space"), "{reason}");
+                break;
+            }
+            Message::Peer(PeerMsg::Session(SessionMsg::PartDone { .. })) => {}
+            other => panic!("expected FileReject, got {other:?}"),
+        }
+    }
+    t.wait_for_log("evil\\n2026-01-01T00:00:00.000Z ERROR [sync] sync: all files deleted\\u{1b}[2K not received");
+    let log = t.daemon.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with(forged)),
+        "a forged line made it into the log:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "a raw escape reached the log:\n{log}"
+    );
+    drop(p);
+    t.assert_survived("not received");
+}
