@@ -420,6 +420,9 @@ fn hello_from(id: &str, group: &str) -> Message {
         node_id: NodeId::new(id).unwrap(),
         group: Some(group.to_owned()),
         listen_port: 0,
+        clock_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
         storages: vec!["docs".to_owned()],
     }))
 }

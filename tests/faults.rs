@@ -597,3 +597,71 @@ fn fat_two_second_mtimes_do_not_make_files_resend() {
         daemon.log()
     );
 }
+
+/// A file dated 2100 (a clock far ahead) never beats a real edit: after it reached b, b's
+/// edit (dated now) wins, as the history says it came after; and two concurrent edits, one
+/// dated 2100, keep both contents (one under a conflict copy's name) on both nodes.
+#[test]
+fn a_file_dated_2100_never_beats_a_real_edit() {
+    const Y2100: i64 = 4_102_444_800;
+    let dir = TestDir::new("future-mtime");
+    let (a, b) = pair_configs(&dir, "future-mtime");
+    let a_cfg = a.write(&dir.mkdir("cfg-a"));
+    let daemon = Daemon::start(&b.write(&dir.mkdir("cfg-b")));
+    let run = |what: &str| {
+        let out = oneshot_within(&a_cfg, PATIENCE);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{what}: {}\n{}",
+            show(&out),
+            daemon.log()
+        );
+    };
+    let f_a = dir.write("a/f.txt", b"from the future\n");
+    set_mtime(&f_a, Y2100);
+    run("first sync");
+    assert_eq!(
+        std::fs::read(dir.join("b/f.txt")).unwrap(),
+        b"from the future\n"
+    );
+
+    // b edits it now: an mtime 75 years older than the version it replaces.
+    std::fs::write(dir.join("b/f.txt"), b"a real edit\n").unwrap();
+    run("after b's edit");
+    for side in ["a", "b"] {
+        assert_eq!(
+            std::fs::read(dir.join(&format!("{side}/f.txt"))).unwrap(),
+            b"a real edit\n",
+            "{side}: the file dated 2100 beat the real edit\n{}",
+            daemon.log()
+        );
+    }
+
+    // Both edit it at once, a dated 2100 again: neither content is lost.
+    let f_a = dir.write("a/f.txt", b"a's edit, dated 2100\n");
+    set_mtime(&f_a, Y2100);
+    std::fs::write(dir.join("b/f.txt"), b"b's edit, dated now\n").unwrap();
+    run("after the concurrent edits");
+    for side in ["a", "b"] {
+        let contents: Vec<Vec<u8>> = std::fs::read_dir(dir.join(side))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        for want in [
+            &b"a's edit, dated 2100\n"[..],
+            &b"b's edit, dated now\n"[..],
+        ] {
+            assert!(
+                contents.iter().any(|c| c == want),
+                "{side} lost {:?}: {:?}\n{}",
+                String::from_utf8_lossy(want),
+                manifest(&dir.join(side)),
+                daemon.log()
+            );
+        }
+    }
+    drop(daemon);
+}

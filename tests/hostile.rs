@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::peer::{frame, Enc, RawPeer};
 use common::target::{expect_session_start, hello, lead_session, start_receive, Target, STORAGE};
 use common::{oneshot_within, show, NodeConfig, TestDir};
-use iron_carrier::proto::{ElectionMsg, Message, PeerMsg, SessionMsg, TransferMsg};
+use iron_carrier::proto::{ElectionMsg, LinkMsg, Message, PeerMsg, SessionMsg, TransferMsg};
 
 /// Longer than the daemon's `SESSION_YIELD` (60 s) plus a good node's back-off.
 const YIELD_PATIENCE: Duration = Duration::from_secs(180);
@@ -263,4 +263,22 @@ fn a_file_name_with_control_characters_cannot_forge_a_log_line() {
     );
     drop(p);
     t.assert_survived("not received");
+}
+
+// ---------------------------------------------------------------------------------------
+// Clocks
+
+/// A peer whose clock reads 2100: the daemon names it, and by how much it is off.
+#[test]
+fn a_peer_with_a_clock_far_off_is_named_at_the_handshake() {
+    let t = Target::start("hostile-clock", Enc::Plain);
+    let Message::Link(LinkMsg::Hello(mut h)) = hello("zz-future", None, &[STORAGE]) else {
+        unreachable!("hello() makes a Hello")
+    };
+    h.clock_ms = 4_102_444_800_000; // 2100-01-01
+    let p = t.handshake(&Message::Link(LinkMsg::Hello(h)));
+    t.wait_for_log("the clock of zz-future is ");
+    t.wait_for_log("ahead of ours");
+    drop(p);
+    t.assert_survived("disconnected from zz-future");
 }

@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
@@ -205,6 +205,36 @@ struct Net {
     limit_logged: Option<Instant>,
     /// When a node id conflict was last logged, per node id.
     conflicts_logged: HashMap<NodeId, Instant>,
+}
+
+/// A peer whose clock differs from ours by more than this is named in a warning: where no
+/// history decides (a first sync of a path both nodes have), the newer mtime keeps the name
+/// and the other version becomes a conflict copy, so a clock far off picks the wrong one.
+pub const CLOCK_SKEW_WARN: Duration = Duration::from_secs(60);
+
+fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The warning for a peer whose clock read `theirs_ms` when ours read `ours_ms`, if they
+/// differ by more than [`CLOCK_SKEW_WARN`] (the hello's time in flight is far below it).
+fn clock_skew_warning(node: &NodeId, theirs_ms: i64, ours_ms: i64) -> Option<String> {
+    let skew = i128::from(theirs_ms) - i128::from(ours_ms);
+    if skew.unsigned_abs() <= CLOCK_SKEW_WARN.as_millis() {
+        return None;
+    }
+    let secs = skew.unsigned_abs() / 1000;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let way = if skew > 0 { "ahead of" } else { "behind" };
+    Some(format!(
+        "the clock of {node} is {h}h{m:02}m{s:02}s {way} ours: edits are ordered by their \
+         history, but where there is none (a path both nodes had before they first synchronized) \
+         the newer modification time keeps the name and the other version becomes a conflict \
+         copy; set both clocks right (NTP)"
+    ))
 }
 
 /// Whether to log now, given when it was last logged; updates the stamp if so.
@@ -524,6 +554,7 @@ impl Net {
             node_id: self.opts.local.node_id.clone(),
             group: self.opts.local.group.clone(),
             listen_port: self.opts.local.listen_port,
+            clock_ms: unix_ms(SystemTime::now()),
             storages: self.opts.local.storages.clone(),
         }
     }
@@ -1197,6 +1228,9 @@ impl Net {
             "connected to {node} at {addr} ({})",
             if dialed_by_us { "outgoing" } else { "incoming" }
         );
+        if let Some(w) = clock_skew_warning(&node, h.clock_ms, unix_ms(SystemTime::now())) {
+            log::warn!("{w}");
+        }
         self.emit(NetEvent::Connected {
             conn: id,
             hello: h,
@@ -1375,5 +1409,25 @@ impl Net {
             }
             self.close(id, "shutting down");
         }
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_far_off_is_named_either_way_and_a_near_one_is_not() {
+        let n = NodeId::new("pi").unwrap();
+        let now = 1_796_601_600_000;
+        assert_eq!(clock_skew_warning(&n, now + 59_000, now), None);
+        assert_eq!(clock_skew_warning(&n, now - 60_000, now), None);
+        let ahead = clock_skew_warning(&n, now + 3_723_000, now).unwrap();
+        assert!(ahead.contains("pi is 1h02m03s ahead of ours"), "{ahead}");
+        let behind = clock_skew_warning(&n, 0, now).unwrap();
+        assert!(behind.contains("behind ours"), "{behind}");
+        // A hello from 2100, or from before 1970: no overflow.
+        assert!(clock_skew_warning(&n, i64::MAX, i64::MIN).is_some());
+        assert!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)) == -1000);
     }
 }

@@ -309,6 +309,7 @@ fn encode_link(e: &mut Enc<'_>, m: &LinkMsg) {
             e.str(h.node_id.as_str());
             e.str(h.group.as_deref().unwrap_or(""));
             e.u16(h.listen_port);
+            e.i64(h.clock_ms);
             e.count(h.storages.len());
             for s in &h.storages {
                 e.str(s);
@@ -927,6 +928,7 @@ fn decode_hello(d: &mut Dec<'_>) -> Result<Hello, DecodeError> {
         Some(group.to_owned())
     };
     let listen_port = d.u16("listen port")?;
+    let clock_ms = d.i64("clock")?;
     let n = d.count("storages", MIN_NAME)?;
     if n > MAX_STORAGES {
         return Err(DecodeError::TooMany("storages", n as u64));
@@ -940,6 +942,7 @@ fn decode_hello(d: &mut Dec<'_>) -> Result<Hello, DecodeError> {
         node_id,
         group,
         listen_port,
+        clock_ms,
         storages,
     })
 }

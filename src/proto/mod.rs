@@ -32,7 +32,7 @@ pub const MAGIC: [u8; 8] = *b"IRONCARR";
 /// session's participants. 3: history — version vectors and tombstones in the index, which a
 /// peer sends as its changes since the leader's copy; plans that delete, move, rename
 /// conflict copies and record versions.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER: usize = 4;
 /// Largest file-data chunk a sender puts in one frame.
@@ -60,6 +60,10 @@ pub struct Hello {
     pub group: Option<String>,
     /// The port this node listens on (0 if it does not).
     pub listen_port: u16,
+    /// The sender's clock when it said hello, in milliseconds since the Unix epoch: where
+    /// no history decides (a first sync), the newer mtime keeps a path's name, so a clock
+    /// far off is worth a warning.
+    pub clock_ms: i64,
     /// Names of the storages this node has, sorted.
     pub storages: Vec<String>,
 }

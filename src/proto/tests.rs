@@ -55,6 +55,7 @@ fn samples() -> Vec<Message> {
             node_id: n("pi"),
             group: Some("family".into()),
             listen_port: 25230,
+            clock_ms: 1_796_601_600_123,
             storages: vec!["docs".into(), "my photos".into()],
         })),
         Message::from(LinkMsg::Hello(Hello {
@@ -62,6 +63,7 @@ fn samples() -> Vec<Message> {
             node_id: n("b"),
             group: None,
             listen_port: 0,
+            clock_ms: -1,
             storages: vec![],
         })),
         Message::from(LinkMsg::Refuse {
@@ -636,6 +638,7 @@ fn every_counted_list_of_smallest_elements_decodes() {
             node_id: one_byte_name("x"),
             group: None,
             listen_port: 0,
+            clock_ms: 0,
             storages: names(k).iter().map(|n| n.as_str().to_owned()).collect(),
         })));
         cases.push(Message::from(SessionMsg::Start {

@@ -27,6 +27,9 @@ pub fn hello(id: &str, group: Option<&str>, storages: &[&str]) -> Message {
         node_id: NodeId::new(id).expect("node id"),
         group: group.map(str::to_owned),
         listen_port: 0,
+        clock_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
         storages: storages.iter().map(|s| (*s).to_owned()).collect(),
     }))
 }
