@@ -232,18 +232,15 @@ fn a_case_folding_receiver_keeps_one_twin_whole_and_the_sender_loses_nothing() {
             !b_now.keys().any(|k| k.contains(".iron-carrier.tmp")),
             "a temporary file was left behind: {b_now:?}"
         );
-        // The twin that could not be stored is named in b's log, once per run. (Today as
-        // "local copy changed during the sync ...; kept it", and the run still exits 0: see
-        // the report on case-folding receivers.)
-        let refused = |l: &&str| {
-            (l.contains(" a.txt: ") || l.contains(" A.txt: "))
-                && (l.contains("kept it") || l.contains("cannot"))
-        };
+        // The twin that could not be stored is named in b's log as such, and the run
+        // fails: the two sides differ, and the user should hear it.
+        let refused = |l: &&str| l.contains("cannot store") && l.contains("(it folds case)");
         assert!(
             daemon.log().lines().filter(refused).count() >= 1,
-            "b does not say the other twin was not stored:\n{}",
+            "b does not say the other twin cannot be stored:\n{}",
             daemon.log()
         );
+        assert_eq!(out.status.code(), Some(1), "{text}");
         eprintln!(
             "{run} run: exit {:?}, {} bytes on the wire",
             out.status.code(),

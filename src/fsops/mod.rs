@@ -29,11 +29,12 @@ mod edit;
 
 pub use edit::MARKER;
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,6 +101,9 @@ pub enum CommitError {
     /// what was found instead. The temp
     /// file has been removed and the target left as it is.
     Changed(String),
+    /// The file system folds names (case on FAT and exFAT): the target's name reaches
+    /// another entry of its directory, named here, which is kept as it is.
+    Folded(String),
     Io(io::Error),
 }
 
@@ -107,6 +111,11 @@ impl fmt::Display for CommitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CommitError::Changed(found) => write!(f, "target changed meanwhile: found {found}"),
+            CommitError::Folded(other) => write!(
+                f,
+                "the file system does not tell its name from {other:?}, which exists (it folds \
+                 case): both cannot be stored here"
+            ),
             CommitError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -115,7 +124,7 @@ impl fmt::Display for CommitError {
 impl std::error::Error for CommitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            CommitError::Changed(_) => None,
+            CommitError::Changed(_) | CommitError::Folded(_) => None,
             CommitError::Io(e) => Some(e),
         }
     }
@@ -326,6 +335,29 @@ pub struct TempFile {
     opened: std::time::Instant,
 }
 
+/// When `name` was found in `dir` although the plan expected it absent: the entry it
+/// reached under another name, if the directory holds no entry of exactly this name (a
+/// case-folding file system found `A.txt` for `a.txt`). `None`: the name is really there,
+/// or the directory cannot be listed (through `/proc`), and the usual "changed" applies.
+fn folded_onto(dir: &OwnedFd, name: &CStr) -> Option<String> {
+    let name = name.to_bytes();
+    let folded = String::from_utf8_lossy(name).to_lowercase();
+    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    let mut similar = None;
+    for entry in listing {
+        let entry = entry.ok()?;
+        let other = entry.file_name();
+        let other = other.as_bytes();
+        if other == name {
+            return None;
+        }
+        if similar.is_none() && String::from_utf8_lossy(other).to_lowercase() == folded {
+            similar = Some(String::from_utf8_lossy(other).into_owned());
+        }
+    }
+    Some(similar.unwrap_or_else(|| "another entry".to_owned()))
+}
+
 impl TempFile {
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data)?;
@@ -377,7 +409,7 @@ impl TempFile {
         let fd = self.file.as_raw_fd();
         let mode = mode & MODE_MASK;
         // SAFETY: `fd` is the open temp file.
-        retry(|| unsafe { libc::fchmod(fd, mode) })?;
+        chmod_best_effort(retry(|| unsafe { libc::fchmod(fd, mode) }))?;
         let times = [
             timespec(0, widen_i64(libc::UTIME_OMIT))?,
             mtime_timespec(mtime_ns)?,
@@ -400,6 +432,11 @@ impl TempFile {
             _ => false,
         };
         if !matches {
+            if expect.is_none() {
+                if let Some(other) = folded_onto(&self.dir, &self.target) {
+                    return Err(CommitError::Folded(other));
+                }
+            }
             return Err(CommitError::Changed(describe(found)));
         }
         match expect {
@@ -726,11 +763,30 @@ fn open_or_create_dir_at(dir: &OwnedFd, name: &CString, mode: u32) -> io::Result
         Ok(_) => {
             let sub = open_dir_at(dir, name)?;
             // SAFETY: `sub` is an open directory descriptor.
-            retry(|| unsafe { libc::fchmod(sub.as_raw_fd(), mode) })?;
+            chmod_best_effort(retry(|| unsafe { libc::fchmod(sub.as_raw_fd(), mode) }))?;
             Ok(sub)
         }
         // Someone else created it between our open and mkdir: it exists, so leave it as is.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_dir_at(dir, name),
+        Err(e) => Err(e),
+    }
+}
+
+/// A mode change that the file system cannot make (FUSE and network mounts without
+/// permissions: ENOSYS, EOPNOTSUPP, EPERM) is no reason to refuse a file: the bits are
+/// best effort, and the length and hash checks are what protect the data.
+fn chmod_best_effort(r: io::Result<libc::c_int>) -> io::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM)
+            ) =>
+        {
+            log::debug!("mode not set: {e}");
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }

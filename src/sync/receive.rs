@@ -671,6 +671,9 @@ fn commit_verified(batch: Vec<Verified>) -> Vec<(u64, RelPath, RecvEnd)> {
                 Err(CommitError::Changed(what)) => RecvEnd::KeptLocal(format!(
                     "{path}: local copy changed during the sync ({what}); kept it"
                 )),
+                Err(e @ CommitError::Folded(_)) => {
+                    RecvEnd::Failed(format!("cannot store {path}: {e}"))
+                }
                 Err(CommitError::Io(e)) => RecvEnd::Failed(format!("cannot commit {path}: {e}")),
             };
             (sid, path, done)

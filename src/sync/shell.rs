@@ -90,6 +90,7 @@ fn history(e: StoreError) -> SyncError {
 fn step(e: CommitError) -> StepError {
     match e {
         CommitError::Changed(what) => StepError::Changed(format!("changed meanwhile: {what}")),
+        e @ CommitError::Folded(_) => StepError::Io(e.to_string()),
         CommitError::Io(e) => StepError::Io(e.to_string()),
     }
 }
