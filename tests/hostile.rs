@@ -20,9 +20,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::peer::{frame, Enc, RawPeer};
-use common::target::{expect_session_start, hello, lead_session, start_receive, Target, STORAGE};
+use common::target::{
+    expect_session_start, hello, lead_session, one, start_receive, Target, STORAGE,
+};
 use common::{oneshot_within, show, NodeConfig, TestDir};
-use iron_carrier::proto::{ElectionMsg, LinkMsg, Message, PeerMsg, SessionMsg, TransferMsg};
+use iron_carrier::history::Entry;
+use iron_carrier::model::{FileMeta, NodeId, RelPath};
+use iron_carrier::proto::{
+    ElectionMsg, LinkMsg, Message, PeerMsg, PlanItem, SessionMsg, TransferMsg,
+};
 
 /// Longer than the daemon's `SESSION_YIELD` (60 s) plus a good node's back-off.
 const YIELD_PATIENCE: Duration = Duration::from_secs(180);
@@ -281,4 +287,78 @@ fn a_peer_with_a_clock_far_off_is_named_at_the_handshake() {
     t.wait_for_log("ahead of ours");
     drop(p);
     t.assert_survived("disconnected from zz-future");
+}
+
+// ---------------------------------------------------------------------------------------
+// Incoming transfers
+
+/// A leader plans 70 files for the daemon and starts them all at once, sending no data:
+/// the daemon takes 64 (`MAX_INCOMING`) and refuses the rest, naming the limit.
+#[test]
+fn files_started_past_the_incoming_limit_are_refused() {
+    let t = Target::start("hostile-incoming", Enc::Plain);
+    let sid = 0x1_4C0;
+    let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    lead_session(&mut p, sid);
+    let evil = NodeId::new("a-evil").unwrap();
+    let metas: Vec<FileMeta> = (0..70)
+        .map(|i| {
+            let path = RelPath::new(&format!("many/{i:02}.bin")).unwrap();
+            FileMeta::file(path, 1000, 1_900_000_000_000_000_000, 0o644)
+        })
+        .collect();
+    let items = metas
+        .iter()
+        .map(|meta| PlanItem::Receive {
+            entry: Entry {
+                meta: meta.clone(),
+                deleted: false,
+                hash: Some([7; 32]),
+                vv: one("a-evil", 1_900_000_000),
+                by: evil.clone(),
+                link: None,
+            },
+            from: evil.clone(),
+            expect: None,
+        })
+        .collect();
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanChunk {
+        sid,
+        items,
+    })));
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::PlanEnd {
+        sid,
+    })));
+    match p.expect("PlanReady") {
+        Message::Peer(PeerMsg::Session(SessionMsg::PlanReady { .. })) => {}
+        other => panic!("expected PlanReady, got {other:?}"),
+    }
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Go { sid })));
+    for (xid, meta) in metas.into_iter().enumerate() {
+        p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileStart {
+            sid,
+            xid: xid as u32,
+            meta,
+        })));
+    }
+    let mut refused = Vec::new();
+    while refused.len() < 6 {
+        match p.expect("FileReject") {
+            Message::Peer(PeerMsg::Transfer(TransferMsg::FileReject { xid, reason })) => {
+                assert!(
+                    reason.contains("64 files are being received already"),
+                    "{reason}"
+                );
+                refused.push(xid);
+            }
+            other => panic!("expected FileReject, got {other:?}"),
+        }
+    }
+    assert_eq!(refused, (64..70).collect::<Vec<u32>>());
+    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Abort {
+        sid,
+        reason: "enough".into(),
+    })));
+    drop(p);
+    t.assert_survived("64 files are being received already");
 }

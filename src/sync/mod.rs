@@ -32,7 +32,7 @@ use crate::watch::handle::Hints;
 
 use self::core::oneshot::OneShot;
 use self::core::{Core, Io, Received, Refusal, Violation};
-use receive::{Chunk, ChunkOutcome, Ended, RecvEnd};
+use receive::{Chunk, ChunkOutcome, Ended, RecvEnd, MAX_INCOMING};
 use shell::{Peer, Shell, Storage};
 
 /// Control messages from the main thread.
@@ -314,6 +314,28 @@ impl SyncThread {
         match msg {
             TransferMsg::FileStart { sid, xid, meta } => {
                 match self.core.accept_file(from, sid, &meta, now, shell) {
+                    Ok(_) if shell.receiver.incoming() >= MAX_INCOMING => {
+                        let reason = format!(
+                            "{MAX_INCOMING} files are being received already; retried at the \
+                             next session"
+                        );
+                        log::warn!("{} from {from} not received: {reason}", meta.path);
+                        shell.send_to(
+                            from,
+                            TransferMsg::FileReject {
+                                xid,
+                                reason: reason.clone(),
+                            },
+                        );
+                        // The core took it as started: it hears the end, as for any file.
+                        let storage = self.core.session_storage().unwrap_or_default();
+                        self.received(vec![Ended {
+                            storage,
+                            sid,
+                            path: meta.path,
+                            end: RecvEnd::Failed(reason),
+                        }]);
+                    }
                     Ok(expect) => {
                         let storage = self.core.session_storage().unwrap_or_default();
                         let key = (sid, storage);

@@ -29,6 +29,11 @@ use super::send::Dest;
 use crate::history::{Entry, Vv};
 use crate::model::NodeId;
 
+/// Most files being received at once, from all senders together: each holds a temporary
+/// file (and, for a delta, its base) open. Every sender keeps to its own
+/// `max_parallel_transfers` (at most 64), but many senders, or a hostile one, could open
+/// far more; past this a new file is refused and retried at the next session.
+pub const MAX_INCOMING: usize = 64;
 /// Most received files waiting for one batched commit (each holds two descriptors).
 const MAX_COMMIT_BATCH: usize = 64;
 /// Longest a received file waits for its batch while more data is still arriving.
@@ -93,6 +98,11 @@ impl Receiver {
             Incoming::new(sid, storage, meta, accepted, base),
         );
         Ok(())
+    }
+
+    /// Files being received right now.
+    pub fn incoming(&self) -> usize {
+        self.incoming.len()
     }
 
     /// Literal bytes or block copies for transfer `xid` on `conn`; `dir` is the root of
