@@ -2,7 +2,9 @@
 # Installs, idempotently, what builds and tests need beyond rustup's toolchain:
 #   deps  — system packages the test suite uses (iproute2 for network namespaces, procps,
 #           the linter of the shell scripts, shellcheck, BusyBox for the init-script test,
-#           GNU time for cross/qemu-rss.sh, python3 for the mDNS flood of tests/discovery.rs)
+#           GNU time for cross/qemu-rss.sh, python3 for the mDNS flood of tests/discovery.rs,
+#           util-linux's setpriv/prlimit/losetup and FAT/exFAT tools for tests/faults.rs and
+#           tests/names.rs: a case-folding storage, a daemon out of descriptors)
 #   host  — Debian's rustc-web/cargo-web 1.85, the MSRV toolchain, as /usr/bin/{rustc,cargo}
 #   cross — host, plus what `make cross-test` and `make dist` need to build for and run on
 #           armv7 (Debian armhf) and aarch64 (Debian arm64) without Docker: the 1.85 standard
@@ -141,6 +143,13 @@ case "${1:-}" in
     # tests/discovery.rs floods mDNS from a small Python script.
     command -v python3 >/dev/null || missing+=(python3)
     [ -x /usr/bin/time ] || missing+=(time)
+    # tests/faults.rs and tests/names.rs: an unprivileged daemon, few descriptors, and a
+    # storage on FAT or exFAT (kernel module, or exfat-fuse where the kernel has neither).
+    command -v setpriv >/dev/null || missing+=(util-linux)
+    command -v losetup >/dev/null || missing+=(mount)
+    command -v mkfs.vfat >/dev/null || missing+=(dosfstools)
+    command -v mkfs.exfat >/dev/null || missing+=(exfatprogs)
+    command -v mount.exfat-fuse >/dev/null || missing+=(exfat-fuse)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
     ;;
   host)

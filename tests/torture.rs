@@ -3,12 +3,13 @@
 //! one or two nodes (many small files, a few of 1–8 MiB, edits, deletions, renames, a
 //! directory moved) and a random node is killed with SIGKILL at a random moment of the
 //! session that carries those changes — while it indexes, transfers, renames or commits —
-//! then restarted on the same config and database. After every round the trees must
-//! converge, every file on every node must hold a version that was really written at that
-//! path (never torn, never mixed, never a temporary file taken for data), and every file the
-//! users did not delete must still exist with its latest content (a conflict copy counts: a
-//! database that lags behind the disk after a kill may turn an edit into a conflict, which
-//! keeps both versions, but must never delete one).
+//! then restarted on the same config and database. Some rounds also change files on a
+//! survivor while the victim is down, or kill a second node while the group recovers. After
+//! every round the trees must converge, every file on every node must hold a version that
+//! was really written at that path (never torn, never mixed, never a temporary file taken for
+//! data), and every file the users did not delete must still exist with its latest content
+//! (a conflict copy counts: a database that lags behind the disk after a kill may turn an
+//! edit into a conflict, which keeps both versions, but must never delete one).
 //!
 //! `IC_TORTURE_SEED` (default 0x1c0ffee) and `IC_TORTURE_ROUNDS` (default 50) select the run;
 //! a failure names its round and seed. Round `r`'s choices come from `seed + r`, but the state
@@ -114,7 +115,8 @@ fn conflict_base(path: &str) -> Option<String> {
     })
 }
 
-/// Internal files (temporary files, the storage marker's kin) by path, anywhere in a tree.
+/// The product's internal files (its temporary files) in a manifest; the storage marker is
+/// left out of manifests already.
 fn internal_files(m: &BTreeMap<String, String>) -> Vec<String> {
     m.keys()
         .filter(|k| {
@@ -245,14 +247,14 @@ fn landing(log: &str) -> Landing {
     at
 }
 
-/// Lines that mark the start of a session's work somewhere: the kill's moment is measured
-/// from the first one after the users' changes.
 fn removed_leftovers(log: &str) -> u32 {
     log.lines()
         .filter(|l| l.contains("removed leftover temporary file"))
         .count() as u32
 }
 
+/// Lines that mark the start of a session's work somewhere: the kill's moment is measured
+/// from the first one after the users' changes.
 fn session_marks(log: &str) -> usize {
     log.lines()
         .filter(|l| {
@@ -424,8 +426,8 @@ impl Torture {
         self.seq
     }
 
-    /// Writes `data` as the new content of `rel` on node `n` the way an editor saves: into
-    /// a file outside the storage, then renamed over the target, so every version the
+    /// Saves new content (`fill` writes it) at `rel` on node `n` the way an editor does:
+    /// into a file outside the storage, then renamed over the target, so every version the
     /// storage ever shows is whole and the model knows each of them.
     fn save(&mut self, n: usize, rel: &str, fill: impl FnOnce(&Path)) {
         let k = self.next_seq();
