@@ -53,27 +53,7 @@ impl Target {
 
     /// Like `start`, with extra files in the storage.
     pub fn start_with(tag: &str, enc: Enc, files: &[(&str, &[u8])]) -> Target {
-        let dir = TestDir::new(&format!("{tag}-{enc:?}"));
-        dir.write("store/keep.txt", b"already here\n");
-        for (path, content) in files {
-            dir.write(&format!("store/{path}"), content);
-        }
-        dir.write("outside/marker.txt", b"must stay exactly as it is\n");
-        let cfg = NodeConfig::new(DAEMON_ID)
-            .encryption(&enc.toml())
-            .storage(STORAGE, &dir.join("store"));
-        let port = cfg.port;
-        let daemon = Daemon::start(&cfg.write(dir.path()));
-        let around_before = around_storage(dir.path());
-        let store_before = manifest(&dir.join("store"));
-        Target {
-            dir,
-            daemon,
-            port,
-            enc,
-            around_before,
-            store_before,
-        }
+        Target::build(tag, enc, files, &[], |c| c)
     }
 
     pub fn store(&self) -> PathBuf {
@@ -262,8 +242,21 @@ impl Target {
         wrapper: &[&str],
         amend: impl FnOnce(NodeConfig) -> NodeConfig,
     ) -> Target {
+        Target::build(tag, enc, &[], wrapper, amend)
+    }
+
+    fn build(
+        tag: &str,
+        enc: Enc,
+        files: &[(&str, &[u8])],
+        wrapper: &[&str],
+        amend: impl FnOnce(NodeConfig) -> NodeConfig,
+    ) -> Target {
         let dir = TestDir::new(&format!("{tag}-{enc:?}"));
         dir.write("store/keep.txt", b"already here\n");
+        for (path, content) in files {
+            dir.write(&format!("store/{path}"), content);
+        }
         dir.write("outside/marker.txt", b"must stay exactly as it is\n");
         let cfg = amend(
             NodeConfig::new(DAEMON_ID)
