@@ -1,4 +1,4 @@
-//! Wire protocol v2: the messages, grouped by who handles them, and their sizes on the wire.
+//! Wire protocol (version [`PROTOCOL_VERSION`]): the messages, grouped by who handles them, and their sizes on the wire.
 //!
 //! [`Message`] is layered by audience, so the compiler checks the routing:
 //! - [`LinkMsg`] — the connection itself (handshake, keep-alive, refusal): `net`'s alone;
