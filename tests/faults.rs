@@ -414,6 +414,8 @@ fn a_full_disk_under_the_database_loses_nothing_and_recovers() {
     let out = oneshot_within(&a_cfg, Duration::from_secs(100));
     let text = show(&out);
     assert!(daemon.is_running(), "the daemon stopped:\n{}", daemon.log());
+    // b could not record what it received: that run did not synchronize, and says so.
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", daemon.log());
     assert_eq!(
         manifest(&dir.join("a")),
         a_before,

@@ -430,6 +430,7 @@ impl SyncThread {
     fn received(&mut self, ended: Vec<Ended>) {
         let now = Instant::now();
         let mut touched: Vec<usize> = Vec::new();
+        let mut outcomes = Vec::with_capacity(ended.len());
         for Ended {
             storage,
             sid,
@@ -466,11 +467,22 @@ impl SyncThread {
                     Received::Aborted
                 }
             };
+            outcomes.push((storage, sid, path, outcome));
+        }
+        // The store first, then the core: a file on disk whose history could not be
+        // written (a full disk under the database) is a failure of the session, which is
+        // then synchronized again, not a success that leaves the store behind unnoticed.
+        let unrecorded: Vec<usize> = touched
+            .into_iter()
+            .filter(|&storage| !core::Io::flush_history(&mut self.shell, storage))
+            .collect();
+        for (storage, sid, path, outcome) in outcomes {
+            let outcome = match outcome {
+                Received::Committed { .. } if unrecorded.contains(&storage) => Received::Failed,
+                o => o,
+            };
             self.core
                 .on_received(sid, &path, outcome, now, &mut self.shell);
-        }
-        for storage in touched {
-            self.shell.flush_history(storage);
         }
     }
 

@@ -697,17 +697,19 @@ impl Io for Shell {
         }))
     }
 
-    fn flush_history(&mut self, storage: usize) {
+    fn flush_history(&mut self, storage: usize) -> bool {
         let batch = std::mem::take(&mut self.queued[storage]);
         if batch.is_empty() {
-            return;
+            return true;
         }
         let id = self.storages[storage].id;
         if let Err(e) = self.store.record(id, batch, now_secs()) {
             // The disk has the changes; the next scan sees them as local ones, whose
             // versions then merge with the peers': nothing is lost.
             log::warn!("{}: {e}", self.storages[storage].cfg.name);
+            return false;
         }
+        true
     }
 
     fn queue_sends(&mut self, _storage: usize, sid: u64, sends: Sends) {

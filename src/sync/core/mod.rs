@@ -206,8 +206,10 @@ pub trait Io {
         by: &NodeId,
         counter: u64,
     ) -> Result<(), StepError>;
-    /// Writes what the steps above recorded, in one transaction.
-    fn flush_history(&mut self, storage: usize);
+    /// Writes what the steps above recorded, in one transaction. False if the store could
+    /// not (a full disk under it): the disk is then ahead of the store until the next scan,
+    /// and the steps count as failed, so the storage is synchronized again.
+    fn flush_history(&mut self, storage: usize) -> bool;
     /// Queues each `(meta, to)` of `storage` for sending to every node in `to` (as a delta
     /// to those with a usable old version), in order; each outcome comes back through
     /// [`Core::on_sent`]. The whole list at once: the shell keeps it as it is and starts jobs

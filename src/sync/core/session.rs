@@ -483,8 +483,10 @@ impl Session {
                 Err(err) => fail(&mut failed, "delete", &e.meta.path, err),
             }
         }
+        if !io.flush_history(st) {
+            failed += 1;
+        }
         self.stats.failed += failed;
-        io.flush_history(st);
         let bases = self.expected.rows().filter_map(|(path, e)| {
             e.expect
                 .filter(|_| crate::delta::wanted(e.size, e.expect))

@@ -579,12 +579,13 @@ impl Io for SimIo<'_> {
         Ok(())
     }
 
-    fn flush_history(&mut self, storage: usize) {
+    fn flush_history(&mut self, storage: usize) -> bool {
         let batch = std::mem::take(&mut self.history.queued[storage]);
         let id = self.history.ids[storage];
         if let Err(e) = self.history.store.record(id, batch, self.now) {
             panic!("the simulated store failed: {e}");
         }
+        true
     }
 
     fn queue_sends(&mut self, storage: usize, sid: u64, sends: Sends) {
