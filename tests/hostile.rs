@@ -194,34 +194,11 @@ fn a_follower_reports_only_the_members_of_its_session() {
         .collect();
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
     let sid = 0xC0_4D;
-    p.send(&Message::Peer(PeerMsg::Election(ElectionMsg::Claim {
-        ticket: sid,
-        storage: STORAGE.into(),
-    })));
-    loop {
-        match p.expect("Grant") {
-            Message::Peer(PeerMsg::Election(ElectionMsg::Grant { ticket })) if ticket == sid => {
-                break
-            }
-            Message::Peer(PeerMsg::Election(ElectionMsg::Claim { .. })) => {}
-            other => panic!("expected Grant, got {other:?}"),
-        }
-    }
-    p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Start {
-        sid,
-        storage: STORAGE.into(),
-        members: vec![],
-    })));
-    match p.expect("IndexSummary") {
-        Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary { sid: s, peers, .. })) => {
-            assert_eq!(s, sid);
-            assert!(
-                peers.is_empty(),
-                "the summary names peers outside the session: {peers:?}"
-            );
-        }
-        other => panic!("expected IndexSummary, got {other:?}"),
-    }
+    let peers = lead_session(&mut p, sid);
+    assert!(
+        peers.is_empty(),
+        "the summary names peers outside the session: {peers:?}"
+    );
     p.send(&Message::Peer(PeerMsg::Session(SessionMsg::Abort {
         sid,
         reason: "done looking".into(),

@@ -11,12 +11,12 @@
 mod common;
 
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::peer::{frame, Enc, RawPeer};
+use common::peer::{connect_from_with, frame, Enc, RawPeer};
 use common::target::{hello, Target, STORAGE};
 use common::{oneshot, show, wait_until, NodeConfig, TestDir};
 use iron_carrier::proto::{LinkMsg, Message};
@@ -76,43 +76,6 @@ fn a_ping_flood_that_never_reads_does_not_grow_the_daemon() {
 // ---------------------------------------------------------------------------------------
 // 2. Descriptors exhausted, then freed
 
-/// A connection from `from` whose connect may still be in progress when this returns (a
-/// full accept queue drops the handshake, and a blocking connect would wait minutes).
-fn connect_nonblocking(from: Ipv4Addr, port: u16) -> Option<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let local = sockaddr(from, 0);
-    let remote = sockaddr(Ipv4Addr::LOCALHOST, port);
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        );
-        if fd < 0 {
-            return None;
-        }
-        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) == 0;
-        let r = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
-        let started =
-            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS);
-        if !bound || !started {
-            libc::close(fd);
-            return None;
-        }
-        Some(TcpStream::from_raw_fd(fd))
-    }
-}
-
 /// Raises this process's descriptor limit to `want` (or its hard limit): the test holds
 /// hundreds of sockets.
 fn raise_own_nofile(want: u64) -> u64 {
@@ -154,7 +117,7 @@ fn descriptors_exhausted_by_a_crowd_heal_once_it_goes() {
     let mut crowd = Vec::new();
     for i in 0..CROWD {
         let from = Ipv4Addr::new(127, 0, 3 + (i / 200) as u8, 1 + (i % 200) as u8);
-        if let Some(s) = connect_nonblocking(from, t.port) {
+        if let Some(s) = connect_from_with(from, t.port, true) {
             crowd.push(s);
         }
     }

@@ -10,9 +10,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use common::mount::Mount;
 use common::{manifest, oneshot_within, pair_configs, show, Daemon, TestDir, PATIENCE};
 
 const NFC: &str = "caf\u{e9}.txt";
@@ -87,83 +86,6 @@ fn names_differing_in_case_or_normalization_stay_apart() {
     }
 }
 
-/// A FAT-family image mounted on a directory, unmounted (and its loop device, if any, let
-/// go) when dropped.
-struct Fat {
-    at: PathBuf,
-    loop_dev: Option<String>,
-}
-
-impl Fat {
-    /// A 32 MiB FAT-family image mounted on `at`: the kernel's vfat or exfat through a loop
-    /// device where the kernel has them, else exfat-fuse (kernels built without either, as
-    /// in some CI VMs; exFAT folds case and drops sub-second mtimes as vfat does, which is
-    /// what the tests need). fusefat is not used: it cannot chmod (ENOSYS) and its rename
-    /// resets the mtime, which no kernel FAT does. Err, with the reason, when none can be
-    /// had: the caller skips its test.
-    fn mount(at: &Path, image: &Path) -> Result<Fat, String> {
-        let ok = |c: &mut Command| {
-            c.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let fresh = |mkfs: &str| {
-            let _ = std::fs::remove_file(image);
-            ok(Command::new("truncate").args(["-s", "32M"]).arg(image))
-                && ok(Command::new(mkfs).arg(image))
-        };
-        for (mkfs, fs) in [("mkfs.vfat", "vfat"), ("mkfs.exfat", "exfat")] {
-            if fresh(mkfs)
-                && ok(Command::new("mount")
-                    .args(["-t", fs, "-o", "loop"])
-                    .arg(image)
-                    .arg(at))
-            {
-                return Ok(Fat {
-                    at: at.to_path_buf(),
-                    loop_dev: None,
-                });
-            }
-        }
-        if !fresh("mkfs.exfat") {
-            return Err("no kernel vfat/exfat, and mkfs.exfat is missing (exfatprogs)".into());
-        }
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(image)
-            .output()
-            .map_err(|e| format!("losetup: {e}"))?;
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !out.status.success() || dev.is_empty() {
-            return Err("no loop device for exfat-fuse".into());
-        }
-        if ok(Command::new("mount.exfat-fuse").arg(&dev).arg(at)) {
-            return Ok(Fat {
-                at: at.to_path_buf(),
-                loop_dev: Some(dev),
-            });
-        }
-        let _ = Command::new("losetup").args(["-d", &dev]).status();
-        Err("neither the kernel's vfat/exfat nor exfat-fuse can mount a FAT image here".into())
-    }
-}
-
-impl Drop for Fat {
-    fn drop(&mut self) {
-        if !Command::new("umount")
-            .arg(&self.at)
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-        }
-        if let Some(dev) = &self.loop_dev {
-            let _ = Command::new("losetup").args(["-d", dev]).status();
-        }
-    }
-}
-
 /// What happens today on a receiver that folds case: `A.txt` and `a.txt` are one name on
 /// b's FAT storage. b must end with exactly one of them, holding one of a's two contents
 /// whole; the other is reported as not received; a is never changed, in this run nor the
@@ -173,7 +95,7 @@ fn a_case_folding_receiver_keeps_one_twin_whole_and_the_sender_loses_nothing() {
     let dir = TestDir::new("names-fat");
     let (a, b) = pair_configs(&dir, "names-fat");
     let b_root = dir.join("b");
-    let _fat = match Fat::mount(&b_root, &dir.join("b.img")) {
+    let _fat = match Mount::fat(&b_root, &dir.join("b.img")) {
         Ok(m) => m,
         Err(why) => {
             eprintln!("skipped: {why}");

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: temporary directories and file fixtures.
 #![allow(dead_code)]
 
+pub mod mount;
 pub mod peer;
 pub mod target;
 

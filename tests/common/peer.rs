@@ -271,6 +271,13 @@ pub fn frame(msg: &Message) -> Vec<u8> {
 /// A TCP connection to 127.0.0.1:`port` from the loopback address `from`: `std` cannot bind
 /// a client socket before connecting; libc can.
 pub fn connect_from(from: Ipv4Addr, port: u16) -> Option<TcpStream> {
+    connect_from_with(from, port, false)
+}
+
+/// Like [`connect_from`], and with `nonblocking` the socket is non-blocking and may still be
+/// connecting when this returns (a full accept queue drops the handshake, and a blocking
+/// connect would wait minutes).
+pub fn connect_from_with(from: Ipv4Addr, port: u16, nonblocking: bool) -> Option<TcpStream> {
     use std::os::fd::FromRawFd;
     let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -283,15 +290,23 @@ pub fn connect_from(from: Ipv4Addr, port: u16) -> Option<TcpStream> {
     let local = sockaddr(from, 0);
     let remote = sockaddr(Ipv4Addr::LOCALHOST, port);
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let flags = if nonblocking {
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK
+    } else {
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC
+    };
     // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(libc::AF_INET, flags, 0);
         if fd < 0 {
             return None;
         }
-        let ok = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) == 0
-            && libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) == 0;
-        if !ok {
+        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) == 0;
+        let r = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
+        let started = r == 0
+            || (nonblocking
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS));
+        if !bound || !started {
             libc::close(fd);
             return None;
         }

@@ -172,8 +172,9 @@ pub fn around_storage(dir: &Path) -> BTreeMap<String, String> {
 }
 
 /// Claims the lead of "docs" ("a-evil" < "node-b", so the daemon yields even if it is
-/// claiming itself), starts session `sid` once granted and waits for the daemon's summary.
-pub fn lead_session(p: &mut RawPeer, sid: u64) {
+/// claiming itself), starts session `sid` once granted and waits for the daemon's summary;
+/// returns the peers it names.
+pub fn lead_session(p: &mut RawPeer, sid: u64) -> Vec<NodeId> {
     p.send(&Message::Peer(PeerMsg::Election(ElectionMsg::Claim {
         ticket: sid,
         storage: STORAGE.into(),
@@ -194,8 +195,9 @@ pub fn lead_session(p: &mut RawPeer, sid: u64) {
         members: vec![],
     })));
     match p.expect("IndexSummary") {
-        Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary { sid: s, .. })) => {
-            assert_eq!(s, sid)
+        Message::Peer(PeerMsg::Session(SessionMsg::IndexSummary { sid: s, peers, .. })) => {
+            assert_eq!(s, sid);
+            peers
         }
         other => panic!("expected IndexSummary, got {other:?}"),
     }
