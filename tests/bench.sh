@@ -588,6 +588,23 @@ ic_watch_memory() {
   rec "${ids[@]}" status=ok "${figures[@]}"
 }
 
+# The daemon under floods (tests/flood_memory.rs, release): a fresh daemon per flood (pings
+# not read, handshakes, a crowd past the peer limit, claims, garbage frames), its VmRSS before
+# and peak VmHWM. Each line `flood NAME: k=v ...` becomes the figures NAME_k=v.
+ic_flood_memory() {
+  local out line name k figures=()
+  out=$(cd "$repo" && cargo test -q --release --locked --test flood_memory -- --ignored \
+    --nocapture --test-threads 1 2> "$run/cargo.err") ||
+    fail "cargo test --test flood_memory failed: $(grep -m1 -A1 'panicked at' "$run/cargo.err" | tail -1 || grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
+  while read -r line; do
+    name=${line%%:*}
+    name=${name#flood }
+    for k in ${line#*: }; do figures+=("${name}_$k"); done
+  done < <(grep -E '^flood [a-z]+: ' <<< "$out")
+  [ ${#figures[@]} -gt 0 ] || fail "tests/flood_memory.rs printed no flood line"
+  rec "${ids[@]}" status=ok "${figures[@]}"
+}
+
 # Discovery: three hosts, each a namespace of its own joined to a bridge (198.18.0.1-3/24),
 # no multicast route. Five times: the three daemons started together with a config of only
 # [storages] (and their ports), and the time from the start until every node is connected to
@@ -1131,6 +1148,7 @@ done
 # 5. idle; 6. latency.
 measure_ic idle - ic_idle_latency "$data/small"
 measure watch-memory iron-carrier - ic_watch_memory
+measure flood-memory iron-carrier - ic_flood_memory
 measure discovery iron-carrier - ic_discovery
 for t in rsync rsync-fsync unison; do
   na idle "$t" - "no daemon: a one-shot tool uses nothing between runs"

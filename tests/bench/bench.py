@@ -348,6 +348,16 @@ TOOL_LABEL = {"iron-carrier": "iron-carrier", BASE: "iron-carrier (baseline)",
               "rsync": "rsync (daemon)",
               "rsync-fsync": "rsync --fsync",
               "unison": "unison (socket)", "syncthing": "syncthing"}
+# tests/flood_memory.rs: the floods, in the order it runs them (name, what, what its
+# "disconnected" figure counts).
+FLOODS = [
+    ("ping", "64 MiB of pings from a linked peer that never reads", "disconnected"),
+    ("handshake", "4,096 connections from 1,024 sources, silent or garbage preambles",
+     "closed by the daemon"),
+    ("crowd", "140 idle linked strangers (limit 128)", "refused"),
+    ("claim", "65,536 claims with fresh tickets from a linked peer", "disconnected"),
+    ("garbage", "64 MiB of random bytes after the Hello", "disconnected"),
+]
 VARIANT_ORDER = {"-": 0, "plaintext": 0, "encrypted": 1, "passphrase": 2}
 LW = 36  # width of the tool column; wider when BENCH_BASELINE's longer labels need it
 
@@ -828,6 +838,23 @@ def cmd_render(a):
                 f"directory's inode stays cached")
         else:
             out(f"  {status_cell(r)}")
+    for r in by.get("flood-memory", []):
+        out()
+        out("the daemon under floods (release build, a fresh daemon per flood): its VmRSS "
+            "just before, its peak (VmHWM, reset then) until the flood is over and it is idle")
+        if r.get("status") != "ok":
+            out(f"  {status_cell(r)}")
+            continue
+        for name, what, gone in FLOODS:
+            before, top = r.get(f"{name}_rss_before_kib"), r.get(f"{name}_peak_kib")
+            if not (num(before) and num(top)):
+                out(f"  {what}: not measured")
+                continue
+            shut = r.get(f"{name}_shut_ms")
+            shut = f" (its FIN after {shut} ms)" if num(shut) else ""
+            out(f"  {what}: {before:,} KiB before, peak {top:,} KiB ({top - before:+,} KiB); "
+                f"{gone}: {r.get(f'{name}_disconnected', '?')}{shut}; "
+                f"{fmt(r.get(f'{name}_secs'))} s")
     for r in by.get("discovery", []):
         out()
         out("discovery: three hosts in namespaces on one bridge (no multicast route), configs of "
