@@ -75,7 +75,8 @@ pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A session that made no progress (a `SessionAlive` is none) for this long while another
 /// node has waited as long for this one to be free is ended, so that one slow or hostile
 /// peer cannot keep the others waiting: the session is retried later, and the next one only
-/// moves what is missing.
+/// moves what is missing. Checked when the session's heartbeat is due (every
+/// [`ALIVE_EVERY`]), so it gives way 60 to 80 s after.
 pub const SESSION_YIELD: Duration = Duration::from_secs(60);
 /// How often a leader tells its participants it is alive, and a participant that made
 /// progress tells its leader, during a long session (files may move between followers for

@@ -126,7 +126,7 @@ pub(super) struct Session {
     pub(super) local_done: bool,
     pub(super) last_activity: Instant,
     /// The last sign of progress: anything but a `SessionAlive`, which only says a peer is
-    /// there (see [`Session::stalled_while_waited`]).
+    /// there (see [`Session::give_way`]).
     pub(super) last_progress: Instant,
     /// When this node last sent `SessionAlive`.
     alive_sent: Instant,
