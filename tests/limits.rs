@@ -64,11 +64,15 @@ fn a_ping_flood_that_never_reads_does_not_grow_the_daemon() {
         hwm_before,
         hwm_after
     );
-    assert!(
-        grew_mib < 16,
-        "the daemon's peak RSS grew by {grew_mib} MiB under a ping flood:\n{}",
-        t.daemon.log()
-    );
+    // Under qemu-user the RSS is the emulator's, which grows with the code it translates:
+    // the bound is checked natively, the survival everywhere.
+    if std::env::var_os("IC_TEST_RUNNER").is_none() {
+        assert!(
+            grew_mib < 16,
+            "the daemon's peak RSS grew by {grew_mib} MiB under a ping flood:\n{}",
+            t.daemon.log()
+        );
+    }
     drop(p);
     t.assert_survived("disconnected from zz-flood");
 }
