@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use common::mount::Mount;
 use common::{
-    manifest, oneshot_within, pair_configs, set_mtime, show, wait_until, wire_total, write_random,
-    Daemon, TestDir, PATIENCE,
+    assert_exit, manifest, oneshot_within, pair_configs, set_mtime, show, wait_until, wire_total,
+    write_random, Daemon, TestDir, PATIENCE,
 };
 
 /// Node a (a one-shot run) has three files too big for node b's 3 MiB disk and a few small
@@ -79,13 +79,7 @@ fn a_full_disk_fails_those_files_at_once_and_the_next_session_finishes() {
     // Room again: the next session moves what is missing.
     _mount.remount("size=16m");
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     let want: Vec<_> = a_before.iter().collect();
     let got = manifest(&b_root);
     for (k, v) in want {
@@ -124,13 +118,7 @@ fn a_read_only_storage_fails_the_session_at_once_and_the_next_one_finishes() {
     let a_cfg = a.write(&dir.mkdir("cfg-a"));
     let daemon = Daemon::start(&b.write(&dir.mkdir("cfg-b")));
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
 
     mount.remount("ro");
     for i in 0..5 {
@@ -159,13 +147,7 @@ fn a_read_only_storage_fails_the_session_at_once_and_the_next_one_finishes() {
 
     mount.remount("rw");
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     let got = manifest(&b_root);
     converged(&a_before, &got, &daemon.log());
     assert!(
@@ -216,13 +198,7 @@ fn an_unwritable_directory_fails_its_files_and_the_others_arrive() {
     sh(&format!("chown -R 65534:65534 '{}'", dir.path().display()));
     let daemon = Daemon::start_via(&NOBODY, &b_cfg);
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
 
     let b_root = dir.join("b");
     sh(&format!("chmod 0555 '{}'", b_root.join("locked").display()));
@@ -257,13 +233,7 @@ fn an_unwritable_directory_fails_its_files_and_the_others_arrive() {
 
     sh(&format!("chmod 0755 '{}'", b_root.join("locked").display()));
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     converged(&a_before, &manifest(&b_root), &daemon.log());
 }
 
@@ -285,13 +255,7 @@ fn a_full_disk_under_the_database_loses_nothing_and_recovers() {
     let b_cfg = b.write(&cfg_b);
     let mut daemon = Daemon::start(&b_cfg);
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
 
     // Fill what is left of the database's file system.
     let filler = cfg_b.join("filler");
@@ -414,13 +378,7 @@ fn fat_two_second_mtimes_do_not_make_files_resend() {
     let daemon = Daemon::start(&b.write(&dir.mkdir("cfg-b")));
 
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     converged(&a_before, &manifest(&b_root), &daemon.log());
     let first = wire_total(&out);
 
@@ -455,13 +413,7 @@ fn fat_two_second_mtimes_do_not_make_files_resend() {
     std::fs::write(dir.join("a/big.bin"), &big).unwrap();
     set_mtime_ns(&dir.join("a/big.bin"), (base + 2001) * 1_000_000_000 + 1);
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     assert_eq!(
         std::fs::read(b_root.join("f03.txt")).unwrap(),
         b"edited on a, longer than before\n",
@@ -478,13 +430,7 @@ fn fat_two_second_mtimes_do_not_make_files_resend() {
     );
     std::fs::write(b_root.join("f05.txt"), b"edited on b, longer than before\n").unwrap();
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     assert_eq!(
         std::fs::read(dir.join("a/f05.txt")).unwrap(),
         b"edited on b, longer than before\n",

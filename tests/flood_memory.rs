@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::peer::{connect_from, frame, Enc, RawPeer};
+use common::peer::{connect_from, frame, Enc};
 use common::target::{hello, Target, STORAGE};
-use common::wait_until;
+use common::{raise_own_nofile, wait_until};
 use iron_carrier::proto::{ElectionMsg, LinkMsg, Message, PeerMsg};
 
 const MIB: usize = 1024 * 1024;
@@ -128,25 +128,6 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     out
 }
 
-/// Raises this process's descriptor limit to `want` (or its hard limit); returns the limit.
-fn raise_own_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 0;
-        }
-        if r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-        r.rlim_cur
-    }
-}
-
 /// Writes `batch` until `total` bytes went out or a write fails (the daemon closed); returns
 /// the bytes written and whether a write failed.
 fn pour(stream: &mut TcpStream, batch: &[u8], total: usize) -> (usize, bool) {
@@ -226,20 +207,6 @@ fn handshake_flood() {
     t.assert_survived("does not speak Iron Carrier's protocol");
 }
 
-/// Links a crafted idle peer (sharing nothing) from `from`; returns it if the daemon linked
-/// it (sent its Hello), `None` if it refused or closed.
-fn idle_peer(t: &Target, from: Ipv4Addr, id: &str) -> Option<RawPeer> {
-    let cfg = t.enc.link(None);
-    let mut p = RawPeer::connect_from(from, t.port);
-    let hs = p.start_link(&cfg);
-    p.finish_link(&cfg, hs).ok()?;
-    p.send(&hello(id, None, &[]));
-    match p.recv()? {
-        Message::Link(LinkMsg::Hello(_)) => Some(p),
-        _ => None,
-    }
-}
-
 fn crowd() {
     const CROWD: usize = 140;
     let t = Target::start("flood-crowd", Enc::Plain);
@@ -248,7 +215,7 @@ fn crowd() {
     for i in 0..CROWD {
         // Ten per source: under admission's per-source burst, so each reaches its Hello.
         let from = Ipv4Addr::new(127, 3, 0, 1 + (i / 10) as u8);
-        if let Some(p) = idle_peer(&t, from, &format!("zz-crowd-{i:03}")) {
+        if let Some(p) = t.idle_peer(from, &format!("zz-crowd-{i:03}")) {
             linked.push(p);
         }
     }

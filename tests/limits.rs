@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::peer::{connect_from_with, frame, Enc, RawPeer};
 use common::target::{hello, Target, STORAGE};
-use common::{oneshot, show, wait_until, NodeConfig, TestDir};
+use common::{oneshot, raise_own_nofile, show, wait_until, NodeConfig, TestDir};
 use iron_carrier::proto::{LinkMsg, Message};
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
@@ -80,26 +80,6 @@ fn a_ping_flood_that_never_reads_does_not_grow_the_daemon() {
 // ---------------------------------------------------------------------------------------
 // 2. Descriptors exhausted, then freed
 
-/// Raises this process's descriptor limit to `want` (or its hard limit): the test holds
-/// hundreds of sockets.
-fn raise_own_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 0;
-        }
-        if r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-        r.rlim_cur
-    }
-}
-
 #[test]
 fn descriptors_exhausted_by_a_crowd_heal_once_it_goes() {
     const NOFILE: u32 = 48;
@@ -140,20 +120,6 @@ fn descriptors_exhausted_by_a_crowd_heal_once_it_goes() {
 // ---------------------------------------------------------------------------------------
 // 3. More peers than the limit
 
-/// Links a crafted idle peer (sharing nothing) from `from`; returns it if the daemon linked
-/// it (sent its Hello), `None` if it refused or closed.
-fn idle_peer(t: &Target, from: Ipv4Addr, id: &str) -> Option<RawPeer> {
-    let cfg = t.enc.link(None);
-    let mut p = RawPeer::connect_from(from, t.port);
-    let hs = p.start_link(&cfg);
-    p.finish_link(&cfg, hs).ok()?;
-    p.send(&hello(id, None, &[]));
-    match p.recv()? {
-        Message::Link(LinkMsg::Hello(_)) => Some(p),
-        _ => None,
-    }
-}
-
 #[test]
 fn more_strangers_than_the_peer_limit_never_keep_a_configured_peer_out() {
     const CROWD: usize = 140;
@@ -170,7 +136,7 @@ fn more_strangers_than_the_peer_limit_never_keep_a_configured_peer_out() {
     let mut crowd = Vec::new();
     for i in 0..CROWD {
         let from = Ipv4Addr::new(127, 0, 2, 1 + (i / 10) as u8);
-        if let Some(p) = idle_peer(&t, from, &format!("zz-crowd-{i:03}")) {
+        if let Some(p) = t.idle_peer(from, &format!("zz-crowd-{i:03}")) {
             crowd.push(p);
         }
     }

@@ -12,7 +12,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::mount::Mount;
-use common::{manifest, oneshot_within, pair_configs, show, Daemon, TestDir, PATIENCE};
+use common::{
+    assert_exit, manifest, oneshot_within, pair_configs, show, Daemon, TestDir, PATIENCE,
+};
 
 const NFC: &str = "caf\u{e9}.txt";
 const NFD: &str = "cafe\u{301}.txt";
@@ -39,13 +41,7 @@ fn names_differing_in_case_or_normalization_stay_apart() {
     let daemon = Daemon::start(&b.write(&dir.mkdir("cfg-b")));
 
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     let a_first = manifest(&dir.join("a"));
     assert_eq!(a_first.len(), 7, "{a_first:?}");
     assert_eq!(manifest(&dir.join("b")), a_first, "{}", daemon.log());
@@ -56,13 +52,7 @@ fn names_differing_in_case_or_normalization_stay_apart() {
     dir.write("b/d/a.txt", b"nested lower, edited on b\n");
     dir.write(&format!("b/{NFD}"), b"decomposed, edited on b\n");
     let out = oneshot_within(&a_cfg, PATIENCE);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        show(&out),
-        daemon.log()
-    );
+    assert_exit(&out, 0, &daemon);
     let want: BTreeMap<&str, &[u8]> = BTreeMap::from([
         ("A.txt", &b"upper case A, edited on a\n"[..]),
         ("a.txt", b"lower case a, longer\n"),

@@ -519,6 +519,38 @@ pub fn output_within(child: std::process::Child, limit: Duration) -> Output {
     }
 }
 
+/// Asserts that a one-shot run exited with `code`, showing its output and the log of
+/// `daemon`, the node it ran against.
+pub fn assert_exit(out: &Output, code: i32, daemon: &Daemon) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}\ndaemon log:\n{}",
+        show(out),
+        daemon.log()
+    );
+}
+
+/// Raises this process's descriptor limit to `want` (or its hard limit); returns the limit.
+/// Tests that hold hundreds of sockets need it.
+pub fn raise_own_nofile(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < want {
+            r.rlim_cur = want.min(r.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+        r.rlim_cur
+    }
+}
+
 /// Describes an output for assertion messages.
 pub fn show(out: &Output) -> String {
     format!(

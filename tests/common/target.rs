@@ -236,6 +236,20 @@ pub fn expect_session_start(p: &mut RawPeer) -> u64 {
 }
 
 impl Target {
+    /// Links a crafted idle peer (sharing nothing) from `from` as `id`; returns it if the
+    /// daemon linked it (sent its Hello), `None` if it refused or closed.
+    pub fn idle_peer(&self, from: std::net::Ipv4Addr, id: &str) -> Option<RawPeer> {
+        let cfg = self.enc.link(None);
+        let mut p = RawPeer::connect_from(from, self.port);
+        let hs = p.start_link(&cfg);
+        p.finish_link(&cfg, hs).ok()?;
+        p.send(&hello(id, None, &[]));
+        match p.recv()? {
+            Message::Link(LinkMsg::Hello(_)) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Like `start`, with the binary started through `wrapper` (see `Daemon::start_via`; e.g.
     /// `prlimit --nofile=64:64`) and its config amended by `amend` (e.g. a configured peer).
     pub fn start_custom(
