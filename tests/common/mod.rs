@@ -533,7 +533,11 @@ pub fn assert_exit(out: &Output, code: i32, daemon: &Daemon) {
 
 /// Raises this process's descriptor limit to `want` (or its hard limit); returns the limit.
 /// Tests that hold hundreds of sockets need it.
+// `rlim_t` is u32 on 32-bit glibc (armv7) and u64 elsewhere: conversions that are needed
+// there are no-ops here.
+#[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
 pub fn raise_own_nofile(want: u64) -> u64 {
+    let want = libc::rlim_t::try_from(want).unwrap_or(libc::rlim_t::MAX);
     // SAFETY: getrlimit/setrlimit on this process with a valid struct.
     unsafe {
         let mut r = libc::rlimit {
@@ -547,7 +551,7 @@ pub fn raise_own_nofile(want: u64) -> u64 {
             r.rlim_cur = want.min(r.rlim_max);
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
-        r.rlim_cur
+        u64::from(r.rlim_cur)
     }
 }
 
