@@ -22,9 +22,12 @@ const GRANT_LEASE: Duration = Duration::from_secs(15);
 /// claimant collects its grants in a few round trips, so one that holds a grant this long
 /// is waiting for a slow node or squatting, and must not keep the others waiting.
 const GRANT_CONTESTED: Duration = Duration::from_secs(3);
-/// How long a node whose grant was taken back is denied: doubled at each further strike
-/// (one that let a grant lapse unused gets two), up to [`BENCH_MAX`]; a session it really
-/// starts clears its strikes.
+/// How long a node whose grant was taken back is denied. A grant taken back is what a
+/// slow but honest claimant also suffers, so it costs this and no more; one let lapse
+/// (neither used nor released, which no honest node does) is a strike, and each strike
+/// doubles the pause, up to [`BENCH_MAX`]. Strikes are forgiven after [`BENCH_MAX`] without
+/// one, and when the node really starts a session: an honest node that was unlucky long
+/// ago must not be held off for minutes now (the torture test found that).
 const BENCH_FIRST: Duration = Duration::from_secs(2);
 const BENCH_MAX: Duration = Duration::from_secs(600);
 /// Most nodes remembered as benched (each costs a node id): past it the earliest to
@@ -134,7 +137,7 @@ impl Election {
         }
     }
 
-    /// `node` held a grant it did not use (`strikes`: 1 taken back, 2 let lapse): it is
+    /// `node` held a grant it did not use (`strikes`: 0 taken back, 1 let lapse): it is
     /// denied for a while, longer at each strike.
     fn bench(&mut self, node: &NodeId, strikes: u32, now: Instant) {
         if !self.benched.contains_key(node) && self.benched.len() >= MAX_BENCHED {
@@ -154,13 +157,16 @@ impl Election {
             until: now,
             strikes: 0,
         });
+        if now >= b.until + BENCH_MAX {
+            b.strikes = 0;
+        }
         b.strikes = b.strikes.saturating_add(strikes);
         let pause = BENCH_FIRST
-            .saturating_mul(1 << (b.strikes - 1).min(10))
+            .saturating_mul(1 << b.strikes.min(10))
             .min(BENCH_MAX);
-        b.until = now + pause;
-        // Once is what a slow claimant does; again, or a lease let lapse, is not.
-        let level = if b.strikes >= 2 {
+        b.until = b.until.max(now + pause);
+        // Once is what a slow claimant does; a lease let lapse is not.
+        let level = if b.strikes >= 1 {
             log::Level::Warn
         } else {
             log::Level::Info
@@ -240,7 +246,7 @@ impl Election {
         if let Some(g) = self.grant.take_if(|g| now >= g.expires) {
             // A claimant either starts its session or releases its grants well within
             // the lease: one that lets it lapse held everyone else off for nothing.
-            self.bench(&g.to, 2, now);
+            self.bench(&g.to, 1, now);
         }
         if self
             .claim
@@ -340,7 +346,7 @@ impl Election {
             // grant), and given to the one that asks.
             if let Some(old) = self.grant.take() {
                 io.send(&old.to, ElectionMsg::Deny { ticket: old.ticket }.into());
-                self.bench(&old.to, 1, now);
+                self.bench(&old.to, 0, now);
             }
         }
         if self.claim.is_some() {
