@@ -32,20 +32,10 @@ use std::time::{Duration, Instant};
 
 use common::peer::{connect_from, frame, Enc};
 use common::target::{hello, Target, STORAGE};
-use common::{raise_own_nofile, wait_until};
+use common::{raise_own_nofile, status_kib, wait_until};
 use iron_carrier::proto::{ElectionMsg, LinkMsg, Message, PeerMsg};
 
 const MIB: usize = 1024 * 1024;
-
-/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {status}"))
-}
 
 /// The daemon's user + system CPU in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {

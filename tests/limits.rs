@@ -18,18 +18,8 @@ use std::time::Duration;
 
 use common::peer::{connect_from_with, frame, Enc, RawPeer};
 use common::target::{hello, Target, STORAGE};
-use common::{oneshot, raise_own_nofile, show, wait_until, NodeConfig, TestDir};
+use common::{oneshot, raise_own_nofile, show, status_kib, wait_until, NodeConfig, TestDir};
 use iron_carrier::proto::{LinkMsg, Message};
-
-/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {status}"))
-}
 
 /// Descriptors the daemon has open.
 fn open_fds(pid: i32) -> usize {
