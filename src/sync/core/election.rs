@@ -30,6 +30,14 @@ const GRANT_CONTESTED: Duration = Duration::from_secs(3);
 /// ago must not be held off for minutes now (the torture test found that).
 const BENCH_FIRST: Duration = Duration::from_secs(2);
 const BENCH_MAX: Duration = Duration::from_secs(600);
+/// A peer that leaves a claim unanswered for [`GRANT_CONTESTED`] is "silent": it is left
+/// out of this node's claims, and its own claims are denied, for this long. An honest node
+/// answers a claim at once (a grant or a deny); one that does not is broken or hostile, and
+/// waiting for it would cost the claim every grant it holds (they are taken back after
+/// [`GRANT_CONTESTED`]), so no session with the others would ever start. Being wrongly
+/// thought silent costs a slow node only a delay: it is asked again after this, or when it
+/// reconnects.
+const SILENT_PAUSE: Duration = Duration::from_secs(60);
 /// Most nodes remembered as benched (each costs a node id): past it the earliest to
 /// return are forgotten first.
 const MAX_BENCHED: usize = 256;
@@ -93,6 +101,9 @@ pub(crate) struct Election {
     claim: Option<Claim>,
     grant: Option<Granted>,
     benched: BTreeMap<NodeId, Bench>,
+    /// Peers that let a claim go unanswered, until when they are left out of claims.
+    /// Only connected peers are here: a peer going away is forgotten.
+    silent: BTreeMap<NodeId, Instant>,
     max_attempts: u32,
 }
 
@@ -109,6 +120,7 @@ impl Election {
             claim: None,
             grant: None,
             benched: BTreeMap::new(),
+            silent: BTreeMap::new(),
             max_attempts,
         }
     }
@@ -228,6 +240,7 @@ impl Election {
         if self.grant.as_ref().is_some_and(|g| g.to == *node) {
             self.grant = None;
         }
+        self.silent.remove(node);
         if let Some(c) = &mut self.claim {
             c.waiting.remove(node);
             c.granted.remove(node);
@@ -268,7 +281,11 @@ impl Election {
             .collect();
         for i in ready {
             let name = &cx.storages[i];
-            let holders = cx.peers.holders(name);
+            let mut holders = cx.peers.holders(name);
+            self.silent.retain(|_, until| now < *until);
+            if holders.iter().any(|n| !self.silent.contains_key(n)) {
+                holders.retain(|n| !self.silent.contains_key(n));
+            }
             if holders.is_empty() {
                 // A connection being replaced looks like a peer leaving and coming back: only
                 // a storage that stays without peers for a moment has none.
@@ -331,14 +348,17 @@ impl Election {
         let Some(i) = cx.storages.iter().position(|s| s == storage) else {
             return io.send(from, deny);
         };
-        if busy || self.is_benched(from, now) {
+        if busy || self.is_benched(from, now) || self.is_silent(from, now) {
             return io.send(from, deny);
         }
         if let Some(g) = &self.grant {
             if g.to == *from && g.ticket == ticket {
                 return io.send(from, ElectionMsg::Grant { ticket }.into());
             }
-            if now < g.since + GRANT_CONTESTED {
+            // The holder claiming again, with a new ticket, is not another node waiting:
+            // taking the grant back for it would hand it straight back, and a squatter
+            // re-claiming faster than anyone else could hold the grant for ever.
+            if g.to == *from || now < g.since + GRANT_CONTESTED {
                 return io.send(from, deny);
             }
             // Held too long while another node waits: taken back (the holder hears a
@@ -410,9 +430,26 @@ impl Election {
         }
     }
 
-    /// Gives up the current claim: releases everyone asked, backs off.
+    fn is_silent(&self, node: &NodeId, now: Instant) -> bool {
+        self.silent.get(node).is_some_and(|&until| now < until)
+    }
+
+    /// Gives up the current claim: releases everyone asked, backs off. Those asked long
+    /// ago that never answered are silent.
     fn withdraw_claim(&mut self, cx: &Ctx<'_>, now: Instant, io: &mut dyn Io) {
         let Some(c) = self.claim.take() else { return };
+        if now >= c.started + GRANT_CONTESTED {
+            for n in &c.waiting {
+                log::warn!(
+                    "{n} did not answer a claim to lead {} within {} s; it is left out of \
+                     this node's sessions for {} s",
+                    cx.storages[c.storage],
+                    GRANT_CONTESTED.as_secs(),
+                    SILENT_PAUSE.as_secs()
+                );
+                self.silent.insert(n.clone(), now + SILENT_PAUSE);
+            }
+        }
         for n in c.waiting.iter().chain(c.granted.iter()) {
             io.send(n, ElectionMsg::Release { ticket: c.ticket }.into());
         }

@@ -47,7 +47,7 @@ use super::{Accepted, Core, Received, Refusal, Sent, StorageResult};
 use crate::debounce::Debouncer;
 use crate::history::Entry;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath};
-use crate::proto::{PeerMsg, SessionMsg};
+use crate::proto::{ElectionMsg, PeerMsg, SessionMsg};
 use crate::run::{DialError, RunReport};
 use crate::store::Applied;
 
@@ -184,6 +184,9 @@ struct Node {
     /// Its disk is full until this virtual time: it refuses every incoming file for lack
     /// of space (as the real receiver does when `free_space` is too small).
     full_until: u64,
+    /// A crafted peer: its core is never called (it answers nothing); what it sends is
+    /// forged by [`Event::Squat`].
+    hostile: bool,
 }
 
 impl Node {
@@ -254,6 +257,15 @@ enum Event {
     },
     /// The next random action of the chaos phase.
     Chaos,
+    /// Hostile `node` claims the lead of `storage` from every node it is connected to,
+    /// with a new ticket each time, never answering and never starting a session; again
+    /// `every` later.
+    Squat {
+        node: usize,
+        storage: &'static str,
+        ticket: u64,
+        every: u64,
+    },
 }
 
 struct Scheduled {
@@ -385,6 +397,7 @@ impl Sim {
                     rng: Rng::new(rng.next()),
                     tick_at: None,
                     full_until: 0,
+                    hostile: false,
                     watch: None,
                     watch_settings: st
                         .iter()
@@ -523,6 +536,9 @@ impl Sim {
         after_tick: bool,
         f: impl FnOnce(&mut Core, &mut SimIo<'_>, Instant) -> R,
     ) -> Option<R> {
+        if self.nodes[i].hostile {
+            return None;
+        }
         let now = self.instant();
         let inc = self.nodes[i].inc;
         // What the real shell calls busy: files still being sent.
@@ -930,6 +946,32 @@ impl Sim {
                 }
             }
             Event::Chaos => self.chaos(),
+            Event::Squat {
+                node,
+                storage,
+                ticket,
+                every,
+            } => {
+                if !self.up(node) {
+                    return;
+                }
+                for j in 0..self.nodes.len() {
+                    if j != node && self.link(node, j).connected {
+                        let claim = ElectionMsg::Claim {
+                            ticket,
+                            storage: storage.into(),
+                        };
+                        self.send(node, j, claim.into());
+                    }
+                }
+                let next = Event::Squat {
+                    node,
+                    storage,
+                    ticket: ticket + 1,
+                    every,
+                };
+                self.push(self.now + every, next);
+            }
         }
     }
 

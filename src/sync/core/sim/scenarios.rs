@@ -703,4 +703,35 @@ mod tests {
         );
         sim.check_converged(&all(3), true);
     }
+
+    /// n0 claims the lead every so often with a new ticket and never answers or starts a
+    /// session; n1 and n2 must still synchronize with each other while it goes on — whether
+    /// it squats on the grants of both (it is then also silent to their claims) or only
+    /// on n2's.
+    #[test]
+    fn a_squatter_claiming_for_ever_does_not_keep_two_good_nodes_apart() {
+        for seed in 0..40 {
+            let mut sim = scenario(seed, 3, Config::default());
+            sim.nodes[0].hostile = true;
+            sim.start_all();
+            if seed % 2 == 1 {
+                sim.cut(0, 1);
+            }
+            let every = sim.draw((20 * MS, 500 * MS));
+            let squat = Event::Squat {
+                node: 0,
+                storage: "docs",
+                ticket: 1,
+                every,
+            };
+            sim.push(sim.now, squat);
+            sim.run_until_time(120 * SEC);
+            sim.check_converged(&[1, 2], false);
+            let s1 = sim.nodes[1].storage("docs").unwrap();
+            assert!(
+                sim.nodes[1].fs[s1].keys().any(|p| p.as_str() == "d/own-2"),
+                "seed {seed}: n2's file never reached n1"
+            );
+        }
+    }
 }
