@@ -4,7 +4,8 @@
 //! Neither end hears anything: the connection must be given up after `net`'s 60 s of
 //! silence, the session with it, leaving nothing half-applied (no partial file where the
 //! file goes, no temporary file left); once the port is up again the nodes reconnect and
-//! the file arrives whole. (The transfer starts over: resuming it is not built yet.)
+//! the file arrives whole, resumed from what had arrived: the bytes received before the cut
+//! are kept as a partial file and not sent again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -27,21 +28,32 @@ fn config(dir: &TestDir, id: &str, peer: usize, root: &Path) -> PathBuf {
     dir.write(&format!("{id}.toml"), text.as_bytes())
 }
 
-/// Bytes of temporary files (`.iron-carrier.tmp.*`) in `root`'s top directory.
-fn temp_bytes(root: &Path) -> u64 {
+/// Bytes of the internal files named `.iron-carrier.{kind}.*` in `root`'s top directory:
+/// temporary files (`tmp`), or what interrupted transfers kept (`part`).
+fn internal_bytes(root: &Path, kind: &str) -> u64 {
+    let prefix = format!(".iron-carrier.{kind}.");
     std::fs::read_dir(root)
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .contains(".iron-carrier.tmp")
-                })
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
                 .filter_map(|e| e.metadata().ok())
                 .map(|m| m.len())
                 .sum()
         })
         .unwrap_or(0)
+}
+
+fn temp_bytes(root: &Path) -> u64 {
+    internal_bytes(root, "tmp")
+}
+
+/// The offset in the receiver's "big.bin: resumed at byte N of M" line, if it logged one.
+fn resumed_at(log: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("big.bin: resumed at byte "))?;
+    let rest = line.split("resumed at byte ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 #[test]
@@ -99,6 +111,14 @@ fn a_link_cut_mid_transfer_abandons_the_session_cleanly_and_converges_when_back(
         "the abandoned transfer left a temporary file: {:?}",
         manifest(&b_root)
     );
+    // What arrived is kept, under an internal name, to be resumed.
+    let kept = internal_bytes(&b_root, "part");
+    assert!(
+        kept >= 6 * 1024 * 1024,
+        "the receiver kept {kept} bytes of the interrupted transfer: {:?}\n{}",
+        manifest(&b_root),
+        b.log()
+    );
     assert!(
         !b_root.join("big.bin").exists(),
         "a half-received file was put in place"
@@ -114,6 +134,25 @@ fn a_link_cut_mid_transfer_abandons_the_session_cleanly_and_converges_when_back(
         b.log()
     );
     assert_eq!(temp_bytes(&b_root), 0, "{:?}", manifest(&b_root));
+    // It went on from what was kept (the sender skipped those bytes), and what was kept is
+    // gone once the file is in place.
+    let at = resumed_at(&b.log());
+    assert!(
+        at.is_some_and(|at| at >= 6 * 1024 * 1024),
+        "the transfer was not resumed from the {kept} bytes kept (resumed at {at:?}):\n{}",
+        b.log()
+    );
+    assert_eq!(
+        internal_bytes(&b_root, "part"),
+        0,
+        "the partial outlived the transfer: {:?}",
+        manifest(&b_root)
+    );
+    eprintln!(
+        "resumed at byte {} of {}",
+        at.unwrap_or(0),
+        24 * 1024 * 1024
+    );
     drop(a);
     drop(b);
 }

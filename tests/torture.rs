@@ -128,6 +128,17 @@ fn internal_files(m: &BTreeMap<String, String>) -> Vec<String> {
         .collect()
 }
 
+/// A manifest without what interrupted transfers kept to be resumed (`.iron-carrier.part.*`):
+/// those are never data, and stay (a day at most) when the version they were for is gone.
+fn without_partials(mut m: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.retain(|k, _| {
+        !k.rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with(".iron-carrier.part."))
+    });
+    m
+}
+
 /// What a tree looks like without reading file contents: enough to see that trees still
 /// differ, so the full (hashing) manifest is taken only when they may be the same.
 fn quick_manifest(root: &Path) -> BTreeMap<String, String> {
@@ -609,12 +620,20 @@ impl Torture {
                     IDS[i]
                 ));
             }
-            let quick: Vec<_> = self.nodes.iter().map(|n| quick_manifest(&n.root)).collect();
+            let quick: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|n| without_partials(quick_manifest(&n.root)))
+                .collect();
             let settled = quick.iter().all(|q| q == &quick[0])
                 && internal_files(&quick[0]).is_empty()
                 && !quick[0].values().any(|v| v == "vanished");
             if settled {
-                let full: Vec<_> = self.nodes.iter().map(|n| manifest(&n.root)).collect();
+                let full: Vec<_> = self
+                    .nodes
+                    .iter()
+                    .map(|n| without_partials(manifest(&n.root)))
+                    .collect();
                 if full.iter().all(|m| m == &full[0]) && !full[0].values().any(|v| v == "vanished")
                 {
                     return full.into_iter().next().unwrap();

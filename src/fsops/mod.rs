@@ -26,8 +26,10 @@
 //! outside 1901..2038 cannot be read or applied there (applying one is `InvalidInput`).
 
 mod edit;
+mod partial;
 
 pub use edit::MARKER;
+pub use partial::{is_partial, PARTIAL_KEEP};
 
 use std::ffi::{CStr, CString};
 use std::fmt;

@@ -39,6 +39,8 @@ pub(super) mod tag {
     pub const FILE_REJECT: u8 = 0x24;
     pub const SIGNATURE: u8 = 0x26;
     pub const FILE_COPY: u8 = 0x27;
+    pub const FILE_RESUME: u8 = 0x28;
+    pub const FILE_SKIP: u8 = 0x29;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -458,6 +460,16 @@ fn encode_transfer(e: &mut Enc<'_>, m: &TransferMsg) {
             e.u32(*xid);
             e.str(reason);
         }
+        TransferMsg::FileResume { xid, offset } => {
+            e.u8(tag::FILE_RESUME);
+            e.u32(*xid);
+            e.u64(*offset);
+        }
+        TransferMsg::FileSkip { xid, offset } => {
+            e.u8(tag::FILE_SKIP);
+            e.u32(*xid);
+            e.u64(*offset);
+        }
         TransferMsg::Signature { sid, path, sig } => {
             e.u8(tag::SIGNATURE);
             e.u64(*sid);
@@ -867,6 +879,16 @@ pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         tag::FILE_REJECT => TransferMsg::FileReject {
             xid: d.u32("xid")?,
             reason: d.reason()?,
+        }
+        .into(),
+        tag::FILE_RESUME => TransferMsg::FileResume {
+            xid: d.u32("xid")?,
+            offset: d.u64("offset")?,
+        }
+        .into(),
+        tag::FILE_SKIP => TransferMsg::FileSkip {
+            xid: d.u32("xid")?,
+            offset: d.u64("offset")?,
         }
         .into(),
         tag::SIGNATURE => {

@@ -32,7 +32,7 @@ pub const MAGIC: [u8; 8] = *b"IRONCARR";
 /// session's participants. 3: history — version vectors and tombstones in the index, which a
 /// peer sends as its changes since the leader's copy; plans that delete, move, rename
 /// conflict copies and record versions.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER: usize = 4;
 /// Largest file-data chunk a sender puts in one frame.
@@ -286,6 +286,20 @@ pub enum TransferMsg {
         xid: u32,
         reason: String,
     },
+    /// Receiver → sender, right after `FileStart`: I kept the first `offset` bytes of this
+    /// very version from an interrupted transfer; you may skip them. Advisory: a sender
+    /// that cannot (a stream shared by several receivers, a delta) sends everything.
+    FileResume {
+        xid: u32,
+        offset: u64,
+    },
+    /// Sender → receiver, in the stream: the data that follows starts at `offset`; take
+    /// the bytes before it from what you kept. Only after a `FileResume` offering at least
+    /// `offset`.
+    FileSkip {
+        xid: u32,
+        offset: u64,
+    },
 }
 
 impl From<LinkMsg> for Message {
@@ -408,6 +422,8 @@ impl TransferMsg {
             TransferMsg::FileCopy { .. } => "FileCopy",
             TransferMsg::FileAbort { .. } => "FileAbort",
             TransferMsg::FileReject { .. } => "FileReject",
+            TransferMsg::FileResume { .. } => "FileResume",
+            TransferMsg::FileSkip { .. } => "FileSkip",
         }
     }
 }

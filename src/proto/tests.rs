@@ -230,6 +230,14 @@ fn samples() -> Vec<Message> {
             xid: 3,
             reason: "ignored here".into(),
         }),
+        Message::from(TransferMsg::FileResume {
+            xid: 3,
+            offset: 7 << 20,
+        }),
+        Message::from(TransferMsg::FileSkip {
+            xid: 3,
+            offset: u64::MAX,
+        }),
         Message::from(TransferMsg::Signature {
             sid: 2,
             path: p("big.bin"),

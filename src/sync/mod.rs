@@ -340,7 +340,13 @@ impl SyncThread {
                         let storage = self.core.session_storage().unwrap_or_default();
                         let key = (sid, storage);
                         if let Err(v) = shell.receiver.start(conn, xid, key, meta, expect) {
-                            shell.disconnect(from, v);
+                            return shell.disconnect(from, v);
+                        }
+                        let Ok(dir) = shell.storages[storage].dir() else {
+                            return;
+                        };
+                        if let Some(offset) = shell.receiver.offer_resume(conn, xid, dir) {
+                            shell.send_to(from, TransferMsg::FileResume { xid, offset });
                         }
                     }
                     Err(Refusal::Reject(reason)) => shell.send_to(
@@ -383,6 +389,12 @@ impl SyncThread {
                 if let Some(ended) = shell.receiver.abort(conn, xid, reason) {
                     self.received(vec![ended]);
                 }
+            }
+            TransferMsg::FileResume { xid, offset } => {
+                shell.outbox.engine.resume(conn, xid, offset, &shell.net);
+            }
+            TransferMsg::FileSkip { xid, offset } => {
+                self.on_chunk(conn, from, xid, Chunk::Skip(offset), now);
             }
             TransferMsg::FileReject { xid, reason } => {
                 match shell.outbox.engine.drop_receiver(conn, Some(xid)) {

@@ -38,11 +38,16 @@ pub const MAX_INCOMING: usize = 64;
 const MAX_COMMIT_BATCH: usize = 64;
 /// Longest a received file waits for its batch while more data is still arriving.
 const COMMIT_DELAY: Duration = Duration::from_millis(50);
+/// An interrupted transfer that got this far is kept to be resumed (see
+/// `fsops::partial`); below it, sending again costs less than keeping track.
+pub const RESUME_MIN: u64 = 1 << 20;
 
 /// A piece of a file being received.
 pub enum Chunk<'a> {
     Literal(&'a [u8]),
     Copy(u32, u32),
+    /// The stream skips to this offset: the bytes before it come from the partial offered.
+    Skip(u64),
 }
 
 /// What became of a chunk.
@@ -105,6 +110,25 @@ impl Receiver {
         self.incoming.len()
     }
 
+    /// Right after [`Receiver::start`]: how much of this version a partial kept from an
+    /// interrupted transfer holds, to offer the sender (`FileResume`). Only for files large
+    /// enough to have been kept, so a tree of small files costs no lookup.
+    pub fn offer_resume(&mut self, conn: ConnId, xid: u32, dir: &StorageDir) -> Option<u64> {
+        let inc = self.incoming.get_mut(&(conn, xid))?;
+        if inc.meta.size < RESUME_MIN {
+            return None;
+        }
+        let (file, len) = match dir.open_partial(&inc.meta) {
+            Ok(found) => found?,
+            Err(e) => {
+                log::debug!("cannot open the partial of {}: {e}", inc.meta.path);
+                return None;
+            }
+        };
+        inc.partial = Some(Partial { file, len });
+        (len > 0 && len <= inc.meta.size).then_some(len)
+    }
+
     /// Literal bytes or block copies for transfer `xid` on `conn`; `dir` is the root of
     /// the session's storage.
     pub fn chunk(
@@ -120,6 +144,7 @@ impl Receiver {
         let r = match chunk {
             Chunk::Literal(data) => inc.write(dir, data),
             Chunk::Copy(first, count) => inc.copy(dir, first, count, &mut self.buf),
+            Chunk::Skip(offset) => inc.skip(dir, offset, &mut self.buf),
         };
         let end = match r {
             Ok(()) => return ChunkOutcome::Written,
@@ -248,22 +273,37 @@ impl Receiver {
         self.signer.is_idle()
     }
 
-    /// A connection is gone: its transfers' temporary files are removed.
+    /// A connection is gone: its transfers are interrupted (see [`Incoming::interrupted`]).
     pub fn drop_conn(&mut self, conn: ConnId) {
         self.signer.drop_receiver(conn);
-        self.incoming.retain(|(c, _), _| *c != conn);
+        self.interrupt(|(c, _), _| *c == conn);
     }
 
-    /// Forgets every transfer of session `sid` (verified files are still committed).
+    /// Forgets every transfer of session `sid` (verified files are still committed); they
+    /// are interrupted (see [`Incoming::interrupted`]).
     pub fn cancel_session(&mut self, sid: u64) {
         self.signer.cancel_session(sid);
-        self.incoming.retain(|_, inc| inc.sid != sid);
+        self.interrupt(|_, inc| inc.sid == sid);
         self.bases.retain(|(s, _), _| *s != sid);
     }
 
-    /// Drops every transfer in progress (their temporary files are removed).
+    /// Drops every transfer in progress, as when the daemon stops: each is interrupted.
     pub fn drop_all(&mut self) {
-        self.incoming.clear();
+        self.interrupt(|_, _| true);
+    }
+
+    fn interrupt(&mut self, which: impl Fn(&(ConnId, u32), &Incoming) -> bool) {
+        let keys: Vec<(ConnId, u32)> = self
+            .incoming
+            .iter()
+            .filter(|(k, inc)| which(k, inc))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(inc) = self.incoming.remove(&k) {
+                inc.interrupted();
+            }
+        }
     }
 
     /// Gives back what a big session left behind.
@@ -434,6 +474,13 @@ struct Base {
     file: Option<File>,
 }
 
+/// A partial of the version being received, kept from an interrupted transfer, and how
+/// many of its bytes were offered to the sender.
+struct Partial {
+    file: File,
+    len: u64,
+}
+
 /// A transfer being received.
 struct Incoming {
     sid: u64,
@@ -445,6 +492,8 @@ struct Incoming {
     vv: Vv,
     by: NodeId,
     base: Option<Base>,
+    /// The partial offered to the sender, if any (see [`Receiver::offer_resume`]).
+    partial: Option<Partial>,
     temp: Option<TempFile>,
     hasher: blake3::Hasher,
     received: u64,
@@ -503,6 +552,7 @@ impl Incoming {
             vv: accepted.vv,
             by: accepted.by,
             base: base.map(|sig| Base { sig, file: None }),
+            partial: None,
             temp: None,
             hasher: blake3::Hasher::new(),
             received: 0,
@@ -582,6 +632,68 @@ impl Incoming {
         Ok(())
     }
 
+    /// Copies the partial's bytes from what was received so far up to `offset`.
+    fn skip(
+        &mut self,
+        storage: &StorageDir,
+        offset: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), WriteError> {
+        let path = self.meta.path.clone();
+        let Some(partial) = &self.partial else {
+            return Err(WriteError::Violation(format!(
+                "skipped ahead in {path}, which this node did not offer to resume"
+            )));
+        };
+        if offset > partial.len || offset < self.received {
+            return Err(WriteError::Violation(format!(
+                "skipped to byte {offset} of {path}; {} were offered, {} received",
+                partial.len, self.received
+            )));
+        }
+        let mut at = self.received;
+        while at < offset {
+            let n = (offset - at).min(CHUNK_SIZE as u64) as usize;
+            buf.resize(n, 0);
+            let Some(partial) = &self.partial else {
+                return Err(WriteError::Io("partial file vanished".into()));
+            };
+            partial
+                .file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|e| WriteError::Io(format!("cannot read what was kept of {path}: {e}")))?;
+            let data = std::mem::take(buf);
+            let r = self.write(storage, &data[..n]);
+            *buf = data;
+            r?;
+            at += n as u64;
+        }
+        log::info!("{path}: resumed at byte {offset} of {}", self.meta.size);
+        Ok(())
+    }
+
+    /// The transfer will not complete (its connection or session is gone, or the daemon
+    /// stops): what arrived of a large file is kept to be resumed, else dropped.
+    fn interrupted(mut self) {
+        let Some(temp) = self.temp.take() else {
+            return;
+        };
+        if self.received < RESUME_MIN {
+            return;
+        }
+        // The partial it may have started from is superseded by the rename.
+        self.partial = None;
+        match temp.park(&self.meta) {
+            Ok(()) => log::info!(
+                "{}: kept the {} bytes received of {} to resume",
+                self.meta.path,
+                self.received,
+                self.meta.size
+            ),
+            Err(e) => log::debug!("cannot keep what arrived of {}: {e}", self.meta.path),
+        }
+    }
+
     fn temp(&mut self, storage: &StorageDir) -> Result<&mut TempFile, String> {
         if self.temp.is_none() {
             let t = storage.begin_write(&self.meta.path).map_err(|e| {
@@ -604,6 +716,10 @@ impl Incoming {
             )));
         }
         if self.hasher.finalize().as_bytes() != hash {
+            // A partial that led to this must not be offered again.
+            if self.partial.take().is_some() {
+                let _ = storage.remove_partial(&self.meta);
+            }
             return Finished::Done(RecvEnd::Failed(format!(
                 "{}: content hash mismatch; discarded",
                 self.meta.path
@@ -617,6 +733,12 @@ impl Incoming {
         };
         // The base is read; release it before its path is replaced.
         self.base = None;
+        // Its bytes are in the new file, or were not wanted: it is of no more use.
+        if self.partial.take().is_some() {
+            if let Err(e) = storage.remove_partial(&self.meta) {
+                log::debug!("cannot remove the partial of {}: {e}", self.meta.path);
+            }
+        }
         match temp.prepare(self.meta.mode, self.meta.mtime_ns, self.expect) {
             Ok(prepared) => Finished::Ready(Verified {
                 sid: self.sid,

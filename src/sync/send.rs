@@ -62,6 +62,9 @@ struct Active {
     /// File data put on the wire, over all receivers.
     wire: u64,
     mode: Mode,
+    /// The receiver holds the bytes up to here (it resumes): they are read for the hash,
+    /// not sent.
+    skip_to: u64,
 }
 
 /// What happened to a job, for the session's accounting.
@@ -244,6 +247,29 @@ impl Sender {
         path
     }
 
+    /// The receiver on `conn` holds the first `offset` bytes of transfer `xid` (it offered
+    /// to resume). A whole-file stream to that receiver alone skips them, saying so in the
+    /// stream (`FileSkip`); a stream shared by several receivers, or a delta, goes on.
+    pub fn resume(&mut self, conn: ConnId, xid: u32, offset: u64, net: &NetHandle) {
+        let Some(a) = self.active.iter_mut().find(|a| a.xid == xid) else {
+            return;
+        };
+        let alone = matches!(&a.job.to[..], [d] if d.conn == conn);
+        if !alone || !matches!(a.mode, Mode::Whole) || offset <= a.read {
+            return;
+        }
+        if offset > a.job.meta.size {
+            log::debug!(
+                "ignoring an offer to resume past the end of {}",
+                a.job.meta.path
+            );
+            return;
+        }
+        let d = &a.job.to[0];
+        net.send_msg(d.conn, &d.outbound, TransferMsg::FileSkip { xid, offset });
+        a.skip_to = offset;
+    }
+
     /// Moves data: starts queued jobs up to the parallel limit and sends chunks while the
     /// receivers have room, up to `budget` bytes. Returns finished jobs, the bytes read, and
     /// whether more work could be done right now (so the caller should not sleep).
@@ -298,6 +324,7 @@ impl Sender {
                     read: 0,
                     wire: 0,
                     mode,
+                    skip_to: 0,
                 }),
                 Err(why) => {
                     abort_all(net, &job.to, xid, &why);
@@ -416,6 +443,19 @@ fn step(a: &mut Active, net: &NetHandle, buf: &mut Vec<u8>) -> Result<Step, Send
     }
     let want = remaining.min(CHUNK_SIZE as u64) as usize;
     let path = &a.job.meta.path;
+    if a.read < a.skip_to {
+        // The receiver has these bytes: read for the hash only.
+        let want = want.min((a.skip_to - a.read) as usize);
+        buf.clear();
+        read_chunk(&mut a.file, path, want, buf)?;
+        a.hasher.update(buf);
+        a.read += want as u64;
+        if a.read == a.job.meta.size {
+            finish(a, net)?;
+            return Ok(Step::Finished);
+        }
+        return Ok(Step::Sent(want));
+    }
     match &mut a.mode {
         Mode::Whole => {
             // The chunk is read straight into its frame, which every receiver's connection

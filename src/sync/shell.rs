@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use crate::config::StorageConfig;
-use crate::fsops::{CommitError, StatKind, StorageDir};
+use crate::fsops::{self, CommitError, StatKind, StorageDir};
 use crate::history::{rebase, Digest, Entry, Record};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
@@ -326,6 +326,15 @@ impl Io for Shell {
             scanner::scan(&st.cfg.path, &opts).map_err(|e| SyncError::Scan(e.to_string()))?;
         // Called only when no session is active, so no temporary file can be in use.
         for t in &result.temp_files {
+            // What an interrupted transfer left to be resumed stays a while.
+            if fsops::is_partial(t)
+                && st
+                    .dir()
+                    .and_then(|d| d.partial_age(t))
+                    .is_ok_and(|age| age < fsops::PARTIAL_KEEP)
+            {
+                continue;
+            }
             match st.dir().and_then(|d| d.remove_internal(t)) {
                 Ok(()) => log::info!("{}: removed leftover temporary file {t}", st.cfg.name),
                 Err(e) => log::warn!("{}: cannot remove leftover {t}: {e}", st.cfg.name),
