@@ -14,8 +14,8 @@ use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
-    cstring, is_absent, open_at, rename_at, split_parent, stat_at, unlink_at, StatKind, StorageDir,
-    TempFile,
+    cstring, is_absent, next_temp_name, open_at, rename_at, split_parent, stat_at, unlink_at,
+    StatKind, StorageDir, TempFile,
 };
 use crate::model::{FileMeta, RelPath, INTERNAL_PREFIX};
 
@@ -69,6 +69,36 @@ impl StorageDir {
             return Ok(None);
         }
         Ok(Some((file, st.size)))
+    }
+
+    /// Makes the partial of `meta`'s version the temporary file of its transfer, cut to its
+    /// first `len` bytes and open to append the rest: what was kept is not written again (a
+    /// partial of gigabytes on an SD card would cost minutes and their wear), and the disk
+    /// holds it once.
+    pub fn adopt_partial(&self, meta: &FileMeta, len: u64) -> io::Result<TempFile> {
+        use std::io::{Seek, SeekFrom};
+        let (parent, name) = split_parent(meta.path.as_str());
+        let dir = self.walk(parent, None)?;
+        let part = cstring(&partial_name(meta))?;
+        let temp_name = next_temp_name();
+        let temp_c = cstring(&temp_name)?;
+        // The name is this process's own (pid and counter): nothing of anyone's is there.
+        rename_at(&dir, &part, &temp_c)?;
+        let mut t = TempFile {
+            file: File::from(open_at(&dir, &temp_c, libc::O_WRONLY, 0)?),
+            dir,
+            temp_name,
+            temp_c,
+            target: cstring(name)?,
+            written: len,
+            writeback_from: len,
+            live: true,
+            opened: std::time::Instant::now(),
+        };
+        // From here on, dropping `t` removes it, as any temporary file.
+        t.file.set_len(len)?;
+        t.file.seek(SeekFrom::Start(len))?;
+        Ok(t)
     }
 
     /// Removes the partial of `meta`'s version, if there is one.
@@ -166,6 +196,27 @@ mod tests {
         dir.remove_partial(&m).unwrap();
         assert!(dir.open_partial(&m).unwrap().is_none());
         dir.remove_partial(&m).unwrap();
+
+        // Adopted: the first bytes kept, the rest appended, committed as the target.
+        let mut t = dir.begin_write(&m.path).unwrap();
+        t.write_all(b"0123456789").unwrap();
+        t.park(&m).unwrap();
+        let mut t = dir.adopt_partial(&m, 4).unwrap();
+        assert!(
+            dir.open_partial(&m).unwrap().is_none(),
+            "renamed, not copied"
+        );
+        t.write_all(b"abc").unwrap();
+        assert_eq!(t.written(), 7);
+        t.commit(m.mode, m.mtime_ns, None).unwrap();
+        assert_eq!(std::fs::read(root.join("a/b/big.bin")).unwrap(), b"0123abc");
+        // An adopted file dropped before its commit is removed like any temporary file.
+        let mut t = dir.begin_write(&m.path).unwrap();
+        t.write_all(b"xyz").unwrap();
+        t.park(&m).unwrap();
+        drop(dir.adopt_partial(&m, 3).unwrap());
+        let left: Vec<_> = std::fs::read_dir(root.join("a/b")).unwrap().collect();
+        assert_eq!(left.len(), 1, "only big.bin: {left:?}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

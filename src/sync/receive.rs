@@ -632,7 +632,9 @@ impl Incoming {
         Ok(())
     }
 
-    /// Copies the partial's bytes from what was received so far up to `offset`.
+    /// Takes the bytes from what was received so far up to `offset` from the partial: they
+    /// are read for the hash, and the partial itself becomes the temporary file (cut at
+    /// `offset`), so nothing is written twice.
     fn skip(
         &mut self,
         storage: &StorageDir,
@@ -640,7 +642,7 @@ impl Incoming {
         buf: &mut Vec<u8>,
     ) -> Result<(), WriteError> {
         let path = self.meta.path.clone();
-        let Some(partial) = &self.partial else {
+        let Some(partial) = self.partial.take() else {
             return Err(WriteError::Violation(format!(
                 "skipped ahead in {path}, which this node did not offer to resume"
             )));
@@ -655,19 +657,19 @@ impl Incoming {
         while at < offset {
             let n = (offset - at).min(CHUNK_SIZE as u64) as usize;
             buf.resize(n, 0);
-            let Some(partial) = &self.partial else {
-                return Err(WriteError::Io("partial file vanished".into()));
-            };
             partial
                 .file
                 .read_exact_at(&mut buf[..n], at)
                 .map_err(|e| WriteError::Io(format!("cannot read what was kept of {path}: {e}")))?;
-            let data = std::mem::take(buf);
-            let r = self.write(storage, &data[..n]);
-            *buf = data;
-            r?;
+            self.hasher.update(&buf[..n]);
             at += n as u64;
         }
+        let temp = storage
+            .adopt_partial(&self.meta, offset)
+            .map_err(|e| WriteError::Io(format!("cannot resume {path}: {e}")))?;
+        // What the stream wrote before the skip is in the partial too.
+        self.temp = Some(temp);
+        self.received = offset;
         log::info!("{path}: resumed at byte {offset} of {}", self.meta.size);
         Ok(())
     }
