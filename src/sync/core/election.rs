@@ -44,8 +44,14 @@ const MAX_BENCHED: usize = 256;
 /// How long a wanted storage must stay without any connected holder before the node
 /// concludes that no peer has it.
 const ALONE_GRACE: Duration = Duration::from_secs(2);
-/// Aborted attempts at one trigger before a daemon gives it up (until the next trigger).
+/// Failed attempts at one trigger before a daemon gives it up (until the next trigger).
 const MAX_ATTEMPTS: u32 = 8;
+/// A daemon whose sessions of a storage keep being aborted (peers killed, links lost: causes
+/// that pass) never gives the storage up: past [`MAX_ATTEMPTS`] it tries again this often.
+/// Giving up left two nodes apart for good, with no change left to trigger them (the
+/// torture test found it). Sessions that end with failed files are different: what failed
+/// (no space, a name the file system folds) fails again, so those are given up.
+const ABORTED_RETRY: Duration = Duration::from_secs(60);
 /// The same for a one-shot run: someone waits for it, and its own policy claims a storage
 /// again a few times anyway (a peer refusing a storage, e.g. for a root that is not the one
 /// synchronized before, refuses it for as long as the person takes to fix it).
@@ -101,6 +107,8 @@ pub(crate) struct Election {
     claim: Option<Claim>,
     grant: Option<Granted>,
     benched: BTreeMap<NodeId, Bench>,
+    /// A daemon's: aborted sessions are retried for as long as it runs.
+    persistent: bool,
     /// Peers that let a claim go unanswered, until when they are left out of claims.
     /// Only connected peers are here: a peer going away is forgotten.
     silent: BTreeMap<NodeId, Instant>,
@@ -109,7 +117,10 @@ pub(crate) struct Election {
 
 impl Default for Election {
     fn default() -> Election {
-        Election::new(MAX_ATTEMPTS)
+        Election {
+            persistent: true,
+            ..Election::new(MAX_ATTEMPTS)
+        }
     }
 }
 
@@ -120,6 +131,7 @@ impl Election {
             claim: None,
             grant: None,
             benched: BTreeMap::new(),
+            persistent: false,
             silent: BTreeMap::new(),
             max_attempts,
         }
@@ -520,7 +532,19 @@ impl Election {
         });
         w.attempts += 1;
         if w.attempts > self.max_attempts {
-            self.wants.remove(&storage);
+            if !self.persistent {
+                self.wants.remove(&storage);
+                return;
+            }
+            if w.attempts == self.max_attempts + 1 {
+                log::info!(
+                    "a session was aborted {} times in a row; trying again every {} s",
+                    self.max_attempts + 1,
+                    ABORTED_RETRY.as_secs()
+                );
+            }
+            w.attempts = self.max_attempts + 2;
+            w.not_before = now + ABORTED_RETRY;
             return;
         }
         let factor = 1u64 << w.attempts.min(6);
