@@ -13,23 +13,14 @@ use std::path::Path;
 
 use common::peer::{Enc, RawPeer};
 use common::target::{start_receive, Target};
-use common::{manifest, wait_until, PATIENCE};
+use common::{manifest, random_bytes, wait_until, PATIENCE};
 use iron_carrier::proto::{LinkMsg, Message, PeerMsg, TransferMsg, CHUNK_SIZE};
 
 const SIZE: usize = 3 << 20;
 const CUT_AT: usize = 2 << 20;
 
-/// Reproducible bytes that no block of which repeats another.
 fn content() -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..SIZE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    random_bytes(SIZE, 0x9E37_79B9_7F4A_7C15)
 }
 
 fn send_data(p: &mut RawPeer, data: &[u8]) {
@@ -61,17 +52,25 @@ fn interrupted_transfer(t: &Target, data: &[u8]) {
     assert!(!t.store().join("big.bin").exists());
 }
 
-/// The daemon's offer to resume transfer 9 at the next session.
-fn expect_offer(p: &mut RawPeer) -> u64 {
+/// The next session sends `big.bin` again: the daemon must offer to resume it at `CUT_AT`;
+/// the crafted sender then skips to `offset`.
+fn resumed_transfer(t: &Target, offset: u64) -> RawPeer {
+    let (mut p, _) = start_receive(t, "big.bin", SIZE as u64, None);
     loop {
         match p.expect("FileResume") {
             Message::Peer(PeerMsg::Transfer(TransferMsg::FileResume { xid: 9, offset })) => {
-                return offset
+                assert_eq!(offset, CUT_AT as u64, "the offer is what was kept");
+                break;
             }
             Message::Peer(PeerMsg::Session(_)) => {}
             other => panic!("expected FileResume, got {other:?}"),
         }
     }
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileSkip {
+        xid: 9,
+        offset,
+    })));
+    p
 }
 
 #[test]
@@ -80,12 +79,7 @@ fn an_interrupted_transfer_resumes_from_what_arrived_and_is_verified_whole() {
     let data = content();
     interrupted_transfer(&t, &data);
 
-    let (mut p, _) = start_receive(&t, "big.bin", SIZE as u64, None);
-    assert_eq!(expect_offer(&mut p), CUT_AT as u64);
-    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileSkip {
-        xid: 9,
-        offset: CUT_AT as u64,
-    })));
+    let mut p = resumed_transfer(&t, CUT_AT as u64);
     send_data(&mut p, &data[CUT_AT..]);
     p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileEnd {
         xid: 9,
@@ -139,12 +133,7 @@ fn a_skip_past_what_was_offered_disconnects_and_commits_nothing() {
     let t = Target::start("resume-past", Enc::Plain);
     let data = content();
     interrupted_transfer(&t, &data);
-    let (mut p, _) = start_receive(&t, "big.bin", SIZE as u64, None);
-    assert_eq!(expect_offer(&mut p), CUT_AT as u64);
-    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileSkip {
-        xid: 9,
-        offset: CUT_AT as u64 + 4096,
-    })));
+    let mut p = resumed_transfer(&t, CUT_AT as u64 + 4096);
     assert_refused(&mut p, "were offered");
     assert!(!t.store().join("big.bin").exists());
     // What was kept is this node's own, from the earlier transfer: a lying sender does not

@@ -668,18 +668,31 @@ pub fn write_random(p: &Path, len: u64, seed: u64) {
     let mut left = len;
     let mut block = vec![0u8; 1 << 16];
     while left > 0 {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let b = x.to_le_bytes();
-            chunk.copy_from_slice(&b[..chunk.len()]);
-        }
+        fill_random(&mut block, &mut x);
         let n = left.min(block.len() as u64) as usize;
         f.write_all(&block[..n]).expect("write");
         left -= n as u64;
     }
     f.flush().expect("flush");
+}
+
+/// `len` bytes of the data [`write_random`] writes for `seed`, in memory.
+#[allow(dead_code)] // not every test crate needs data in memory
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fill_random(&mut v, &mut (seed | 1));
+    v
+}
+
+/// Fills `buf` from the xorshift state `x`, 8 bytes per step.
+fn fill_random(buf: &mut [u8], x: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
 }
 
 /// Sent + received bytes from a one-shot run's summary ("network: sent N bytes, received M
