@@ -1,7 +1,7 @@
 //! Crafted peers that play the election and the session unfairly, against a real daemon
 //! over real TCP on 127.0.0.1, while a good node wants to synchronize with it: a peer that
 //! claims the lead again and again and never starts its session, a leader that keeps its
-//! session alive and never plans, a follower that grants and never answers, a crowd of
+//! session alive and never plans or never sends the file it started, a follower that grants and never answers, a crowd of
 //! peers around a session of friends, and names and reasons made to forge log lines.
 //!
 //! Each time the good node must get its files across, and the daemon must say in its log
@@ -179,6 +179,25 @@ fn a_follower_that_never_answers_gives_way_to_a_good_peer() {
     follower.join().unwrap();
     assert_good_synced(&t, &out);
     t.wait_for_log("while c-good waited: ended to let it synchronize");
+}
+
+/// "a-evil" leads a session whose plan makes the daemon receive a file from it, says Go,
+/// starts the file and never sends a byte, only `SessionAlive`s. Before, the daemon's part
+/// was never done and only the 120 s idle timeout (which the `SessionAlive`s reset) could
+/// end it: the good node waited for ever.
+#[test]
+fn a_leader_that_starts_a_file_and_never_sends_it_gives_way() {
+    let t = Target::start("hostile-stalled-file", Enc::Plain);
+    let (p, sid) = start_receive(&t, "never.bin", 1 << 20, None);
+    let (stop, leader) = keep_sending(Background::new(p), Duration::from_secs(2), move || {
+        Message::Peer(PeerMsg::Session(SessionMsg::Alive { sid }))
+    });
+    let (_good, out) = good_sync(&t, YIELD_PATIENCE);
+    stop.store(true, Ordering::Relaxed);
+    leader.join().unwrap();
+    assert_good_synced(&t, &out);
+    t.wait_for_log("leaving session");
+    assert!(!t.store().join("never.bin").exists());
 }
 
 // ---------------------------------------------------------------------------------------

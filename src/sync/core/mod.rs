@@ -673,14 +673,27 @@ impl Core {
             match s.give_way(*since, now) {
                 Some(GiveWay::Abort) => self.abort_with(why, now, io),
                 Some(GiveWay::Leave) => {
-                    let storage = s.storage();
+                    let (storage, sid) = (s.storage(), s.sid);
                     log::warn!(
-                        "{}: leaving session {:016x}: {why}",
-                        self.storages[storage],
+                        "{}: leaving session {sid:016x}: {why}",
+                        self.storages[storage]
+                    );
+                    let (cx, _, session) = self.parts();
+                    if let Some(s) = session {
+                        s.give_up_part(&cx, now, io);
+                    }
+                    io.cancel_session(sid);
+                    self.conclude(Some(Over::Aborted { storage, why }), now);
+                }
+                Some(GiveWay::GiveUp) => {
+                    log::warn!(
+                        "{}: giving up the rest of this node's part of session {:016x}: {why}",
+                        self.storages[s.storage()],
                         s.sid
                     );
-                    io.cancel_session(s.sid);
-                    self.conclude(Some(Over::Aborted { storage, why }), now);
+                    let (cx, _, session) = self.parts();
+                    let over = session.as_mut().and_then(|s| s.give_up_part(&cx, now, io));
+                    self.conclude(over, now);
                 }
                 None => {}
             }

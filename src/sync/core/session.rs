@@ -56,8 +56,12 @@ pub(super) enum Phase {
 pub(super) enum GiveWay {
     /// Abort it, telling the others.
     Abort,
-    /// Leave it without a word: this follower's part is done, and the others' goes on.
+    /// A follower leaves it: what is left of its part fails ([`Session::give_up_part`]),
+    /// and the others' goes on.
     Leave,
+    /// The leader gives up what is left of its own part and ends the session once its
+    /// followers' parts are done (each gives way on its own).
+    GiveUp,
 }
 
 /// A participant of a session this node leads.
@@ -213,16 +217,50 @@ impl Session {
     /// session alive without moving it (a leader that never plans, a participant that never
     /// answers) cannot hold every other peer off.
     ///
-    /// Only before files move, or, for a follower, once its own part is done: files in
-    /// flight between other nodes are no progress here, and must not be cut for a newcomer.
+    /// Once files move, a follower leaves and a leader gives up its own part (see
+    /// [`Session::give_up_part`]); the session goes on without them: files in flight
+    /// between other nodes are no progress here, and must not be cut for a newcomer.
     pub(super) fn give_way(&self, waited_since: Instant, now: Instant) -> Option<GiveWay> {
         if now < self.last_progress.max(waited_since) + SESSION_YIELD {
             return None;
         }
         match (self.phase, &self.role) {
             (Phase::Collect | Phase::Ready, _) => Some(GiveWay::Abort),
-            (Phase::Go, Role::Follow { .. }) if self.local_done => Some(GiveWay::Leave),
-            (Phase::Go, _) => None,
+            (Phase::Go, Role::Follow { .. }) => Some(GiveWay::Leave),
+            (Phase::Go, Role::Lead { .. }) if !self.local_done => Some(GiveWay::GiveUp),
+            (Phase::Go, Role::Lead { .. }) => None,
+        }
+    }
+
+    /// Gives up what is left of this node's part (its sender stalled, the leader kept the
+    /// session alive without files): what it still expects and still had to send fails
+    /// (the next session retries it) and its transfers are dropped. A follower tells the
+    /// leader its part is done, so the others' session ends without waiting for it; a
+    /// leader ends the session if its followers are done.
+    pub(super) fn give_up_part(
+        &mut self,
+        cx: &Ctx<'_>,
+        now: Instant,
+        io: &mut dyn Io,
+    ) -> Option<Over> {
+        if self.local_done {
+            return None;
+        }
+        io.cancel_session(self.sid);
+        let expected: usize = (0..self.names.len())
+            .map(|k| self.expected.abandon_from(k as u32))
+            .sum();
+        let failed = expected + self.sends_left;
+        self.sends_left = 0;
+        self.stats.failed += u32::try_from(failed).unwrap_or(u32::MAX);
+        self.local_done = true;
+        match &self.role {
+            Role::Follow { leader, .. } => {
+                let (sid, stats) = (self.sid, self.stats);
+                io.send(leader, SessionMsg::PartDone { sid, stats }.into());
+                None
+            }
+            Role::Lead { .. } => self.leader_maybe_end(cx, now, io),
         }
     }
 

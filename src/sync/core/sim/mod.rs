@@ -184,6 +184,9 @@ struct Node {
     /// Its disk is full until this virtual time: it refuses every incoming file for lack
     /// of space (as the real receiver does when `free_space` is too small).
     full_until: u64,
+    /// Its sends never move a byte (a peer that starts files and stalls): queued, never
+    /// delivered, no progress.
+    stalls_sends: bool,
     /// A crafted peer: its core is never called (it answers nothing); what it sends is
     /// forged by [`Event::Squat`].
     hostile: bool,
@@ -398,6 +401,7 @@ impl Sim {
                     tick_at: None,
                     full_until: 0,
                     hostile: false,
+                    stalls_sends: false,
                     watch: None,
                     watch_settings: st
                         .iter()
@@ -775,6 +779,10 @@ impl Sim {
                 cancelled: false,
             },
         );
+        if self.nodes[from].stalls_sends {
+            self.log(format!("{} stalls transfer {id}", self.name(from)));
+            return;
+        }
         let mut p = self.now + PROGRESS_EVERY;
         while p < at {
             self.push(p, Event::Progress(id));

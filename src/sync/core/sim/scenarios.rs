@@ -734,4 +734,46 @@ mod tests {
             );
         }
     }
+
+    /// n2 starts the one file it must send and never moves a byte. Once n3 comes and waits
+    /// for them, the followers give up their parts after `SESSION_YIELD` (the files they
+    /// still expect or send fail) and the session ends, well before the leader's 120 s idle
+    /// timeout would have ended it; before, a stalled sender held every follower.
+    #[test]
+    fn a_sender_that_stalls_mid_session_does_not_hold_its_followers() {
+        for seed in 0..20 {
+            let mut cfg = Config::fixed(5 * MS, 20 * MS);
+            cfg.stall = 400 * SEC;
+            let mut sim = Sim::new(seed, cfg, vec![vec!["docs"]; 4]);
+            sim.put(2, "docs", "x", 100);
+            sim.put(0, "docs", "y", 100);
+            sim.nodes[2].stalls_sends = true;
+            for i in 0..3 {
+                sim.bring_up(i);
+            }
+            let first = until_transfers(&mut sim);
+            sim.run_until(10 * SEC, "n2 stalled", |s| {
+                s.trace.iter().any(|l| l.contains("n2 stalls transfer"))
+            });
+            let came = sim.now;
+            sim.bring_up(3);
+            sim.run_until(100 * SEC, "the stalled session ended", |s| {
+                s.sessions
+                    .iter()
+                    .find(|r| r.sid == first.sid)
+                    .is_some_and(|r| r.ended.is_some())
+            });
+            let r = sim.sessions.iter().find(|r| r.sid == first.sid).unwrap();
+            let took = r.ended.unwrap() - came;
+            assert!(
+                took < 90 * SEC,
+                "seed {seed}: the session ended {:.1} s after n3 came",
+                took as f64 / SEC as f64
+            );
+            assert!(
+                !r.clean,
+                "seed {seed}: x never arrived, yet the session was clean"
+            );
+        }
+    }
 }
