@@ -1,9 +1,10 @@
 //! Resuming an interrupted transfer, against a real daemon, from a crafted sender: the
-//! connection drops when two thirds of a file are across; the daemon keeps what arrived; at
-//! the next session it offers to resume (`FileResume`), takes the rest after a `FileSkip`,
-//! checks the whole file's hash and commits it. A sender that skips what the daemon did not
-//! offer is disconnected with a reason, and nothing is committed. (The link-cut test in
-//! `linkcut.rs` does the same between two real daemons over a real cut link.)
+//! connection drops (or the daemon is killed and restarted) when two thirds of a file are
+//! across; the daemon keeps what arrived; at the next session it offers to resume
+//! (`FileResume`), takes the rest after a `FileSkip`, checks the whole file's hash and
+//! commits it. A sender that skips what the daemon did not offer is disconnected with a
+//! reason, and nothing is committed. (The link-cut test in `linkcut.rs` resumes between two
+//! real daemons over a really cut link.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -99,6 +100,61 @@ fn an_interrupted_transfer_resumes_from_what_arrived_and_is_verified_whole() {
         manifest(&t.store())
     );
     drop(p);
+}
+
+/// Bytes of the transfer's temporary file in the storage's top directory (0: none yet).
+fn temp_len(root: &Path) -> u64 {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".iron-carrier.tmp.")
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The receiver itself is killed mid-transfer: what its temporary file holds becomes a
+/// partial at its next scan, and the transfer resumes from there after the restart.
+#[test]
+fn a_receiver_killed_mid_transfer_resumes_after_its_restart() {
+    let mut t = Target::start("resume-kill", Enc::Plain);
+    let data = content();
+    let (mut p, _) = start_receive(&t, "big.bin", SIZE as u64, None);
+    send_data(&mut p, &data[..CUT_AT]);
+    assert!(
+        wait_until(PATIENCE, || temp_len(&t.store()) == CUT_AT as u64),
+        "the first bytes never reached the disk:\n{}",
+        t.daemon.log()
+    );
+    t.kill_and_restart();
+    drop(p);
+
+    let mut p = resumed_transfer(&t, CUT_AT as u64);
+    t.wait_for_log("left by an interrupted transfer");
+    send_data(&mut p, &data[CUT_AT..]);
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileEnd {
+        xid: 9,
+        hash: *blake3::hash(&data).as_bytes(),
+    })));
+    let target = t.store().join("big.bin");
+    assert!(
+        wait_until(PATIENCE, || std::fs::read(&target).ok().as_deref()
+            == Some(&data[..])),
+        "the resumed file never arrived whole:\n{}",
+        t.daemon.log()
+    );
+    t.wait_for_log(&format!("big.bin: resumed at byte {CUT_AT} of {SIZE}"));
+    assert!(
+        wait_until(PATIENCE, || partials(&t.store()).is_empty()
+            && temp_len(&t.store()) == 0),
+        "internal files outlived the transfer: {:?}",
+        manifest(&t.store())
+    );
 }
 
 /// The expected refusal of a skip, before the daemon closes the connection.

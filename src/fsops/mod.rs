@@ -222,12 +222,17 @@ impl StorageDir {
     /// then an empty temporary file next to the target. Nothing is visible at `path` until
     /// [`TempFile::commit`].
     pub fn begin_write(&self, path: &RelPath) -> io::Result<TempFile> {
+        self.begin_write_tagged(path, "")
+    }
+
+    /// [`StorageDir::begin_write`], with `tag` appended to the temporary file's name.
+    fn begin_write_tagged(&self, path: &RelPath, tag: &str) -> io::Result<TempFile> {
         let (parent, name) = split_parent(path.as_str());
         let dir = self.walk(parent, Some(NEW_DIR_MODE))?;
         let target = cstring(name)?;
         let mut attempt = 0;
         loop {
-            let temp_name = next_temp_name();
+            let temp_name = next_temp_name() + tag;
             let temp_c = cstring(&temp_name)?;
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
             match open_at(&dir, &temp_c, flags, TEMP_FILE_MODE) {

@@ -4,7 +4,10 @@
 //!
 //! A partial is named after its target's name and the version it is a prefix of (size and
 //! mtime), so it can only ever be offered for that version, and its name starts with
-//! [`INTERNAL_PREFIX`]: the scanner never indexes it. Its contents are never trusted: they
+//! [`INTERNAL_PREFIX`]: the scanner never indexes it. The temporary file of a transfer that
+//! may be resumed carries the same key at the end of its name, so that what a killed
+//! receiver left behind becomes a partial at its next scan ([`StorageDir::promote_leftover`])
+//! instead of being removed. Its contents are never trusted: they
 //! go into a new temporary file whose whole-file hash is checked before anything is
 //! committed, exactly as for bytes from the network. A partial the scan finds older than
 //! [`PARTIAL_KEEP`] is removed like any leftover.
@@ -24,20 +27,34 @@ pub const PARTIAL_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// What every partial's name starts with (after [`INTERNAL_PREFIX`]).
 const PART_TAG: &str = "part.";
+/// Hex digits of a partial's key.
+const KEY_LEN: usize = 20;
 
 /// The name, within its target's directory, of the partial of `meta`'s version.
 fn partial_name(meta: &FileMeta) -> String {
+    format!("{INTERNAL_PREFIX}{PART_TAG}{}", key(meta))
+}
+
+/// The key of `meta`'s version: hex of BLAKE3 over the target's name, size and mtime.
+fn key(meta: &FileMeta) -> String {
     let (_, name) = split_parent(meta.path.as_str());
     let mut h = blake3::Hasher::new();
     h.update(name.as_bytes());
     h.update(&meta.size.to_le_bytes());
     h.update(&meta.mtime_ns.to_le_bytes());
     let key = h.finalize();
-    let hex: String = key.as_bytes()[..10]
+    key.as_bytes()[..KEY_LEN / 2]
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{INTERNAL_PREFIX}{PART_TAG}{hex}")
+        .collect()
+}
+
+/// The key a leftover temporary file's name ends with (`.<key>`), if it was a transfer that
+/// may be resumed. Plain temporary names end with 6 hex digits, never 20.
+fn leftover_key(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(INTERNAL_PREFIX)?.strip_prefix("tmp.")?;
+    let (_, key) = rest.rsplit_once('.')?;
+    (key.len() == KEY_LEN && key.bytes().all(|b| b.is_ascii_hexdigit())).then_some(key)
 }
 
 /// Whether a leftover internal file (a `/`-separated path from the scanner) is a partial.
@@ -48,6 +65,38 @@ pub fn is_partial(rel: &str) -> bool {
 }
 
 impl StorageDir {
+    /// Starts writing `meta`'s version as [`StorageDir::begin_write`] does, in a temporary
+    /// file whose name carries the version's key (see the module doc).
+    pub fn begin_resumable(&self, meta: &FileMeta) -> io::Result<TempFile> {
+        self.begin_write_tagged(&meta.path, &format!(".{}", key(meta)))
+    }
+
+    /// A leftover internal file at `rel` (from the scanner) that was a transfer which may be
+    /// resumed, of at least `min` bytes, becomes the partial of its version (replacing an
+    /// older one): true. False if it is no such file (the caller removes it as usual).
+    pub fn promote_leftover(&self, rel: &str, min: u64) -> io::Result<bool> {
+        let (parent, name) = split_parent(rel);
+        let Some(key) = leftover_key(name) else {
+            return Ok(false);
+        };
+        if let Some(p) = parent {
+            RelPath::new(p).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        }
+        let dir = self.walk(parent, None)?;
+        let from = cstring(name)?;
+        let st = stat_at(&dir, &from)?;
+        if st.kind != StatKind::File || st.size < min {
+            return Ok(false);
+        }
+        let to = cstring(&format!("{INTERNAL_PREFIX}{PART_TAG}{key}"))?;
+        // An older partial that holds more is worth more.
+        if stat_at(&dir, &to).is_ok_and(|old| old.size >= st.size) {
+            return Ok(false);
+        }
+        rename_at(&dir, &from, &to)?;
+        Ok(true)
+    }
+
     /// The partial kept for `meta`'s version, opened for reading, with its length; `None`
     /// if there is none (or its directory does not exist yet).
     pub fn open_partial(&self, meta: &FileMeta) -> io::Result<Option<(File, u64)>> {
@@ -217,6 +266,24 @@ mod tests {
         drop(dir.adopt_partial(&m, 3).unwrap());
         let left: Vec<_> = std::fs::read_dir(root.join("a/b")).unwrap().collect();
         assert_eq!(left.len(), 1, "only big.bin: {left:?}");
+
+        // What a killed receiver left: promoted to the partial of its version if large
+        // enough, and only a resumable temporary file ever is.
+        let mut t = dir.begin_resumable(&m).unwrap();
+        t.write_all(b"kept after a kill").unwrap();
+        let leftover = format!("a/b/{}", t.temp_name());
+        std::mem::forget(t);
+        assert!(
+            !dir.promote_leftover(&leftover, 1 << 20).unwrap(),
+            "too small"
+        );
+        assert!(dir.promote_leftover(&leftover, 4).unwrap());
+        let (_, len) = dir.open_partial(&m).unwrap().expect("promoted");
+        assert_eq!(len, 17);
+        let plain = dir.begin_write(&m.path).unwrap();
+        let plain_name = format!("a/b/{}", plain.temp_name());
+        assert!(!dir.promote_leftover(&plain_name, 0).unwrap());
+        drop(plain);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -698,7 +698,12 @@ impl Incoming {
 
     fn temp(&mut self, storage: &StorageDir) -> Result<&mut TempFile, String> {
         if self.temp.is_none() {
-            let t = storage.begin_write(&self.meta.path).map_err(|e| {
+            let begun = if self.meta.size >= RESUME_MIN {
+                storage.begin_resumable(&self.meta)
+            } else {
+                storage.begin_write(&self.meta.path)
+            };
+            let t = begun.map_err(|e| {
                 format!("cannot create a temporary file for {}: {e}", self.meta.path)
             })?;
             self.temp = Some(t);

@@ -25,7 +25,7 @@ use crate::scanner::{self, ScanOptions};
 use crate::store::{Applied, DiffSource, Found, StorageId, Store, StoreError};
 
 use super::core::{Deleted, EachPlanned, Io, LocalIndex, Send, Sends, StepError, Violation};
-use super::receive::Receiver;
+use super::receive::{Receiver, RESUME_MIN};
 use super::send::{Dest, Outbox};
 
 /// Tombstones are kept this long (and longer while a peer's copy shows the path alive).
@@ -334,6 +334,15 @@ impl Io for Shell {
                     .is_ok_and(|age| age < fsops::PARTIAL_KEEP)
             {
                 continue;
+            }
+            // What a transfer interrupted by a kill left becomes a partial, to be resumed.
+            match st.dir().and_then(|d| d.promote_leftover(t, RESUME_MIN)) {
+                Ok(true) => {
+                    log::info!("{}: kept {t}, left by an interrupted transfer", st.cfg.name);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => log::debug!("{}: cannot keep {t}: {e}", st.cfg.name),
             }
             match st.dir().and_then(|d| d.remove_internal(t)) {
                 Ok(()) => log::info!("{}: removed leftover temporary file {t}", st.cfg.name),

@@ -381,6 +381,11 @@ impl Daemon {
 
     /// SIGKILL: no clean-up at all, as in a crash or power loss of the process.
     pub fn kill(mut self) -> String {
+        self.kill_in_place()
+    }
+
+    /// `kill -9`, and waits until it is gone; returns its log.
+    pub fn kill_in_place(&mut self) -> String {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid(), libc::SIGKILL) };
         let _ = self.child.wait();

@@ -39,6 +39,8 @@ pub fn hello(id: &str, group: Option<&str>, storages: &[&str]) -> Message {
 pub struct Target {
     pub dir: TestDir,
     pub daemon: Daemon,
+    /// The daemon's config file.
+    pub config: PathBuf,
     pub port: u16,
     /// The daemon's `encryption`, which the crafted peers and the legitimate node share.
     pub enc: Enc,
@@ -236,6 +238,15 @@ pub fn expect_session_start(p: &mut RawPeer) -> u64 {
 }
 
 impl Target {
+    /// `kill -9` of the daemon, and a new one on the same config and database; returns the
+    /// log of the one killed.
+    #[allow(dead_code)] // not every suite kills its target
+    pub fn kill_and_restart(&mut self) -> String {
+        let log = self.daemon.kill_in_place();
+        self.daemon = Daemon::start(&self.config);
+        log
+    }
+
     /// Links a crafted idle peer (sharing nothing) from `from` as `id`; returns it if the
     /// daemon linked it (sent its Hello), `None` if it refused or closed.
     pub fn idle_peer(&self, from: std::net::Ipv4Addr, id: &str) -> Option<RawPeer> {
@@ -280,12 +291,14 @@ impl Target {
                 .storage(STORAGE, &dir.join("store")),
         );
         let port = cfg.port;
-        let daemon = Daemon::start_via(wrapper, &cfg.write(dir.path()));
+        let config = cfg.write(dir.path());
+        let daemon = Daemon::start_via(wrapper, &config);
         let around_before = around_storage(dir.path());
         let store_before = manifest(&dir.join("store"));
         Target {
             dir,
             daemon,
+            config,
             port,
             enc,
             around_before,
