@@ -70,8 +70,10 @@ fn a_full_disk_fails_those_files_at_once_and_the_next_session_finishes() {
         "a temporary file was left behind: {b_now:?}"
     );
     assert!(
-        daemon.log().contains("No space left on device")
-            || daemon.log().contains("not enough space"),
+        wait_until(PATIENCE, || {
+            let log = daemon.log();
+            log.contains("No space left on device") || log.contains("not enough space")
+        }),
         "the receiver's log does not say why:\n{}",
         daemon.log()
     );
@@ -214,7 +216,7 @@ fn an_unwritable_directory_fails_its_files_and_the_others_arrive() {
     let text = show(&out);
     assert_eq!(out.status.code(), Some(1), "{text}\n{}", daemon.log());
     assert!(
-        daemon.log().contains("Permission denied"),
+        daemon.wait_for_log("Permission denied", PATIENCE),
         "the receiver's log does not say why:\n{}",
         daemon.log()
     );
