@@ -483,13 +483,14 @@ fn a_receiver_killed_mid_transfer_keeps_its_old_file_and_the_next_run_converges(
         show(&first)
     );
 
-    // Run again: B restarts (and removes its leftover temp file), A syncs again.
+    // Run again: B restarts (keeping what its temp file holds, to resume), A syncs again.
     let daemon = Daemon::start(&cb);
     let out = oneshot(&ca);
     let (_, log) = daemon.stop();
     assert_eq!(out.status.code(), Some(0), "{}\n{log}", show(&out));
     assert_eq!(file_digest(&p.b().join("disk.img")), new_digest);
-    assert!(log.contains("removed leftover temporary file"), "{log}");
+    assert!(log.contains("left by an interrupted transfer"), "{log}");
+    assert!(log.contains("disk.img: resumed at byte "), "{log}");
     assert_same_trees(&p.a(), &p.b());
 }
 

@@ -258,9 +258,13 @@ fn landing(log: &str) -> Landing {
     at
 }
 
+/// Leftover temporary files a restarted node removed, or kept to resume a transfer.
 fn removed_leftovers(log: &str) -> u32 {
     log.lines()
-        .filter(|l| l.contains("removed leftover temporary file"))
+        .filter(|l| {
+            l.contains("removed leftover temporary file")
+                || l.contains("left by an interrupted transfer")
+        })
         .count() as u32
 }
 
@@ -328,7 +332,7 @@ struct Stats {
     /// Kills that left temporary files on disk, and how many.
     temp_kills: u32,
     temp_files: u32,
-    /// "removed leftover temporary file" lines of restarted nodes.
+    /// Leftover temporary files restarted nodes removed or kept to resume.
     leftovers_removed: u32,
     converge: Vec<Duration>,
     conflict_copies: u32,
@@ -912,7 +916,7 @@ impl Torture {
              kills: {total} ({} of them a second kill while the group recovered); per node: {}\n\
              kills by phase: {} (in a session {mid}, outside one {})\n\
              rounds with files changed on a survivor while the victim was down: {}\n\
-             kills that left temporary files on disk: {}, {} files; leftovers removed at the \
+             kills that left temporary files on disk: {}, {} files; leftovers removed (or kept to resume) at the \
              next scan: {removed}\n\
              convergence after the (last) restart: median {:.2} s, mean {:.2} s, max {:.2} s\n\
              written: {:.1} MiB, {} large-file versions; conflict copies made: {}; \

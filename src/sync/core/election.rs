@@ -35,8 +35,8 @@ const BENCH_MAX: Duration = Duration::from_secs(600);
 /// answers a claim at once (a grant or a deny); one that does not is broken or hostile, and
 /// waiting for it would cost the claim every grant it holds (they are taken back after
 /// [`GRANT_CONTESTED`]), so no session with the others would ever start. Being wrongly
-/// thought silent costs a slow node only a delay: it is asked again after this, or when it
-/// reconnects.
+/// thought silent costs a slow node little: any answer it sends, however late, ends it,
+/// and so does reconnecting.
 const SILENT_PAUSE: Duration = Duration::from_secs(60);
 /// Most nodes remembered as benched (each costs a node id): past it the earliest to
 /// return are forgotten first.
@@ -406,6 +406,7 @@ impl Election {
         ticket: u64,
         io: &mut dyn Io,
     ) -> Option<ElectionEvent> {
+        self.answered(from);
         match &mut self.claim {
             Some(c) if c.ticket == ticket && c.waiting.contains(from) => {
                 c.waiting.remove(from);
@@ -428,6 +429,7 @@ impl Election {
         now: Instant,
         io: &mut dyn Io,
     ) {
+        self.answered(from);
         if self.claim.as_ref().is_some_and(|c| {
             c.ticket == ticket && (c.waiting.contains(from) || c.granted.contains(from))
         }) {
@@ -439,6 +441,14 @@ impl Election {
     pub(crate) fn on_release(&mut self, from: &NodeId, ticket: u64) {
         if self.grant_for(from, ticket).is_some() {
             self.grant = None;
+        }
+    }
+
+    /// `node` answered a claim of ours, however late (a node that was stopped or swapping
+    /// answers what it missed when it runs again): it is not silent.
+    fn answered(&mut self, node: &NodeId) {
+        if self.silent.remove(node).is_some() {
+            log::info!("{node} answers claims again");
         }
     }
 
