@@ -38,6 +38,12 @@ const BENCH_MAX: Duration = Duration::from_secs(600);
 /// thought silent costs a slow node little: any answer it sends, however late, ends it,
 /// and so does reconnecting.
 const SILENT_PAUSE: Duration = Duration::from_secs(60);
+/// A daemon whose claims one peer denied this many times in a row synchronizes without it
+/// for [`REFUSING_PAUSE`]: a peer in a long session (or one that denies everything) must
+/// not keep this node from its other peers. Its own claims are still granted, and the
+/// storage is claimed again with it once the pause is over.
+const DENIED_MAX: u32 = 4;
+const REFUSING_PAUSE: Duration = Duration::from_secs(30);
 /// Most nodes remembered as benched (each costs a node id): past it the earliest to
 /// return are forgotten first.
 const MAX_BENCHED: usize = 256;
@@ -78,6 +84,9 @@ struct Want {
     not_before: Instant,
     /// Since when no connected peer has the storage.
     alone_since: Option<Instant>,
+    /// The claim being made left out a silent or refusing holder, whose pause ends then: a
+    /// session without it does not satisfy the want, which is claimed again at that time.
+    left_out: Option<Instant>,
 }
 
 struct Claim {
@@ -112,6 +121,10 @@ pub(crate) struct Election {
     /// Peers that let a claim go unanswered, until when they are left out of claims.
     /// Only connected peers are here: a peer going away is forgotten.
     silent: BTreeMap<NodeId, Instant>,
+    /// Denials of this daemon's claims in a row, by peer; and peers left out of its claims
+    /// for denying too many, until when. Connected peers only.
+    denials: BTreeMap<NodeId, u32>,
+    refusing: BTreeMap<NodeId, Instant>,
     max_attempts: u32,
 }
 
@@ -133,6 +146,8 @@ impl Election {
             benched: BTreeMap::new(),
             persistent: false,
             silent: BTreeMap::new(),
+            denials: BTreeMap::new(),
+            refusing: BTreeMap::new(),
             max_attempts,
         }
     }
@@ -234,6 +249,7 @@ impl Election {
             attempts: 0,
             not_before: due,
             alone_since: None,
+            left_out: None,
         });
         // A newer trigger is not absorbed by a session whose scan came before it.
         w.since = w.since.max(now);
@@ -253,6 +269,8 @@ impl Election {
             self.grant = None;
         }
         self.silent.remove(node);
+        self.denials.remove(node);
+        self.refusing.remove(node);
         if let Some(c) = &mut self.claim {
             c.waiting.remove(node);
             c.granted.remove(node);
@@ -295,8 +313,16 @@ impl Election {
             let name = &cx.storages[i];
             let mut holders = cx.peers.holders(name);
             self.silent.retain(|_, until| now < *until);
-            if holders.iter().any(|n| !self.silent.contains_key(n)) {
-                holders.retain(|n| !self.silent.contains_key(n));
+            self.refusing.retain(|_, until| now < *until);
+            let pause = |n: &NodeId| self.silent.get(n).or(self.refusing.get(n)).copied();
+            let mut left_out = None;
+            if holders.iter().any(|n| pause(n).is_none()) {
+                for n in &holders {
+                    if let Some(until) = pause(n) {
+                        left_out = Some(left_out.map_or(until, |l: Instant| l.min(until)));
+                    }
+                }
+                holders.retain(|n| pause(n).is_none());
             }
             if holders.is_empty() {
                 // A connection being replaced looks like a peer leaving and coming back: only
@@ -319,6 +345,7 @@ impl Election {
             }
             if let Some(w) = self.wants.get_mut(&i) {
                 w.alone_since = None;
+                w.left_out = left_out;
             }
             let ticket = io.random().max(1);
             log::debug!("{name}: claiming the lead (ticket {ticket:016x})");
@@ -407,6 +434,7 @@ impl Election {
         io: &mut dyn Io,
     ) -> Option<ElectionEvent> {
         self.answered(from);
+        self.denials.remove(from);
         match &mut self.claim {
             Some(c) if c.ticket == ticket && c.waiting.contains(from) => {
                 c.waiting.remove(from);
@@ -434,6 +462,19 @@ impl Election {
             c.ticket == ticket && (c.waiting.contains(from) || c.granted.contains(from))
         }) {
             log::debug!("claim denied by {from}; retrying later");
+            if self.persistent {
+                let n = self.denials.entry(from.clone()).or_insert(0);
+                *n += 1;
+                if *n >= DENIED_MAX {
+                    self.denials.remove(from);
+                    self.refusing.insert(from.clone(), now + REFUSING_PAUSE);
+                    log::info!(
+                        "{from} denied {DENIED_MAX} claims in a row; synchronizing without it \
+                         for {} s",
+                        REFUSING_PAUSE.as_secs()
+                    );
+                }
+            }
             self.withdraw_claim(cx, now, io);
         }
     }
@@ -522,12 +563,21 @@ impl Election {
                     w.not_before = now + Duration::from_millis(250 << w.attempts.min(6));
                 }
             }
-        } else if self
-            .wants
-            .get(&storage)
-            .is_some_and(|w| w.since <= scanned_at)
-        {
-            self.wants.remove(&storage);
+        } else if let Some(w) = self.wants.get_mut(&storage) {
+            if w.since > scanned_at {
+                return;
+            }
+            match w.left_out.take() {
+                // Synchronized with the others: the one left out is asked when its pause
+                // ends.
+                Some(until) => {
+                    w.attempts = 0;
+                    w.not_before = until.max(now);
+                }
+                None => {
+                    self.wants.remove(&storage);
+                }
+            }
         }
     }
 
@@ -539,6 +589,7 @@ impl Election {
             attempts: 0,
             not_before: now,
             alone_since: None,
+            left_out: None,
         });
         w.attempts += 1;
         if w.attempts > self.max_attempts {

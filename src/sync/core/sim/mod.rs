@@ -187,9 +187,10 @@ struct Node {
     /// Its sends never move a byte (a peer that starts files and stalls): queued, never
     /// delivered, no progress.
     stalls_sends: bool,
-    /// A crafted peer: its core is never called (it answers nothing); what it sends is
-    /// forged by [`Event::Squat`].
+    /// A crafted peer: its core is never called (it answers nothing, or only `Deny`s with
+    /// `denies`); what it sends is forged by [`Event::Squat`].
     hostile: bool,
+    denies: bool,
 }
 
 impl Node {
@@ -401,6 +402,7 @@ impl Sim {
                     tick_at: None,
                     full_until: 0,
                     hostile: false,
+                    denies: false,
                     stalls_sends: false,
                     watch: None,
                     watch_settings: st
@@ -862,6 +864,14 @@ impl Sim {
                     describe(&msg),
                     if ok { "" } else { " (lost)" }
                 ));
+                if ok && self.nodes[to].hostile {
+                    if let PeerMsg::Election(ElectionMsg::Claim { ticket, .. }) = msg {
+                        if self.nodes[to].denies {
+                            self.send(to, from, ElectionMsg::Deny { ticket }.into());
+                        }
+                    }
+                    return;
+                }
                 if ok {
                     let f = self.nodes[from].id.clone();
                     match msg {

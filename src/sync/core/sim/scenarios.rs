@@ -704,15 +704,16 @@ mod tests {
         sim.check_converged(&all(3), true);
     }
 
-    /// n0 claims the lead every so often with a new ticket and never answers or starts a
-    /// session; n1 and n2 must still synchronize with each other while it goes on — whether
-    /// it squats on the grants of both (it is then also silent to their claims) or only
-    /// on n2's.
+    /// n0 claims the lead every so often with a new ticket and never starts a session; it
+    /// answers nothing, or (half the seeds below 20) denies every claim. n1 and n2 must still
+    /// synchronize with each other while it goes on — whether it squats on the grants of
+    /// both (and is silent to or denies their claims) or only on n2's.
     #[test]
     fn a_squatter_claiming_for_ever_does_not_keep_two_good_nodes_apart() {
         for seed in 0..40 {
             let mut sim = scenario(seed, 3, Config::default());
             sim.nodes[0].hostile = true;
+            sim.nodes[0].denies = seed % 4 < 2 && seed < 20;
             sim.start_all();
             if seed % 2 == 1 {
                 sim.cut(0, 1);
