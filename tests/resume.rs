@@ -45,6 +45,9 @@ fn partials(root: &Path) -> Vec<String> {
 /// daemon has kept them.
 fn interrupted_transfer(t: &Target, data: &[u8]) {
     let (mut p, _) = start_receive(t, "big.bin", SIZE as u64, None);
+    // Read first: a socket closed with unread data is reset, and a reset may lose what the
+    // daemon had not read yet.
+    assert_eq!(expect_offer(&mut p), 0, "nothing was kept yet");
     send_data(&mut p, &data[..CUT_AT]);
     // Everything sent is read before the close is: the daemon saw all of it.
     drop(p);
@@ -53,20 +56,28 @@ fn interrupted_transfer(t: &Target, data: &[u8]) {
     assert!(!t.store().join("big.bin").exists());
 }
 
-/// The next session sends `big.bin` again: the daemon must offer to resume it at `CUT_AT`;
-/// the crafted sender then skips to `offset`.
-fn resumed_transfer(t: &Target, offset: u64) -> RawPeer {
-    let (mut p, _) = start_receive(t, "big.bin", SIZE as u64, None);
+/// The daemon's answer to the `FileStart` of transfer 9: what it kept of it.
+fn expect_offer(p: &mut RawPeer) -> u64 {
     loop {
         match p.expect("FileResume") {
             Message::Peer(PeerMsg::Transfer(TransferMsg::FileResume { xid: 9, offset })) => {
-                assert_eq!(offset, CUT_AT as u64, "the offer is what was kept");
-                break;
+                return offset
             }
             Message::Peer(PeerMsg::Session(_)) => {}
             other => panic!("expected FileResume, got {other:?}"),
         }
     }
+}
+
+/// The next session sends `big.bin` again: the daemon must offer to resume it at `CUT_AT`;
+/// the crafted sender then skips to `offset`.
+fn resumed_transfer(t: &Target, offset: u64) -> RawPeer {
+    let (mut p, _) = start_receive(t, "big.bin", SIZE as u64, None);
+    assert_eq!(
+        expect_offer(&mut p),
+        CUT_AT as u64,
+        "the offer is what was kept"
+    );
     p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileSkip {
         xid: 9,
         offset,
@@ -125,6 +136,7 @@ fn a_receiver_killed_mid_transfer_resumes_after_its_restart() {
     let mut t = Target::start("resume-kill", Enc::Plain);
     let data = content();
     let (mut p, _) = start_receive(&t, "big.bin", SIZE as u64, None);
+    assert_eq!(expect_offer(&mut p), 0, "nothing was kept yet");
     send_data(&mut p, &data[..CUT_AT]);
     assert!(
         wait_until(PATIENCE, || temp_len(&t.store()) == CUT_AT as u64),
@@ -174,6 +186,7 @@ fn a_skip_the_receiver_did_not_offer_disconnects_and_commits_nothing() {
     let t = Target::start("resume-unoffered", Enc::Plain);
     let data = content();
     let (mut p, _) = start_receive(&t, "big.bin", SIZE as u64, None);
+    assert_eq!(expect_offer(&mut p), 0, "nothing was kept");
     p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileSkip {
         xid: 9,
         offset: CUT_AT as u64,

@@ -286,9 +286,11 @@ pub enum TransferMsg {
         xid: u32,
         reason: String,
     },
-    /// Receiver → sender, right after `FileStart`: I kept the first `offset` bytes of this
-    /// very version from an interrupted transfer; you may skip them. Advisory: a sender
-    /// that cannot (a stream shared by several receivers, a delta) sends everything.
+    /// Receiver → sender, right after the `FileStart` of a file of 1 MiB or more: I kept the
+    /// first `offset` bytes of this very version from an interrupted transfer (0: nothing);
+    /// you may skip them. A sender streaming the file to this receiver alone waits for it
+    /// (10 s at most); one that cannot skip (a stream shared by several receivers, a delta)
+    /// sends everything.
     FileResume {
         xid: u32,
         offset: u64,

@@ -538,6 +538,7 @@ impl SyncThread {
         let deadlines = [
             self.core.next_deadline(),
             self.shell.receiver.next_deadline(),
+            self.shell.outbox.engine.next_deadline(),
             self.oneshot.as_ref().and_then(OneShot::next_wakeup),
         ];
         for d in deadlines.into_iter().flatten() {

@@ -111,22 +111,28 @@ impl Receiver {
     }
 
     /// Right after [`Receiver::start`]: how much of this version a partial kept from an
-    /// interrupted transfer holds, to offer the sender (`FileResume`). Only for files large
-    /// enough to have been kept, so a tree of small files costs no lookup.
+    /// interrupted transfer holds (0: none), to offer the sender (`FileResume`), which
+    /// waits for it. Only for files large enough to have been kept (`None` for the
+    /// others), so a tree of small files costs no lookup and no message.
     pub fn offer_resume(&mut self, conn: ConnId, xid: u32, dir: &StorageDir) -> Option<u64> {
         let inc = self.incoming.get_mut(&(conn, xid))?;
         if inc.meta.size < RESUME_MIN {
             return None;
         }
         let (file, len) = match dir.open_partial(&inc.meta) {
-            Ok(found) => found?,
+            Ok(Some(found)) => found,
+            Ok(None) => return Some(0),
             Err(e) => {
                 log::debug!("cannot open the partial of {}: {e}", inc.meta.path);
-                return None;
+                return Some(0);
             }
         };
+        if len > inc.meta.size {
+            // No prefix of this version: left to age out.
+            return Some(0);
+        }
         inc.partial = Some(Partial { file, len });
-        (len > 0 && len <= inc.meta.size).then_some(len)
+        Some(len)
     }
 
     /// Literal bytes or block copies for transfer `xid` on `conn`; `dir` is the root of

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::delta::{self, DeltaEncoder, DeltaOp, Signature};
 use crate::fsops::{self, StorageDir};
@@ -23,6 +24,12 @@ use crate::net::handle::{ConnId, NetHandle, OUT_HIGH};
 use crate::proto::{self, Digest, SendTo, TransferMsg, CHUNK_SIZE};
 
 use super::core::{IntoSends, Sends, Sent};
+use super::receive::RESUME_MIN;
+
+/// Longest a whole-file stream to one receiver waits for its `FileResume` before sending
+/// from the start anyway: an honest receiver answers at once; one that does not must not
+/// hold a sending slot.
+const OFFER_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a file goes: a connection and its outbound gauge.
 #[derive(Clone)]
@@ -65,6 +72,16 @@ struct Active {
     /// The receiver holds the bytes up to here (it resumes): they are read for the hash,
     /// not sent.
     skip_to: u64,
+    /// A file of `RESUME_MIN` or more streamed to one receiver waits for its `FileResume`
+    /// (what it kept of an interrupted transfer) until this: sending from the start at
+    /// once would race past what it kept on a fast link.
+    offer_due: Option<Instant>,
+}
+
+impl Active {
+    fn ready(&self, now: Instant) -> bool {
+        self.offer_due.is_none_or(|due| now >= due) && self.job.to.iter().all(Dest::has_room)
+    }
 }
 
 /// What happened to a job, for the session's accounting.
@@ -176,6 +193,11 @@ impl Sender {
         self.buf = Vec::new();
     }
 
+    /// When a stream waiting for its receiver's `FileResume` gives up waiting.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.active.iter().filter_map(|a| a.offer_due).min()
+    }
+
     /// Signatures kept for delta jobs that have not started.
     pub fn pending_signatures(&self) -> usize {
         self.sigs.len()
@@ -255,7 +277,11 @@ impl Sender {
             return;
         };
         let alone = matches!(&a.job.to[..], [d] if d.conn == conn);
-        if !alone || !matches!(a.mode, Mode::Whole) || offset <= a.read {
+        if !alone || !matches!(a.mode, Mode::Whole) {
+            return;
+        }
+        a.offer_due = None;
+        if offset <= a.read {
             return;
         }
         if offset > a.job.meta.size {
@@ -280,6 +306,7 @@ impl Sender {
         budget: usize,
     ) -> (Vec<SendDone>, usize, bool) {
         let mut done = std::mem::take(&mut self.finished);
+        let now = Instant::now();
         while self.active.len() < self.max_parallel {
             let Some(job) = self.queue.pop_front() else {
                 break;
@@ -315,6 +342,8 @@ impl Sender {
                     },
                 );
             }
+            let waits =
+                matches!(mode, Mode::Whole) && job.to.len() == 1 && job.meta.size >= RESUME_MIN;
             match open_source(storage, &job.meta) {
                 Ok(file) => self.active.push(Active {
                     xid,
@@ -325,6 +354,7 @@ impl Sender {
                     wire: 0,
                     mode,
                     skip_to: 0,
+                    offer_due: waits.then(|| Instant::now() + OFFER_WAIT),
                 }),
                 Err(why) => {
                     abort_all(net, &job.to, xid, &why);
@@ -348,7 +378,7 @@ impl Sender {
                     ));
                     continue;
                 }
-                if !a.job.to.iter().all(Dest::has_room) {
+                if !a.ready(now) {
                     i += 1;
                     continue;
                 }
@@ -378,10 +408,7 @@ impl Sender {
             }
         }
         let can_continue = (!self.queue.is_empty() && self.active.len() < self.max_parallel)
-            || self
-                .active
-                .iter()
-                .any(|a| a.job.to.iter().all(Dest::has_room));
+            || self.active.iter().any(|a| a.ready(now));
         (done, spent, can_continue)
     }
 }
