@@ -114,6 +114,18 @@ fn assert_good_synced(t: &Target, out: &Output) {
     );
 }
 
+/// While `p` says only that session `sid` is alive, every 2 s, a good node synchronizes
+/// with the daemon.
+fn good_sync_while_alive(t: &Target, p: RawPeer, sid: u64) {
+    let (stop, alive) = keep_sending(Background::new(p), Duration::from_secs(2), move || {
+        Message::Peer(PeerMsg::Session(SessionMsg::Alive { sid }))
+    });
+    let (_good, out) = good_sync(t, YIELD_PATIENCE);
+    stop.store(true, Ordering::Relaxed);
+    alive.join().unwrap();
+    assert_good_synced(t, &out);
+}
+
 // ---------------------------------------------------------------------------------------
 // The election
 
@@ -154,13 +166,7 @@ fn a_leader_that_keeps_its_session_alive_and_never_plans_gives_way() {
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
     let sid = 0x57A1_1ED0;
     lead_session(&mut p, sid);
-    let (stop, leader) = keep_sending(Background::new(p), Duration::from_secs(2), move || {
-        Message::Peer(PeerMsg::Session(SessionMsg::Alive { sid }))
-    });
-    let (_good, out) = good_sync(&t, YIELD_PATIENCE);
-    stop.store(true, Ordering::Relaxed);
-    leader.join().unwrap();
-    assert_good_synced(&t, &out);
+    good_sync_while_alive(&t, p, sid);
     t.wait_for_log("while c-good waited: ended to let it synchronize");
 }
 
@@ -171,13 +177,7 @@ fn a_follower_that_never_answers_gives_way_to_a_good_peer() {
     let t = Target::start("hostile-mute-follower", Enc::Plain);
     let mut p = t.handshake(&hello("zz-mute", None, &[STORAGE]));
     let sid = expect_session_start(&mut p);
-    let (stop, follower) = keep_sending(Background::new(p), Duration::from_secs(2), move || {
-        Message::Peer(PeerMsg::Session(SessionMsg::Alive { sid }))
-    });
-    let (_good, out) = good_sync(&t, YIELD_PATIENCE);
-    stop.store(true, Ordering::Relaxed);
-    follower.join().unwrap();
-    assert_good_synced(&t, &out);
+    good_sync_while_alive(&t, p, sid);
     t.wait_for_log("while c-good waited: ended to let it synchronize");
 }
 
@@ -189,13 +189,7 @@ fn a_follower_that_never_answers_gives_way_to_a_good_peer() {
 fn a_leader_that_starts_a_file_and_never_sends_it_gives_way() {
     let t = Target::start("hostile-stalled-file", Enc::Plain);
     let (p, sid) = start_receive(&t, "never.bin", 1 << 20, None);
-    let (stop, leader) = keep_sending(Background::new(p), Duration::from_secs(2), move || {
-        Message::Peer(PeerMsg::Session(SessionMsg::Alive { sid }))
-    });
-    let (_good, out) = good_sync(&t, YIELD_PATIENCE);
-    stop.store(true, Ordering::Relaxed);
-    leader.join().unwrap();
-    assert_good_synced(&t, &out);
+    good_sync_while_alive(&t, p, sid);
     t.wait_for_log("leaving session");
     assert!(!t.store().join("never.bin").exists());
 }

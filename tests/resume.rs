@@ -92,19 +92,7 @@ fn an_interrupted_transfer_resumes_from_what_arrived_and_is_verified_whole() {
     interrupted_transfer(&t, &data);
 
     let mut p = resumed_transfer(&t, CUT_AT as u64);
-    send_data(&mut p, &data[CUT_AT..]);
-    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileEnd {
-        xid: 9,
-        hash: *blake3::hash(&data).as_bytes(),
-    })));
-    let target = t.store().join("big.bin");
-    assert!(
-        wait_until(PATIENCE, || std::fs::read(&target).ok().as_deref()
-            == Some(&data[..])),
-        "the resumed file never arrived whole:\n{}",
-        t.daemon.log()
-    );
-    t.wait_for_log(&format!("big.bin: resumed at byte {CUT_AT} of {SIZE}"));
+    finish_resumed(&t, &mut p, &data);
     assert!(
         wait_until(PATIENCE, || partials(&t.store()).is_empty()),
         "what was kept outlived the transfer: {:?}",
@@ -148,25 +136,31 @@ fn a_receiver_killed_mid_transfer_resumes_after_its_restart() {
 
     let mut p = resumed_transfer(&t, CUT_AT as u64);
     t.wait_for_log("left by an interrupted transfer");
-    send_data(&mut p, &data[CUT_AT..]);
-    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileEnd {
-        xid: 9,
-        hash: *blake3::hash(&data).as_bytes(),
-    })));
-    let target = t.store().join("big.bin");
-    assert!(
-        wait_until(PATIENCE, || std::fs::read(&target).ok().as_deref()
-            == Some(&data[..])),
-        "the resumed file never arrived whole:\n{}",
-        t.daemon.log()
-    );
-    t.wait_for_log(&format!("big.bin: resumed at byte {CUT_AT} of {SIZE}"));
+    finish_resumed(&t, &mut p, &data);
     assert!(
         wait_until(PATIENCE, || partials(&t.store()).is_empty()
             && temp_len(&t.store()) == 0),
         "internal files outlived the transfer: {:?}",
         manifest(&t.store())
     );
+}
+
+/// Sends the rest of `big.bin` after the skip to `CUT_AT`, and its hash: the file must
+/// arrive whole, resumed.
+fn finish_resumed(t: &Target, p: &mut RawPeer, data: &[u8]) {
+    send_data(p, &data[CUT_AT..]);
+    p.send(&Message::Peer(PeerMsg::Transfer(TransferMsg::FileEnd {
+        xid: 9,
+        hash: *blake3::hash(data).as_bytes(),
+    })));
+    let target = t.store().join("big.bin");
+    assert!(
+        wait_until(PATIENCE, || std::fs::read(&target).ok().as_deref()
+            == Some(data)),
+        "the resumed file never arrived whole:\n{}",
+        t.daemon.log()
+    );
+    t.wait_for_log(&format!("big.bin: resumed at byte {CUT_AT} of {SIZE}"));
 }
 
 /// The expected refusal of a skip, before the daemon closes the connection.
