@@ -122,6 +122,15 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The port of a "cannot listen on 127.0.0.1:PORT: Address already in use" in `log`.
+fn port_in_use(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| {
+        l.contains("cannot listen on 127.0.0.1:") && l.contains("Address already in use")
+    })?;
+    let rest = line.split("cannot listen on 127.0.0.1:").nth(1)?;
+    rest.split(':').next()?.parse().ok()
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes. Returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -286,10 +295,26 @@ impl Daemon {
         // A daemon that exits while starting says so at once, with its status, instead of
         // after the whole wait.
         let mut exited = None;
-        let listening = wait_until(PATIENCE, || {
+        let mut listening = wait_until(PATIENCE, || {
             exited = d.child.try_wait().ok().flatten();
             exited.is_some() || d.log().contains("listening on port")
         }) && exited.is_none();
+        if let Some(port) = exited.and_then(|_| port_in_use(&d.log())) {
+            // The port was free when the test picked it; another process took it since (a
+            // daemon of an earlier suite still shutting down). Once it is free: again.
+            eprintln!("port {port} was taken meanwhile; starting the daemon again once free");
+            let free = wait_until(PATIENCE, || {
+                std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            });
+            if free {
+                d = Daemon::spawn(wrapper, config);
+                exited = None;
+                listening = wait_until(PATIENCE, || {
+                    exited = d.child.try_wait().ok().flatten();
+                    exited.is_some() || d.log().contains("listening on port")
+                }) && exited.is_none();
+            }
+        }
         assert!(
             listening,
             "daemon did not start listening ({}):\n{}",
