@@ -37,6 +37,9 @@ pub const PROTOCOL_VERSION: u16 = 6;
 pub const FRAME_HEADER: usize = 4;
 /// Largest file-data chunk a sender puts in one frame.
 pub const CHUNK_SIZE: usize = 256 * 1024;
+/// Files of this size or more are answered with `FileResume`, and what arrived of an
+/// interrupted one is kept to be resumed; below it, sending again costs less.
+pub const RESUME_MIN: u64 = 1 << 20;
 /// Largest payload accepted: a full data chunk (or a batch of index entries) plus headroom.
 /// Anything announcing more is a protocol violation and ends the connection.
 pub const MAX_FRAME: usize = 1024 * 1024 + 4096;

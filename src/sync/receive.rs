@@ -22,7 +22,7 @@ use crate::delta::{self, Signature, SignatureBuilder};
 use crate::fsops::{self, CommitError, Prepared, StorageDir, TempFile};
 use crate::model::{FileMeta, RelPath, Version};
 use crate::net::handle::{ConnId, NetHandle};
-use crate::proto::{Digest, TransferMsg, CHUNK_SIZE};
+use crate::proto::{Digest, TransferMsg, CHUNK_SIZE, RESUME_MIN};
 
 use super::core::{Accepted, Violation};
 use super::send::Dest;
@@ -38,9 +38,6 @@ pub const MAX_INCOMING: usize = 64;
 const MAX_COMMIT_BATCH: usize = 64;
 /// Longest a received file waits for its batch while more data is still arriving.
 const COMMIT_DELAY: Duration = Duration::from_millis(50);
-/// An interrupted transfer that got this far is kept to be resumed (see
-/// `fsops::partial`); below it, sending again costs less than keeping track.
-pub const RESUME_MIN: u64 = 1 << 20;
 
 /// A piece of a file being received.
 pub enum Chunk<'a> {

@@ -21,10 +21,9 @@ use crate::delta::{self, DeltaEncoder, DeltaOp, Signature};
 use crate::fsops::{self, StorageDir};
 use crate::model::{FileMeta, NodeId, RelPath};
 use crate::net::handle::{ConnId, NetHandle, OUT_HIGH};
-use crate::proto::{self, Digest, SendTo, TransferMsg, CHUNK_SIZE};
+use crate::proto::{self, Digest, SendTo, TransferMsg, CHUNK_SIZE, RESUME_MIN};
 
 use super::core::{IntoSends, Sends, Sent};
-use super::receive::RESUME_MIN;
 
 /// Longest a whole-file stream to one receiver waits for its `FileResume` before sending
 /// from the start anyway: an honest receiver answers at once; one that does not must not

@@ -19,13 +19,13 @@ use crate::history::{rebase, Digest, Entry, Record};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{EntryKind, FileMeta, NodeId, RelPath, Version};
 use crate::net::handle::{ConnId, NetCmd, NetHandle};
-use crate::proto::{LinkMsg, Message, PeerMsg};
+use crate::proto::{LinkMsg, Message, PeerMsg, RESUME_MIN};
 use crate::run::SyncError;
 use crate::scanner::{self, ScanOptions};
 use crate::store::{Applied, DiffSource, Found, StorageId, Store, StoreError};
 
 use super::core::{Deleted, EachPlanned, Io, LocalIndex, Send, Sends, StepError, Violation};
-use super::receive::{Receiver, RESUME_MIN};
+use super::receive::Receiver;
 use super::send::{Dest, Outbox};
 
 /// Tombstones are kept this long (and longer while a peer's copy shows the path alive).

@@ -207,4 +207,31 @@ impl Sim {
         }
         self.check_invariants();
     }
+
+    /// Hostile `node` claims `storage` from every node it is connected to with `ticket`,
+    /// and again `every` later with the next one (see [`Event::Squat`]).
+    pub(super) fn squat(&mut self, node: usize, storage: &'static str, ticket: u64, every: u64) {
+        if !self.up(node) {
+            return;
+        }
+        for j in 0..self.nodes.len() {
+            if j != node && self.link(node, j).connected {
+                let claim = ElectionMsg::Claim {
+                    ticket,
+                    storage: storage.into(),
+                };
+                self.send(node, j, claim.into());
+            }
+        }
+        let (ticket, at) = (ticket + 1, self.now + every);
+        self.push(
+            at,
+            Event::Squat {
+                node,
+                storage,
+                ticket,
+                every,
+            },
+        );
+    }
 }

@@ -969,27 +969,7 @@ impl Sim {
                 storage,
                 ticket,
                 every,
-            } => {
-                if !self.up(node) {
-                    return;
-                }
-                for j in 0..self.nodes.len() {
-                    if j != node && self.link(node, j).connected {
-                        let claim = ElectionMsg::Claim {
-                            ticket,
-                            storage: storage.into(),
-                        };
-                        self.send(node, j, claim.into());
-                    }
-                }
-                let next = Event::Squat {
-                    node,
-                    storage,
-                    ticket: ticket + 1,
-                    every,
-                };
-                self.push(self.now + every, next);
-            }
+            } => self.squat(node, storage, ticket, every),
         }
     }
 
