@@ -197,6 +197,17 @@ impl<'a> Planner<'a> {
                 if t == m || view.entry(t, &to).is_some_and(|x| x.is_live()) {
                     continue;
                 }
+                // Two nodes moved the same directory to different places (or two into the
+                // same place): a node replays one of them; the other's files reach it as
+                // copies, so it ends up with both and loses nothing. Replaying both would
+                // name the old path twice in its plan, which it rightly refuses.
+                if self
+                    .dir_moves
+                    .iter()
+                    .any(|d| d.node == t && (d.from == from || d.to == to))
+                {
+                    continue;
+                }
                 let mine = view.below(t, &from);
                 let live: Vec<&Entry> = mine.iter().filter(|x| x.is_live()).collect();
                 let matches = !live.is_empty()
@@ -655,6 +666,60 @@ mod tests {
             matches!(&parts[1][0], PlanItem::MoveDir { from, to, counter: 7, .. }
             if from.as_str() == "photos" && to.as_str() == "pics")
         );
+    }
+
+    #[test]
+    fn a_directory_moved_to_two_places_at_once_is_replayed_once_and_copied_once() {
+        // n0 moved "photos" to "pics", n1 moved it to "old" (the simulator's seed 388 found
+        // a plan replaying both for n2, naming "photos" twice: n2 refused it, every time).
+        let dir = Entry {
+            meta: FileMeta::dir(p("photos"), 0o755),
+            deleted: false,
+            hash: None,
+            vv: Vv::from_pairs(vec![(n("n2"), 1)]).unwrap(),
+            by: n("n2"),
+            link: None,
+        };
+        let mut old = vec![dir];
+        for i in 0..3 {
+            old.push(file(&format!("photos/{i}"), i as u8, &[("n2", 1)]));
+        }
+        let moved = |by: &str, to: &str| -> Vec<Entry> {
+            let mut v = Vec::new();
+            for e in &old {
+                let vv = e.vv.with(&n(by), 7);
+                let new = rebase(&e.meta.path, &p("photos"), &p(to));
+                let mut g = e.clone();
+                g.deleted = true;
+                g.vv = vv.clone();
+                g.by = n(by);
+                g.link = Some(new.clone());
+                let mut m = e.clone();
+                m.meta.path = new;
+                m.vv = vv;
+                m.by = n(by);
+                m.link = Some(e.meta.path.clone());
+                v.push(g);
+                v.push(m);
+            }
+            v
+        };
+        let parts = plan(
+            vec![moved("n0", "pics"), moved("n1", "old"), old.clone()],
+            &full,
+        );
+        check_plan(&parts[2]).expect("a plan n2 accepts");
+        let replays = parts[2]
+            .iter()
+            .filter(|i| matches!(i, PlanItem::MoveDir { .. }))
+            .count();
+        assert_eq!(replays, 1, "{parts:?}");
+        // What it did not replay it gets as files: both places end up full.
+        let received = parts[2]
+            .iter()
+            .filter(|i| matches!(i, PlanItem::Receive { .. }))
+            .count();
+        assert_eq!(received, 3, "{parts:?}");
     }
 
     #[test]

@@ -56,6 +56,21 @@ fn is_conflict_copy(p: &RelPath) -> bool {
     p.as_str().contains(".sync-conflict-")
 }
 
+/// `copy` is a conflict copy made of `original` (`history::conflict_name`: beside it, its
+/// stem, then `.sync-conflict-`).
+fn is_copy_of(copy: &RelPath, original: &RelPath) -> bool {
+    let name = original.file_name();
+    let stem = match name.rfind('.') {
+        Some(0) | None => name,
+        Some(i) => &name[..i],
+    };
+    copy.parent() == original.parent()
+        && copy
+            .file_name()
+            .strip_prefix(stem)
+            .is_some_and(|rest| rest.starts_with(".sync-conflict-"))
+}
+
 /// `a` is strictly newer than `b`: made by a node that knew `b`.
 fn supersedes(a: &Vv, b: &Vv) -> bool {
     a.compare(b) == Order::After
@@ -149,7 +164,17 @@ impl Oracle {
                         || superseded_at(&s.path, &s.vv)
                         || tombs
                             .iter()
-                            .any(|(t, tc, _)| *t == s.path && *tc == Some(c));
+                            .any(|(t, tc, _)| *t == s.path && *tc == Some(c))
+                        // Kept as a conflict copy, which a user then renamed or deleted
+                        // (recorded: a tombstone of its content at the copy's name; where it
+                        // went, if anywhere, is a recorded version of its own, judged as
+                        // such), or edited (recorded live there).
+                        || tombs
+                            .iter()
+                            .any(|(t, tc, _)| *tc == Some(c) && is_copy_of(t, &s.path))
+                        || live
+                            .iter()
+                            .any(|o| o.content == Some(c) && is_copy_of(&o.path, &s.path));
                     // Dropped where it is (the same bytes at the same path, whatever the
                     // versions say), or elsewhere by a node that knew this version.
                     let covered = drops
