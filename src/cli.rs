@@ -7,11 +7,15 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use crate::config::{self, Config};
+use crate::control::{self, Request};
 use crate::daemon;
 use crate::logger;
 use crate::model::NodeId;
 use crate::run::{Mode, Outcome, RunProblem, StorageState};
+use crate::status::human_bytes;
 
 /// Exit codes, documented in `--help`.
 pub mod exit {
@@ -24,34 +28,90 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// Could not start: the port cannot be bound, a thread cannot be spawned, and the like.
     pub const STARTUP: i32 = 3;
+    /// `status` or `sync`: no daemon runs with this configuration.
+    pub const NO_DAEMON: i32 = 4;
 }
 
 pub const HELP: &str = "\
 iron-carrier — peer-to-peer file synchronization for small Linux machines
 
 USAGE:
-    iron-carrier [OPTIONS]                 sync every storage once with reachable peers, then exit
-    iron-carrier [OPTIONS] --daemon        keep running: serve peers and sync on changes and schedule
-    iron-carrier [OPTIONS] check-config    validate the config and print the effective settings
+    iron-carrier [OPTIONS]
+        Sync every storage once with the reachable peers, then exit. Prints a summary, plus
+        warnings and a progress line per storage (live on a terminal, plain lines otherwise).
+    iron-carrier [OPTIONS] --daemon
+        Keep running: serve peers, sync when files change, on schedule_sync and when asked.
+    iron-carrier [OPTIONS] check-config
+        Validate the config and what a sync would refuse (each storage's .ignore, that
+        log_path's folder is writable, that the port is free); print the effective settings.
+    iron-carrier [OPTIONS] status [--json]
+        Ask the running daemon what it is doing: node, peers, and per storage its state
+        (in-sync, syncing, pending, failed, not-shared, unavailable), last sync, progress, errors.
+    iron-carrier [OPTIONS] sync [STORAGE] [--wait]
+        Ask the running daemon to synchronize every storage (or STORAGE) now. Returns at once
+        (exit 0: the daemon accepted), or with --wait when that sync is done.
 
 OPTIONS:
     -c, --config PATH   config file (default: $HOME/.config/iron-carrier/config.toml)
-    -d, --daemon        run as a daemon until SIGINT or SIGTERM; SIGHUP reloads the config
-                        (a valid one restarts the daemon in place, same PID; an invalid one is
-                        reported and ignored)
-    -v, -vv             more log output (debug, trace)
-    -q                  less log output (warnings and errors only)
+    -d, --daemon        run as a daemon until SIGINT or SIGTERM
+    -v, -vv, -vvv       one-shot: info, debug, trace log lines (default: the summary, warnings
+                        and progress); daemon: debug, trace (default: info)
+    -q                  warnings and errors only (one-shot: no progress); not with -v
         --syslog        log to syslog (/dev/log, facility daemon) instead of stderr
+        --json          status: one JSON object for scripts (fields: README, man iron-carrier)
+        --wait          sync: return when done, print its summary; exit 0 synchronized, 1 not
     -h, --help          print this help
     -V, --version       print the version
+
+CONFIG (TOML; only [storages] is required. Paths may start with ~ or $HOME; relative paths
+are relative to the config file's folder. Defaults shown):
+    node_id = \"<hostname>\"            unique id of this node in its group (≤ 64 bytes, no spaces)
+    group = \"NAME\"                    nodes talk only within their group (unset: the default group)
+    port = 25230                      TCP port to listen on (1-65535)
+    listen_address = \"0.0.0.0\"        IP address to listen on (\"::\", \"127.0.0.1\", ...)
+    peers = []                        \"host:port\" or \"[ipv6]:port\" addresses to connect to
+    enable_file_watcher = true        daemon: watch storages for changes (inotify)
+    delay_watcher_events = 4          seconds of quiet after a change before syncing (0-86400)
+    rescan_interval = 3600            seconds between full rescans of watched storages (0: never;
+                                      at most 604800)
+    schedule_sync = \"0 */6 * * *\"     5-field cron (local time) for a periodic sync (unset: none)
+    enable_service_discovery = true   find peers of the group with mDNS (UDP 5353)
+    discovery_interfaces = [\"eth0\"]   interfaces for discovery (unset: every one that is up, has
+                                      multicast and IPv4, but loopback)
+    log_path = \"$HOME/.config/iron-carrier/iron-carrier.db\"
+                                      this node's history (SQLite); its folder must be writable
+    control_socket = \"PATH\"           the daemon's control socket (unset: see CONTROL SOCKET)
+    encryption = true                 true: encrypted; \"a passphrase\" (≥ 12 characters): encrypted
+                                      and only nodes knowing it connect; false: plain text
+    max_parallel_transfers = 4        file transfers at once (1-64)
+    [storages]                        NAME = \"PATH\", or NAME = { path = \"PATH\", ... } with:
+        path = \"PATH\"                 required: the storage's directory
+        enable_watcher = true         default: enable_file_watcher
+        delay_watcher_events = 4      default: the top-level delay_watcher_events
+    A .ignore file at a storage's root lists glob patterns (one a line) to leave out.
+
+CONTROL SOCKET (how status and sync reach the daemon; mode 0600: only the daemon's user):
+    control_socket if set; else the first of these the daemon can create (clients try the same):
+    $XDG_RUNTIME_DIR/iron-carrier/NAME (when XDG_RUNTIME_DIR is set), /run/iron-carrier/NAME
+    (root), NAME in log_path's folder. NAME is iron-carrier-PORT-HASH.sock: the port, and 8 hex
+    digits computed from log_path (one daemon per database).
+
+SIGNALS (daemon):
+    SIGINT, SIGTERM     stop cleanly: a running session is abandoned and the peers told;
+                        complete received files are kept
+    SIGHUP              reload: read the config again; if it is valid, restart in place (same
+                        PID, every setting applies; a running session is abandoned cleanly and
+                        retried after the restart); if not, log the error and keep running
 
 EXIT CODES:
     0   success
     1   the sync did not complete: no peer reachable (or none configured and none found by
         discovery), a configured peer not reached, a storage not synchronized with a
-        connected peer that has it, or files failed
-    2   bad command line or configuration (the message names the key and line); nothing done
-    3   could not start (e.g. the port is in use)
+        connected peer that has it, or files failed (sync --wait: not synchronized)
+    2   bad command line or configuration (the message names the key and line), or an
+        unknown STORAGE; nothing done
+    3   could not start: the port is in use, a daemon already runs with this config or database, ...
+    4   no daemon running (status, sync)
 ";
 
 /// What the user asked for.
@@ -59,6 +119,15 @@ EXIT CODES:
 pub enum Command {
     Run,
     CheckConfig,
+    /// Ask the running daemon what it is doing.
+    Status {
+        json: bool,
+    },
+    /// Ask the running daemon to synchronize now.
+    Sync {
+        storage: Option<String>,
+        wait: bool,
+    },
     Help,
     Version,
 }
@@ -69,7 +138,8 @@ pub struct Args {
     pub command: Command,
     pub config: Option<PathBuf>,
     pub daemon: bool,
-    /// -1 for `-q`, 0 by default, 1 for `-v`, 2 for `-vv`.
+    /// -1 for `-q`, 0 by default, 1 to 3 for `-v`, `-vv`, `-vvv` (the level per mode:
+    /// `logger::level_from_verbosity`).
     pub verbosity: i32,
     pub syslog: bool,
 }
@@ -107,28 +177,45 @@ pub fn parse_args(argv: Vec<OsString>) -> Result<Args, String> {
         .map_err(|e| format!("--config: {e}"))?;
     let daemon = pargs.contains(["-d", "--daemon"]);
     let syslog = pargs.contains("--syslog");
-    let mut verbosity = 0;
-    while pargs.contains("-vv") {
-        verbosity += 2;
+    // -v, -vv and -vvv, also repeated (-v -v), count their v's; -q is quiet.
+    let mut vs = 0;
+    for (flag, n) in VERBOSE_FLAGS {
+        while pargs.contains(flag) {
+            vs += n;
+        }
     }
-    while pargs.contains(["-v", "--verbose"]) {
-        verbosity += 1;
-    }
+    let mut quiet = false;
     while pargs.contains(["-q", "--quiet"]) {
-        verbosity -= 1;
+        quiet = true;
     }
+    let verbosity = check_verbosity(vs, quiet)?;
+    let json = pargs.contains("--json");
+    let wait = pargs.contains("--wait");
     let sub = pargs
         .subcommand()
         .map_err(|e| format!("bad argument: {e}"))?;
     let command = match sub.as_deref() {
         None => Command::Run,
         Some("check-config") => Command::CheckConfig,
+        Some("status") => Command::Status { json },
+        Some("sync") => Command::Sync {
+            storage: pargs
+                .opt_free_from_str::<String>()
+                .map_err(|e| format!("sync: bad STORAGE: {e}"))?,
+            wait,
+        },
         Some(other) => {
             return Err(format!(
                 "unknown command or argument {other:?} (see --help)"
             ))
         }
     };
+    if json && !matches!(command, Command::Status { .. }) {
+        return Err("--json goes with status only".into());
+    }
+    if wait && !matches!(command, Command::Sync { .. }) {
+        return Err("--wait goes with sync only".into());
+    }
     let rest = pargs.finish();
     if let Some(extra) = rest.first() {
         return Err(format!(
@@ -136,8 +223,8 @@ pub fn parse_args(argv: Vec<OsString>) -> Result<Args, String> {
             extra.to_string_lossy()
         ));
     }
-    if command == Command::CheckConfig && daemon {
-        return Err("check-config does not take --daemon".into());
+    if daemon && command != Command::Run {
+        return Err("--daemon starts a daemon; it does not go with a command".into());
     }
     Ok(Args {
         command,
@@ -146,6 +233,37 @@ pub fn parse_args(argv: Vec<OsString>) -> Result<Args, String> {
         verbosity,
         syslog,
     })
+}
+
+/// The verbose flags and how many v's each counts. Those past `-vvv` are here to be refused
+/// with the reason (a longer run of v's is an unknown argument).
+const VERBOSE_FLAGS: [(&str, i32); 9] = [
+    ("-v", 1),
+    ("--verbose", 1),
+    ("-vv", 2),
+    ("-vvv", 3),
+    ("-vvvv", 4),
+    ("-vvvvv", 5),
+    ("-vvvvvv", 6),
+    ("-vvvvvvv", 7),
+    ("-vvvvvvvv", 8),
+];
+
+/// The verbosity (-1 for `-q`, 0 by default, 1 to 3) from the v's counted and `-q`.
+fn check_verbosity(vs: i32, quiet: bool) -> Result<i32, String> {
+    if quiet && vs > 0 {
+        return Err(
+            "-q and -v contradict each other: -q asks for warnings and errors only, -v for \
+             more log lines; give one or the other"
+                .into(),
+        );
+    }
+    if vs > 3 {
+        return Err(format!(
+            "too many -v: {vs} given, at most 3 (-vvv: every trace line)"
+        ));
+    }
+    Ok(if quiet { -1 } else { vs })
 }
 
 /// Turns `--config=PATH` into `--config PATH`. pico-args only splits on `=` for UTF-8
@@ -187,14 +305,18 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             println!("iron-carrier {}", env!("CARGO_PKG_VERSION"));
             return exit::OK;
         }
-        Command::Run | Command::CheckConfig => {}
+        Command::Run | Command::CheckConfig | Command::Status { .. } | Command::Sync { .. } => {}
     }
     let sink = if args.syslog {
         logger::Sink::Syslog
     } else {
         logger::Sink::Stderr
     };
-    logger::init(logger::level_from_verbosity(args.verbosity), sink);
+    // A one-shot run has a person watching: quiet by default, with its progress shown
+    // (unless -q; daemons never draw it).
+    let one_shot = args.command == Command::Run && !args.daemon;
+    logger::init(logger::level_from_verbosity(args.verbosity, one_shot), sink);
+    crate::progress::enable(args.verbosity >= 0);
     let config = match load_config(args.config.as_deref()) {
         Ok(c) => c,
         Err(msg) => {
@@ -202,9 +324,43 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             return exit::USAGE;
         }
     };
+    match &args.command {
+        Command::Status { json } => return ask_daemon(&config, Request::Status { json: *json }),
+        Command::Sync { storage, wait } => {
+            if let Some(name) = storage {
+                if !config.storages.iter().any(|s| &s.name == name) {
+                    let known: Vec<&str> =
+                        config.storages.iter().map(|s| s.name.as_str()).collect();
+                    eprintln!(
+                        "iron-carrier: no storage named {name:?} in {} (it has: {})",
+                        config.source.display(),
+                        known.join(", ")
+                    );
+                    return exit::USAGE;
+                }
+            }
+            return ask_daemon(
+                &config,
+                Request::Sync {
+                    storage: storage.clone(),
+                    wait: *wait,
+                },
+            );
+        }
+        _ => {}
+    }
     if args.command == Command::CheckConfig {
         print!("{}", config.render());
-        return exit::OK;
+        // What a sync would refuse that parsing cannot see (.ignore files, log_path, port).
+        let problems = crate::preflight::check(&config);
+        for problem in &problems {
+            eprintln!("iron-carrier: check-config: {problem}");
+        }
+        return if problems.is_empty() {
+            exit::OK
+        } else {
+            exit::USAGE
+        };
     }
     let mode = if args.daemon {
         Mode::Daemon
@@ -225,6 +381,40 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             exit::STARTUP
         }
     }
+}
+
+/// `status` and `sync`: asks the daemon of `config` over its control socket, prints the
+/// answer, and turns it into an exit code.
+fn ask_daemon(config: &Config, req: Request) -> i32 {
+    // A status is answered at once; a waited-for sync takes as long as its session.
+    let timeout = match req {
+        Request::Sync { wait: true, .. } => None,
+        _ => Some(Duration::from_secs(30)),
+    };
+    let answer = match control::ask(&control::candidates(config), &req, timeout) {
+        Ok(a) => a,
+        Err(e @ control::AskError::NoDaemon(_)) => {
+            eprintln!("iron-carrier: {e}");
+            return exit::NO_DAEMON;
+        }
+        Err(e) => {
+            eprintln!("iron-carrier: {e}");
+            return exit::SYNC_FAILED;
+        }
+    };
+    print!("{}", answer.body);
+    if answer.head == "ok" {
+        return exit::OK;
+    }
+    if let Some(code) = answer.head.strip_prefix("done ") {
+        return match code.trim() {
+            "0" => exit::OK,
+            _ => exit::SYNC_FAILED,
+        };
+    }
+    let why = answer.head.strip_prefix("error ").unwrap_or(&answer.head);
+    eprintln!("iron-carrier: the daemon refused: {why}");
+    exit::USAGE
 }
 
 fn exit_code(outcome: &Outcome) -> i32 {
@@ -349,22 +539,6 @@ pub fn summary(outcome: &Outcome) -> Vec<String> {
     lines
 }
 
-/// "12.3 KiB" style sizes for the summary.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// Names the process "iron-carrier" for ps, top, pgrep and start-stop-daemon: after a reload
 /// the process runs from `/proc/self/exe`, which would otherwise make its name "exe".
 fn set_process_name() {
@@ -432,6 +606,37 @@ mod tests {
         assert_eq!(args(&["-h"]).unwrap().command, Command::Help);
         assert!(args(&["--daemon", "--syslog"]).unwrap().syslog);
         assert!(!args(&["--daemon"]).unwrap().syslog);
+    }
+
+    #[test]
+    fn verbosity_counts_vs_up_to_three_and_q_excludes_v() {
+        let v = |a: &[&str]| args(a).map(|a| a.verbosity);
+        assert_eq!(v(&[]), Ok(0));
+        assert_eq!(v(&["-v"]), Ok(1));
+        assert_eq!(v(&["--verbose"]), Ok(1));
+        assert_eq!(v(&["-vv"]), Ok(2));
+        assert_eq!(v(&["-vvv"]), Ok(3));
+        assert_eq!(v(&["-v", "-vv"]), Ok(3));
+        assert_eq!(v(&["-v", "-v", "-v"]), Ok(3));
+        assert_eq!(v(&["-q"]), Ok(-1));
+        assert_eq!(v(&["-q", "--quiet"]), Ok(-1));
+        // A config file named like a flag is still the config file.
+        assert_eq!(v(&["--config", "-v"]), Ok(0));
+        for too_many in [
+            &["-vvvv"][..],
+            &["-v", "-v", "-v", "-v"],
+            &["-vv", "-vv"],
+            &["-vvvvvvvv"],
+        ] {
+            let e = v(too_many).unwrap_err();
+            assert!(e.contains("at most 3"), "{too_many:?}: {e}");
+        }
+        for both in [&["-q", "-v"][..], &["-vvv", "--quiet"], &["-q", "-vvvv"]] {
+            let e = v(both).unwrap_err();
+            assert!(e.contains("-q and -v contradict"), "{both:?}: {e}");
+        }
+        // Longer runs of v's are not a flag at all.
+        assert!(v(&["-vvvvvvvvv"]).is_err());
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct Config {
     /// interface with multicast and an IPv4 address.
     pub discovery_interfaces: Vec<String>,
     pub log_path: PathBuf,
+    /// Where the daemon's control socket lives (`status`, `sync`); `None`: the default
+    /// (see `control::candidates`).
+    pub control_socket: Option<PathBuf>,
     pub encryption: Encryption,
     pub max_parallel_transfers: u32,
     /// Sorted by name.
@@ -233,6 +236,7 @@ const TOP_KEYS: &[&str] = &[
     "enable_service_discovery",
     "discovery_interfaces",
     "log_path",
+    "control_socket",
     "encryption",
     "max_parallel_transfers",
     "storages",
@@ -473,6 +477,30 @@ impl<'a> Parser<'a> {
             })?,
         };
 
+        let control_socket = match Self::get(doc, "control_socket") {
+            Some(item) => {
+                let s = self.string(item, "control_socket")?;
+                let p = self.path_value(item, "control_socket", s)?;
+                // sun_path holds 108 bytes with its NUL.
+                if p.as_os_str().len() > 107 {
+                    return Err(self.err(
+                        item,
+                        "control_socket",
+                        "longer than the 107 bytes a Unix socket path may have".to_owned(),
+                    ));
+                }
+                if p.is_dir() {
+                    return Err(self.err(
+                        item,
+                        "control_socket",
+                        format!("{} is a directory; give the socket's path", p.display()),
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+
         let encryption = match Self::get(doc, "encryption") {
             Some(item) => match item.get_ref() {
                 DeValue::Boolean(true) => Encryption::Ephemeral,
@@ -553,6 +581,7 @@ impl<'a> Parser<'a> {
             enable_service_discovery,
             discovery_interfaces,
             log_path,
+            control_socket,
             encryption,
             max_parallel_transfers,
             storages,
@@ -880,6 +909,17 @@ impl Config {
             let _ = writeln!(s, "discovery_interfaces = [{}]", names.join(", "));
         }
         let _ = writeln!(s, "log_path = {}", q(&self.log_path.to_string_lossy()));
+        match &self.control_socket {
+            Some(p) => {
+                let _ = writeln!(s, "control_socket = {}", q(&p.to_string_lossy()));
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "# control_socket: not set (the default place, see --help)"
+                );
+            }
+        }
         let enc = match &self.encryption {
             Encryption::Off => "false".to_owned(),
             Encryption::Ephemeral => "true".to_owned(),

@@ -15,11 +15,14 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{Config, Encryption};
+use crate::control;
 use crate::mdns::{self, handle::MdnsOptions};
 use crate::net::{
-    self, handle::LinkConfig, handle::LinkMode, handle::LocalInfo, handle::NetOptions,
+    self, handle::ControlOptions, handle::LinkConfig, handle::LinkMode, handle::LocalInfo,
+    handle::NetOptions,
 };
 use crate::run::{Mode, Outcome, StartError};
+use crate::status::{Board, NodeInfo, StorageStatus};
 use crate::sync::{self, SyncCtl};
 use crate::watch::{
     self,
@@ -47,8 +50,69 @@ fn link_config(config: &Config) -> Result<LinkConfig, StartError> {
     made.map_err(|e| StartError(format!("cannot set up encryption: {e}")))
 }
 
+/// What the node says about itself in `status`.
+fn node_info(config: &Config) -> NodeInfo {
+    NodeInfo {
+        id: config.node_id.clone(),
+        group: config.group.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        protocol: crate::proto::PROTOCOL_VERSION,
+        started: std::time::SystemTime::now(),
+        listen: Some(SocketAddr::new(config.listen_address, config.port)),
+        encryption: match config.encryption {
+            Encryption::Off => "off",
+            Encryption::Ephemeral => "ephemeral",
+            Encryption::Passphrase(_) => "passphrase",
+        },
+        config: config.source.clone(),
+    }
+}
+
+/// The control socket of a daemon, bound before any thread starts so that a second daemon
+/// of the same config stops here with a clear message. A one-shot run serves none, but
+/// refuses to run beside a daemon of its config: the daemon already synchronizes, and
+/// `iron-carrier sync` asks it to do so now.
+fn control_socket(
+    config: &Config,
+    mode: Mode,
+    board: &Board,
+) -> Result<Option<ControlOptions>, StartError> {
+    let candidates = control::candidates(config);
+    if mode == Mode::OneShot {
+        if control::connect(&candidates).is_ok() {
+            return Err(StartError(
+                "a daemon is running with this configuration: ask it to synchronize now with \
+                 `iron-carrier sync` (add --wait to wait for the result)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    match control::bind(&candidates) {
+        Ok((listener, path)) => {
+            log::info!("control socket at {}", path.display());
+            Ok(Some(ControlOptions {
+                listener,
+                path,
+                board: board.clone(),
+                info: node_info(config),
+            }))
+        }
+        Err(e @ control::BindError::Running(_)) => Err(StartError(e.to_string())),
+        // Status is a convenience: a daemon without it still synchronizes.
+        Err(e) => {
+            log::warn!("{e}; `iron-carrier status` and `sync` will not reach this daemon");
+            Ok(None)
+        }
+    }
+}
+
 /// What `net` needs of the config (it never reads the config itself).
-fn net_options(config: &Config, mode: Mode) -> Result<NetOptions, StartError> {
+fn net_options(
+    config: &Config,
+    mode: Mode,
+    control: Option<ControlOptions>,
+) -> Result<NetOptions, StartError> {
     Ok(NetOptions {
         local: LocalInfo {
             node_id: config.node_id.clone(),
@@ -60,6 +124,7 @@ fn net_options(config: &Config, mode: Mode) -> Result<NetOptions, StartError> {
         peers: config.peers.clone(),
         redial_forever: mode == Mode::Daemon,
         link: Arc::new(link_config(config)?),
+        control,
     })
 }
 
@@ -139,7 +204,15 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
         }
     })?;
 
-    let net_opts = net_options(&config, mode)?;
+    let board = Board::new(
+        config
+            .storages
+            .iter()
+            .map(|s| StorageStatus::new(s.name.clone(), s.path.clone()))
+            .collect(),
+    );
+    let control = control_socket(&config, mode, &board)?;
+    let net_opts = net_options(&config, mode, control)?;
     // The key is derived: nothing needs the passphrase's text any more (a reload reads the
     // file again), so it is not kept in memory for the life of the process.
     config.encryption.forget_passphrase();
@@ -199,6 +272,7 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
     let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
     let sync_net = net_handle.clone();
     let sync_config = config.clone();
+    let sync_board = board.clone();
     let sync_thread = spawn("sync", move || {
         sync::run(
             sync_config,
@@ -208,6 +282,7 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
                 net_events: net_event_rx,
                 ctl: ctl_rx,
                 hints,
+                board: sync_board,
             },
             ready_tx,
             done_tx,
@@ -240,7 +315,7 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
         config.storages.len()
     );
 
-    let stop = wait(&signal_rx, &done_rx, &config, mode);
+    let stop = wait(&signal_rx, &done_rx, &config, mode, &board);
 
     // Ordered shutdown: discovery (its goodbyes go out while we still answer), the watcher
     // (it only produces hints), then sync (it may still be talking through net), then net.
@@ -276,20 +351,32 @@ enum Stop {
 
 /// Blocks until SIGINT/SIGTERM, a reload (SIGHUP with a valid config, daemons only), or the
 /// sync thread's outcome. A SIGHUP with an invalid config is reported and changes nothing.
+///
+/// Meanwhile a one-shot run shows its progress (unless `-q`: `progress::enabled`), read
+/// from `board` every 100 ms; before returning, the display is finished (final states drawn,
+/// live lines erased), so the shutdown's log lines and the summary come after it. A daemon
+/// never draws.
 fn wait(
     signal_rx: &Receiver<i32>,
     done_rx: &Receiver<Outcome>,
     config: &Config,
     mode: Mode,
+    board: &Board,
 ) -> Stop {
-    loop {
+    let mut display = (mode == Mode::OneShot && crate::progress::enabled())
+        .then(crate::progress::Display::stderr);
+    let ticks = match display {
+        Some(_) => crossbeam_channel::tick(std::time::Duration::from_millis(100)),
+        None => crossbeam_channel::never(),
+    };
+    let stop = 'wait: loop {
         select! {
             recv(signal_rx) -> sig => match sig {
                 Ok(SIGHUP) if mode == Mode::Daemon => {
                     match crate::config::load(&config.source) {
                         Ok(_) => {
                             log::info!("SIGHUP: the configuration is valid; reloading");
-                            return Stop::Reload;
+                            break 'wait Stop::Reload;
                         }
                         Err(e) => log::error!("SIGHUP: not reloading, keeping the running configuration: {e}"),
                     }
@@ -297,14 +384,23 @@ fn wait(
                 Ok(SIGHUP) => log::info!("SIGHUP ignored: a one-shot run has nothing to reload"),
                 Ok(sig) => {
                     log::info!("signal {sig} received, shutting down");
-                    return Stop::Signal;
+                    break 'wait Stop::Signal;
                 }
-                Err(_) => return Stop::Signal,
+                Err(_) => break 'wait Stop::Signal,
             },
-            recv(done_rx) -> outcome => return match outcome {
+            recv(done_rx) -> outcome => break 'wait match outcome {
                 Ok(o) => Stop::Done(o),
                 Err(_) => Stop::Signal,
             },
+            recv(ticks) -> _ => {
+                if let Some(d) = display.as_mut() {
+                    d.tick(&board.snapshot(), std::time::Instant::now());
+                }
+            }
         }
+    };
+    if let Some(d) = display.as_mut() {
+        d.finish(&board.snapshot(), std::time::Instant::now());
     }
+    stop
 }

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod cron;
 pub mod daemon;
 pub mod debounce;
@@ -18,9 +19,12 @@ pub mod mdns;
 pub mod mem;
 pub mod model;
 pub mod net;
+pub mod preflight;
+pub mod progress;
 pub mod proto;
 pub mod run;
 pub mod scanner;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod watch;

@@ -7,6 +7,10 @@
 //! panics: a record that cannot be written is dropped; if syslog goes away, lines go to stderr
 //! until it is back.
 //!
+//! While a one-shot run shows live progress lines at the bottom of a terminal (see
+//! `progress`), the logger holds them ([`set_live`]): a record erases them, is written, and
+//! draws them again, in the same single write, so log lines and progress never tangle.
+//!
 //! Every message is escaped on its way out: control characters (newlines above all) and
 //! the invisible characters that reorder text become `\n`, `\u{202e}` and so on. Names in
 //! messages come from peers and from the disk, and a file called "x\n... ERROR ..." must not
@@ -63,11 +67,73 @@ impl Log for Logger {
             }
         }
         let line = format_line(record, SystemTime::now());
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // The live block (if any) is erased, the record written, the block drawn again: all
+        // in one write, under the lock that `set_live` takes too.
+        let live = lock_live();
+        let out = live.around(&line);
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
     }
 
     fn flush(&self) {
         let _ = std::io::stderr().flush();
+    }
+}
+
+/// The live block: lines a progress display keeps at the bottom of a terminal on stderr (see
+/// `progress`), the cursor at the end of the last one. Empty unless stderr is a terminal.
+struct Live {
+    text: String,
+    lines: usize,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    text: String::new(),
+    lines: 0,
+});
+
+fn lock_live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Live {
+    /// Erases the block: each of its lines cleared, bottom up (`\r`, `ESC[K`, `ESC[1A`),
+    /// leaving the cursor at the start of its first line.
+    fn erase(&self, out: &mut String) {
+        if self.lines == 0 {
+            return;
+        }
+        out.push_str("\r\x1b[K");
+        for _ in 1..self.lines {
+            out.push_str("\x1b[1A\x1b[K");
+        }
+    }
+
+    /// `text` (whole lines) written above the block.
+    fn around(&self, text: &str) -> String {
+        if self.lines == 0 {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len() + self.text.len() + 16 * self.lines);
+        self.erase(&mut out);
+        out.push_str(text);
+        out.push_str(&self.text);
+        out
+    }
+}
+
+/// Replaces the live block at the bottom of stderr with `lines` (none: erases it). Only for a
+/// terminal: log records written meanwhile are put above the block. The lines must hold no
+/// control characters and fit the terminal's width (a wrapped line would be erased only in
+/// part).
+pub fn set_live(lines: &[String]) {
+    let mut live = lock_live();
+    let mut out = String::new();
+    live.erase(&mut out);
+    live.text = lines.join("\n");
+    live.lines = lines.len();
+    out.push_str(&live.text);
+    if !out.is_empty() {
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
     }
 }
 
@@ -183,15 +249,23 @@ pub fn init(level: LevelFilter, sink: Sink) {
     }
 }
 
-/// Maps the command line's `-q` / `-v` / `-vv` count to a level: 0 is `Info`.
-pub fn level_from_verbosity(verbosity: i32) -> LevelFilter {
-    match verbosity {
-        i32::MIN..=-2 => LevelFilter::Error,
-        -1 => LevelFilter::Warn,
-        0 => LevelFilter::Info,
-        1 => LevelFilter::Debug,
-        _ => LevelFilter::Trace,
+/// Maps the command line's verbosity (-1 for `-q`, 0 by default, 1 to 3 for `-v`, `-vv`,
+/// `-vvv`) to a level. A one-shot run has a person watching: by default it shows warnings
+/// and errors (its summary and progress say the rest), `-v` its events. Anything else (a
+/// daemon, whose log is read later; check-config) shows its events (`Info`) by default.
+/// `-q` is warnings and errors for both.
+pub fn level_from_verbosity(verbosity: i32, one_shot: bool) -> LevelFilter {
+    let steps = [
+        LevelFilter::Warn,
+        LevelFilter::Info,
+        LevelFilter::Debug,
+        LevelFilter::Trace,
+    ];
+    if verbosity < 0 {
+        return LevelFilter::Warn;
     }
+    let at = verbosity as usize + usize::from(!one_shot);
+    steps[at.min(steps.len() - 1)]
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t`, without a date library.
@@ -311,9 +385,38 @@ mod tests {
 
     #[test]
     fn verbosity_levels() {
-        assert_eq!(level_from_verbosity(-1), LevelFilter::Warn);
-        assert_eq!(level_from_verbosity(0), LevelFilter::Info);
-        assert_eq!(level_from_verbosity(1), LevelFilter::Debug);
-        assert_eq!(level_from_verbosity(2), LevelFilter::Trace);
+        use LevelFilter::*;
+        // -q, default, -v, -vv, -vvv.
+        let one_shot = [Warn, Warn, Info, Debug, Trace];
+        let daemon = [Warn, Info, Debug, Trace, Trace];
+        for (v, (o, d)) in (-1..=3).zip(one_shot.into_iter().zip(daemon)) {
+            assert_eq!(level_from_verbosity(v, true), o, "one-shot {v}");
+            assert_eq!(level_from_verbosity(v, false), d, "daemon {v}");
+        }
+    }
+
+    #[test]
+    fn records_go_above_the_live_block() {
+        let none = Live {
+            text: String::new(),
+            lines: 0,
+        };
+        assert_eq!(none.around("a record\n"), "a record\n");
+        let one = Live {
+            text: "photos: 1/2 files".into(),
+            lines: 1,
+        };
+        assert_eq!(
+            one.around("a record\n"),
+            "\r\x1b[Ka record\nphotos: 1/2 files"
+        );
+        let three = Live {
+            text: "a\nb\nc".into(),
+            lines: 3,
+        };
+        assert_eq!(
+            three.around("r\n"),
+            "\r\x1b[K\x1b[1A\x1b[K\x1b[1A\x1b[Kr\na\nb\nc"
+        );
     }
 }

@@ -149,6 +149,24 @@ pub enum SyncError {
     History(String),
 }
 
+impl SyncError {
+    /// A stable name for scripts (`status --json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Scan(_) => "scan",
+            SyncError::PeerLost(_) => "peer-lost",
+            SyncError::AbortedBy { .. } => "aborted-by-peer",
+            SyncError::EndedEarly(_) => "ended-early",
+            SyncError::Stalled => "stalled",
+            SyncError::Yielded { .. } => "yielded",
+            SyncError::ShuttingDown => "shutting-down",
+            SyncError::FilesFailed(_) => "files-failed",
+            SyncError::Guard(_) => "root-guard",
+            SyncError::History(_) => "history",
+        }
+    }
+}
+
 impl fmt::Display for SyncError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -605,6 +605,20 @@ ic_flood_memory() {
   rec "${ids[@]}" status=ok "${figures[@]}"
 }
 
+# The control socket (tests/control_bench.rs, release): `status` answer times during a
+# 10,000-file session (over the socket, and as whole `status --json` processes), and the peak
+# RSS it adds to a daemon serving 1,000 requests and 32 idle or deaf clients.
+ic_control() {
+  local out line
+  out=$(cd "$repo" && cargo test -q --release --locked --test control_bench -- --ignored \
+    --nocapture --test-threads 1 2> "$run/cargo.err") ||
+    fail "cargo test --test control_bench failed: $(grep -m1 -A1 'panicked at' "$run/cargo.err" | tail -1 || grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
+  line=$(grep -o 'control: .*' <<< "$out") || fail "tests/control_bench.rs printed no control line"
+  local figures=()
+  for k in ${line#control: }; do figures+=("$k"); done
+  rec "${ids[@]}" status=ok "${figures[@]}"
+}
+
 # Discovery: three hosts, each a namespace of its own joined to a bridge (198.18.0.1-3/24),
 # no multicast route. Five times: the three daemons started together with a config of only
 # [storages] (and their ports), and the time from the start until every node is connected to
@@ -1149,6 +1163,7 @@ done
 measure_ic idle - ic_idle_latency "$data/small"
 measure watch-memory iron-carrier - ic_watch_memory
 measure flood-memory iron-carrier - ic_flood_memory
+measure control iron-carrier - ic_control
 measure discovery iron-carrier - ic_discovery
 for t in rsync rsync-fsync unison; do
   na idle "$t" - "no daemon: a one-shot tool uses nothing between runs"

@@ -45,13 +45,23 @@ fn version_prints_the_package_version() {
 
 #[test]
 fn check_config_prints_effective_settings_with_defaults() {
-    let out = run(&["check-config", "--config", &fixture("valid_minimal.toml")]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The default log_path is under $HOME: a scratch one, so the check of its directory
+    // does not depend on the machine's.
+    let home = TestDir::new("defaults-home");
+    let out = bin()
+        .args(["check-config", "--config", &fixture("valid_minimal.toml")])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The default port listens on every address; a node running on this machine may hold
+    // it, and check-config says so (the settings are printed all the same). Nothing else
+    // may be wrong.
+    let port_taken = "iron-carrier: check-config: port: port 25230 on 0.0.0.0 is in use";
+    if out.status.code() != Some(0) {
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.lines().all(|l| l.starts_with(port_taken)), "{err}");
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "node_id = ",
@@ -164,4 +174,238 @@ fn daemon_runs_until_sigterm_then_stops_in_order_and_exits_0() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{seen}{}", rest.join("\n"));
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+}
+
+/// A config in `dir` for check-config: storage `photos` at `dir/photos` (created), listening
+/// on 127.0.0.1:`port`, and `extra` top-level lines (e.g. a `log_path`).
+fn check_config_file(dir: &TestDir, port: u16, extra: &str) -> std::path::PathBuf {
+    dir.mkdir("photos");
+    let log_path = if extra.contains("log_path") {
+        ""
+    } else {
+        "log_path = \"ic.db\"\n"
+    };
+    dir.write(
+        "c.toml",
+        format!(
+            "node_id = \"check\"\nport = {port}\nlisten_address = \"127.0.0.1\"\n\
+             enable_service_discovery = false\n{log_path}{extra}\n[storages]\nphotos = \"photos\"\n"
+        )
+        .as_bytes(),
+    )
+}
+
+fn check_config(config: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_passes_a_config_a_sync_would_accept() {
+    let dir = TestDir::new("check-ok");
+    dir.write("photos/.ignore", b"# private\n*.tmp\n\\!literal\n");
+    // Missing directories above the database are created by a sync: not a problem, and the
+    // check creates nothing.
+    let cfg = check_config_file(&dir, common::free_port(), "log_path = \"state/db/ic.db\"");
+    let (code, stdout, stderr) = check_config(&cfg);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("check-config:"), "{stderr}");
+    assert!(stdout.contains("\"photos\" = "), "{stdout}");
+    assert!(!dir.join("state").exists());
+}
+
+#[test]
+fn check_config_refuses_a_negation_in_ignore_naming_storage_file_and_line() {
+    let dir = TestDir::new("check-ignore");
+    dir.write("photos/.ignore", b"# private\n*.tmp\n!keep.txt\n");
+    let cfg = check_config_file(&dir, common::free_port(), "");
+    let (code, stdout, stderr) = check_config(&cfg);
+    assert_eq!(code, Some(2), "{stderr}");
+    // The settings are still printed; the problem goes to stderr, one line.
+    assert!(stdout.contains("\"photos\" = "), "{stdout}");
+    let ignore = std::fs::canonicalize(dir.join("photos"))
+        .unwrap()
+        .join(".ignore");
+    let want = format!(
+        "iron-carrier: check-config: storages.photos: {}:3: invalid pattern \"!keep.txt\": negation",
+        ignore.display()
+    );
+    assert!(stderr.starts_with(&want), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn check_config_refuses_a_log_path_that_cannot_be_created() {
+    let dir = TestDir::new("check-logpath");
+    dir.write("plain", b"a file, not a directory\n");
+    let cfg = check_config_file(
+        &dir,
+        common::free_port(),
+        "log_path = \"plain/state/ic.db\"",
+    );
+    let (code, _, stderr) = check_config(&cfg);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("iron-carrier: check-config: log_path: directory ")
+            && stderr.contains("plain/state cannot be created: ")
+            && stderr.contains("plain is not a directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_refuses_a_log_path_on_a_read_only_file_system() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a read-only tmpfs needs root");
+        return;
+    }
+    let dir = TestDir::new("check-ro");
+    let ro = dir.mkdir("ro");
+    let mount = common::mount::Mount::tmpfs(&ro, "1m");
+    std::fs::write(ro.join("ic.db"), b"").unwrap();
+    mount.remount("ro");
+    // Root may write anywhere the mode bits say no, but not on a read-only mount.
+    let cfg = check_config_file(&dir, common::free_port(), "log_path = \"ro/ic.db\"");
+    let (code, _, stderr) = check_config(&cfg);
+    drop(mount);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("iron-carrier: check-config: log_path: directory ")
+            && stderr.contains("/ro is not writable: Read-only file system"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_refuses_a_port_in_use_naming_it() {
+    let dir = TestDir::new("check-port");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let cfg = check_config_file(&dir, port, "");
+    let (code, _, stderr) = check_config(&cfg);
+    drop(held);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "iron-carrier: check-config: port: port {port} on 127.0.0.1 is in use (is a daemon \
+             already running with this config?"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// What an init script's `reload` does: check-config on the config of the running daemon.
+/// Its port is taken by that daemon, which holds the database: not a problem.
+#[test]
+fn check_config_accepts_the_port_of_the_running_daemon_of_this_config() {
+    use std::time::Duration;
+
+    let dir = TestDir::new("check-running");
+    let cfg = check_config_file(&dir, common::free_port(), "");
+    let daemon = common::Daemon::start(&cfg);
+    assert!(
+        daemon.wait_for_log("started", Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    let (code, _, stderr) = check_config(&cfg);
+    let (stopped, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("in use by the running node of this config"),
+        "{stderr}"
+    );
+    assert_eq!(stopped, Some(0), "{log}");
+}
+
+/// The keys of a `const NAME: &[&str] = &[...]` array in src/config.rs.
+fn config_keys(config_rs: &str, name: &str) -> Vec<String> {
+    let decl = format!("const {name}: &[&str] = &[");
+    let start = config_rs
+        .find(&decl)
+        .unwrap_or_else(|| panic!("`{decl}` not found in src/config.rs"))
+        + decl.len();
+    let end = start + config_rs[start..].find("];").unwrap();
+    config_rs[start..end]
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `--help` and the man page are enough to use the program: both name every config key (as
+/// src/config.rs accepts them), every command and flag, the control socket's variable, the
+/// reload signal and every exit code.
+#[test]
+fn help_and_man_page_name_every_config_key_and_command() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config_rs = std::fs::read_to_string(format!("{root}/src/config.rs")).unwrap();
+    let top = config_keys(&config_rs, "TOP_KEYS");
+    let storage = config_keys(&config_rs, "STORAGE_KEYS");
+    assert!(
+        top.len() >= 15 && top.iter().any(|k| k == "control_socket"),
+        "{top:?}"
+    );
+    assert!(storage.iter().any(|k| k == "path"), "{storage:?}");
+
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    // The man page's source, with roff's escapes for hyphens and word breaks undone.
+    let man = std::fs::read_to_string(format!("{root}/doc/iron-carrier.1"))
+        .unwrap()
+        .replace("\\-", "-")
+        .replace("\\%", "")
+        .replace("\\&", "");
+
+    let mut wanted: Vec<String> = top.iter().chain(&storage).cloned().collect();
+    for w in [
+        "status",
+        "sync",
+        "--json",
+        "--wait",
+        "--daemon",
+        "--config",
+        "--syslog",
+        "check-config",
+        "SIGHUP",
+        "SIGTERM",
+        "XDG_RUNTIME_DIR",
+        "$HOME/.config/iron-carrier/config.toml",
+    ] {
+        wanted.push(w.to_owned());
+    }
+    for (name, text) in [("--help", &help), ("doc/iron-carrier.1", &man)] {
+        let missing: Vec<&String> = wanted.iter().filter(|w| !text.contains(*w)).collect();
+        assert!(missing.is_empty(), "{name} does not mention {missing:?}");
+    }
+
+    // Every exit code has its line: in --help under EXIT CODES, in the man page under
+    // EXIT STATUS.
+    let codes = &help[help.find("EXIT CODES:").expect("EXIT CODES in --help")..];
+    let status = &man[man
+        .find(".SH EXIT STATUS")
+        .expect("EXIT STATUS in the man page")..];
+    let status = &status[..status[1..].find(".SH ").map_or(status.len(), |i| i + 1)];
+    for code in 0..=4 {
+        assert!(
+            codes.contains(&format!("\n    {code}   ")),
+            "--help lacks exit code {code}: {codes}"
+        );
+        assert!(
+            status.contains(&format!("\n.B {code}\n")),
+            "the man page lacks exit code {code}: {status}"
+        );
+    }
 }

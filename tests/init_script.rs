@@ -801,6 +801,16 @@ fn shipped_default_configs_and_their_examples_pass_check_config() {
     ] {
         for examples in [false, true] {
             let config = shipped_config(&dir, file, examples);
+            // check-config also checks that the port is free: the shipped 25230 may be held
+            // by another test's daemon at this moment.
+            let text = std::fs::read_to_string(&config).unwrap();
+            let port = format!("port = {}", common::free_port());
+            let text = if text.contains("\nport = 25230") {
+                text.replace("\nport = 25230", &format!("\n{port}"))
+            } else {
+                format!("{port}\n{text}")
+            };
+            std::fs::write(&config, text).unwrap();
             let out = bin_command()
                 .arg("check-config")
                 .arg("--config")

@@ -9,9 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Modules that are (or will be) a thread of their own, and the one submodule other threads
-/// may import from each.
-const THREADS: [&str; 5] = ["net", "sync", "watch", "mdns", "control"];
+/// Modules that are a thread of their own, and the one submodule other threads may import
+/// from each. (`control` is not one: the control socket is served by `net`, and the
+/// top-level `control` module is its format and client, below the threads.)
+const THREADS: [&str; 4] = ["net", "sync", "watch", "mdns"];
 const HANDLE: &str = "handle";
 /// Modules above the threads: the command line and the wiring.
 const ABOVE: [&str; 3] = ["cli", "daemon", "main"];

@@ -503,7 +503,7 @@ fn a_source_changed_while_being_sent_is_never_committed_as_a_mix() {
     let ca = p.a.write(p.dir.path());
     let daemon = Daemon::start(&cb);
     let child = bin()
-        .args(["-v", "--config"])
+        .args(["-vv", "--config"])
         .arg(&ca)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

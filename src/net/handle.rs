@@ -65,6 +65,12 @@ pub enum NetCmd {
         addr: SocketAddr,
         ttl: std::time::Duration,
     },
+    /// The answer to control client `client`'s sync request (see [`NetEvent::ControlSync`]):
+    /// written, then the client is closed.
+    ControlReply {
+        client: u64,
+        text: String,
+    },
     /// Internal: the `resolve` helper's answer for configured peer `peer`.
     Resolved {
         peer: usize,
@@ -103,6 +109,13 @@ pub enum NetEvent {
     /// A node announced by discovery is new, back after it expired, or at a new address:
     /// it is being dialled (its [`NetEvent::DialResult`]s carry `addr`).
     Discovered { node: NodeId, addr: String },
+    /// A control client asks to synchronize `storage` (all: `None`) now. `sync` answers with
+    /// [`NetCmd::ControlReply`], at once or, with `wait`, when that is done.
+    ControlSync {
+        client: u64,
+        storage: Option<String>,
+        wait: bool,
+    },
     /// The listener is up (or `port` is `None`: this node does not listen).
     Listening { port: Option<u16> },
 }
@@ -218,4 +231,16 @@ pub struct NetOptions {
     pub redial_forever: bool,
     /// How links are protected, with the passphrase's key already derived.
     pub link: Arc<LinkConfig>,
+    /// The daemon's control socket, if it serves one.
+    pub control: Option<ControlOptions>,
+}
+
+/// The control socket `net` serves (bound by the caller, so that a second daemon stops
+/// before anything starts), and what a status is made of besides `net`'s own peers.
+pub struct ControlOptions {
+    pub listener: std::os::unix::net::UnixListener,
+    /// Removed when `net` stops.
+    pub path: std::path::PathBuf,
+    pub board: crate::status::Board,
+    pub info: crate::status::NodeInfo,
 }

@@ -1,9 +1,10 @@
 //! The `net` thread: one `mio::Poll` owning the listener and every peer connection.
 //!
 //! It frames and unframes messages, runs the handshake (version, group, node id, one
-//! connection per peer), answers pings, enforces timeouts and redials configured peers with
-//! back-off. Everything else is `sync`'s business: decoded messages go out as [`NetEvent`]s,
-//! messages to send come in as [`NetCmd`]s through a [`NetHandle`] (channel + waker).
+//! connection per peer), answers pings, enforces timeouts, redials peers with back-off
+//! (`dial.rs`) and serves the daemon's control socket (`control.rs`). Everything else is
+//! `sync`'s business: decoded messages go out as [`NetEvent`]s, messages to send come in as
+//! [`NetCmd`]s through a [`NetHandle`] (channel + waker).
 //!
 //! This thread never touches the disk and never blocks anywhere but in `Poll::poll`. It is
 //! given its options ([`NetOptions`]), never the config. Other threads reach it only through
@@ -11,6 +12,8 @@
 
 mod admit;
 mod conn;
+mod control;
+mod dial;
 mod limits;
 
 pub use limits::CLOCK_SKEW_WARN;
@@ -21,7 +24,7 @@ pub mod link;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -150,6 +153,8 @@ enum Timer {
     Drained,
     /// Try the listener again (accepting failed for want of descriptors).
     Accept,
+    /// A control client's deadline.
+    Control,
 }
 
 struct PeerAddr {
@@ -166,6 +171,10 @@ struct PeerAddr {
     /// Found by discovery, not configured: no more dials after this (the announcement's TTL
     /// past the last one heard).
     discovered: Option<Instant>,
+    /// When the node at this address last spoke to us, and why the last dial failed: what
+    /// `status` shows of a peer not connected.
+    last_seen: Option<Instant>,
+    last_error: Option<String>,
 }
 
 impl PeerAddr {
@@ -209,17 +218,22 @@ struct Net {
     limit_logged: Option<Instant>,
     /// When a node id conflict was last logged, per node id.
     conflicts_logged: HashMap<NodeId, Instant>,
+    control: Option<control::Server>,
 }
 
 impl Net {
     fn new(
         poll: Poll,
         listener: Option<TcpListener>,
-        opts: NetOptions,
+        mut opts: NetOptions,
         events_tx: Sender<NetEvent>,
         cmd_rx: Receiver<NetCmd>,
         own: NetHandle,
     ) -> Net {
+        let control = opts
+            .control
+            .take()
+            .and_then(|c| control::Server::new(c, poll.registry()));
         let peers = opts
             .peers
             .iter()
@@ -231,6 +245,8 @@ impl Net {
                 in_flight: None,
                 failures: 0,
                 discovered: None,
+                last_seen: None,
+                last_error: None,
             })
             .collect();
         Net {
@@ -255,6 +271,7 @@ impl Net {
             fds_logged: None,
             limit_logged: None,
             conflicts_logged: HashMap::new(),
+            control,
         }
     }
 
@@ -293,10 +310,25 @@ impl Net {
                 log::error!("poll failed, network stopped: {e}");
                 return;
             }
+            // The control socket first: a status is answered before this turn's reading
+            // and decoding of peers' data, which can take milliseconds on a small machine.
             for event in events.iter() {
                 match event.token() {
-                    WAKER => {}
+                    control::LISTENER => self.control_accept(),
+                    t => {
+                        if let Some(slot) = control::slot_of(t) {
+                            let closed = event.is_read_closed() || event.is_error();
+                            let readable = event.is_readable() || closed;
+                            self.control_event(slot, readable, event.is_writable());
+                        }
+                    }
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER | control::LISTENER => {}
                     LISTENER => self.accept(),
+                    t if control::slot_of(t).is_some() => {}
                     Token(t) => {
                         let id = t as ConnId;
                         if event.is_writable() || event.is_write_closed() {
@@ -348,6 +380,7 @@ impl Net {
                     }
                 }
                 Ok(NetCmd::Resolved { peer, result }) => self.on_resolved(peer, result),
+                Ok(NetCmd::ControlReply { client, text }) => self.control_reply(client, text),
                 Ok(NetCmd::Discovered { node, addr, ttl }) => {
                     self.on_discovered(node, addr, Instant::now() + ttl)
                 }
@@ -397,6 +430,7 @@ impl Net {
                         self.accept();
                     }
                 }
+                Timer::Control => self.control_expire(now),
             }
         }
     }
@@ -516,178 +550,6 @@ impl Net {
             listen_port: self.opts.local.listen_port,
             clock_ms: unix_ms(SystemTime::now()),
             storages: self.opts.local.storages.clone(),
-        }
-    }
-
-    /// An announcement of our group: the node is dialled unless it is connected. A known
-    /// address (configured, or this node's previous one) is reused; a new node takes an
-    /// expired entry's place, or a new one up to [`MAX_DISCOVERED`].
-    fn on_discovered(&mut self, node: NodeId, addr: SocketAddr, until: Instant) {
-        if self.draining || node == self.opts.local.node_id {
-            return;
-        }
-        let now = Instant::now();
-        let known = self.peers.iter().position(|p| {
-            p.resolved == Some(addr) || (p.discovered.is_some() && p.node.as_ref() == Some(&node))
-        });
-        let (i, news) = match known {
-            Some(i) => {
-                let p = &mut self.peers[i];
-                let mut news = false;
-                if p.discovered.is_some() {
-                    // A dial to the old address still in flight goes on; when it fails, the
-                    // redial goes to the new one.
-                    news = p.expired(now) || p.resolved != Some(addr);
-                    p.discovered = Some(until);
-                    p.text = addr.to_string();
-                    p.resolved = Some(addr);
-                    p.node = Some(node.clone());
-                }
-                (i, news)
-            }
-            None => {
-                let entry = PeerAddr {
-                    text: addr.to_string(),
-                    resolved: Some(addr),
-                    resolving: false,
-                    node: Some(node.clone()),
-                    in_flight: None,
-                    failures: 0,
-                    discovered: Some(until),
-                };
-                let free = self.peers.iter().position(|p| {
-                    p.expired(now)
-                        && p.in_flight.is_none()
-                        && !p
-                            .node
-                            .as_ref()
-                            .is_some_and(|n| self.by_node.contains_key(n))
-                });
-                let discovered = self.peers.iter().filter(|p| p.discovered.is_some()).count();
-                match free {
-                    Some(i) => self.peers[i] = entry,
-                    None if discovered < MAX_DISCOVERED => self.peers.push(entry),
-                    None => {
-                        log::debug!(
-                            "discovery: not dialling {node} at {addr}: {MAX_DISCOVERED} \
-                             discovered peers are already known"
-                        );
-                        return;
-                    }
-                }
-                (free.unwrap_or(self.peers.len() - 1), true)
-            }
-        };
-        if self.by_node.contains_key(&node) {
-            return;
-        }
-        let dial_first = self.opts.local.node_id < node;
-        if news {
-            log::info!("discovered {node} at {addr}");
-            self.emit(NetEvent::Discovered {
-                node,
-                addr: addr.to_string(),
-            });
-        }
-        // An announcement is fresh evidence the node is there: back-off starts over.
-        self.peers[i].failures = 0;
-        if dial_first {
-            self.dial(i);
-        } else {
-            // Both nodes hear each other at once: the smaller id dials first, so that the
-            // pair does not make two connections and drop one (the duplicate rule would
-            // keep the same one). If it does not come, we dial.
-            self.set_timer(now + DISCOVERED_DEFER, Timer::Redial(i));
-        }
-    }
-
-    fn dial(&mut self, i: usize) {
-        let Some(p) = self.peers.get(i) else { return };
-        if p.in_flight.is_some() || p.resolving || p.expired(Instant::now()) {
-            return;
-        }
-        if let Some(node) = &p.node {
-            if self.by_node.contains_key(node) {
-                return;
-            }
-        }
-        if let Ok(addr) = p.text.parse::<SocketAddr>() {
-            return self.connect(i, addr);
-        }
-        // A name: looking it up may wait on DNS for seconds, which this thread must never
-        // do. A short-lived helper thread answers through our own command channel.
-        let text = p.text.clone();
-        let own = self.own.clone();
-        let spawned = std::thread::Builder::new()
-            .name("resolve".into())
-            .spawn(move || {
-                let result = match text.to_socket_addrs().map(|mut a| a.next()) {
-                    Ok(Some(a)) => Ok(a),
-                    Ok(None) => Err("name resolves to no address".to_owned()),
-                    Err(e) => Err(format!("cannot resolve: {e}")),
-                };
-                own.send(NetCmd::Resolved { peer: i, result });
-            });
-        match spawned {
-            Ok(_) => self.peers[i].resolving = true,
-            Err(e) => self.dial_failed(
-                i,
-                DialError::Unreachable(format!("cannot start a resolver thread: {e}")),
-            ),
-        }
-    }
-
-    fn on_resolved(&mut self, i: usize, result: Result<SocketAddr, String>) {
-        let Some(p) = self.peers.get_mut(i) else {
-            return;
-        };
-        p.resolving = false;
-        if self.draining {
-            return;
-        }
-        match result {
-            Ok(addr) => {
-                p.resolved = Some(addr);
-                self.connect(i, addr);
-            }
-            Err(reason) => self.dial_failed(i, DialError::Unreachable(reason)),
-        }
-    }
-
-    fn connect(&mut self, i: usize, addr: SocketAddr) {
-        match TcpStream::connect(addr) {
-            Ok(stream) => {
-                log::debug!("dialling {} ({addr})", self.peers[i].text);
-                let id = self.next_id;
-                self.peers[i].in_flight = Some(id);
-                self.register(stream, addr, Some(i));
-            }
-            Err(e) => self.dial_failed(i, DialError::Unreachable(e.to_string())),
-        }
-    }
-
-    fn dial_failed(&mut self, i: usize, why: DialError) {
-        let Some(p) = self.peers.get_mut(i) else {
-            return;
-        };
-        p.in_flight = None;
-        p.failures += 1;
-        let shift = p.failures.min(8) - 1;
-        let delay = (REDIAL_MIN * (1u32 << shift)).min(REDIAL_MAX);
-        if p.failures == 1 || p.failures % 10 == 0 {
-            log::info!("cannot reach peer {}: {why} (retrying)", p.text);
-        } else {
-            log::debug!("cannot reach peer {}: {why}", p.text);
-        }
-        let text = p.text.clone();
-        let failures = p.failures;
-        let forever = self.opts.redial_forever && !p.expired(Instant::now());
-        self.emit(NetEvent::DialResult {
-            addr: text,
-            result: Err(why),
-        });
-        if forever || failures < 6 {
-            self.set_timer(Instant::now() + delay, Timer::Redial(i));
         }
     }
 
@@ -1066,22 +928,6 @@ impl Net {
         true
     }
 
-    fn note_dial_ok(&mut self, id: ConnId, node: &NodeId) {
-        let Some(i) = self.conns.get(&id).and_then(|c| c.dialed) else {
-            return;
-        };
-        if let Some(p) = self.peers.get_mut(i) {
-            p.in_flight = None;
-            p.failures = 0;
-            p.node = Some(node.clone());
-            let text = p.text.clone();
-            self.emit(NetEvent::DialResult {
-                addr: text,
-                result: Ok(()),
-            });
-        }
-    }
-
     /// Sends `Refuse` (so the peer can log why), then closes once flushed or after a grace.
     fn refuse(&mut self, id: ConnId, reason: &str) {
         let Some(c) = self.conns.get_mut(&id) else {
@@ -1127,6 +973,13 @@ impl Net {
             if self.by_node.get(node) == Some(&id) {
                 self.by_node.remove(node);
                 log::info!("disconnected from {node}: {reason}");
+                for p in self
+                    .peers
+                    .iter_mut()
+                    .filter(|p| p.node.as_ref() == Some(node))
+                {
+                    p.last_seen = Some(c.last_recv);
+                }
                 // Reconnect configured peers that we lost.
                 let lost: Vec<usize> = self
                     .peers

@@ -446,6 +446,19 @@ impl Store {
             .map_err(|e| self.sql_err(e))
     }
 
+    /// The files this node has in `storage` and their bytes, as its last scan or session
+    /// recorded them (what `status` shows).
+    pub fn totals(&self, storage: StorageId) -> Result<(u64, u64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM entries \
+                 WHERE storage = ?1 AND deleted = 0 AND kind = ?2",
+                params![storage, kind_code(EntryKind::File)],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(|e| self.sql_err(e))
+    }
+
     /// Size of the database file and its log, in bytes (for reports).
     pub fn size_on_disk(&self) -> u64 {
         let mut total = 0;

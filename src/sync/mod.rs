@@ -11,6 +11,7 @@
 
 pub mod core;
 mod receive;
+mod report;
 mod send;
 mod shell;
 
@@ -33,6 +34,7 @@ use crate::watch::handle::Hints;
 use self::core::oneshot::OneShot;
 use self::core::{Core, Io, Received, Refusal, Violation};
 use receive::{Chunk, ChunkOutcome, Ended, RecvEnd, MAX_INCOMING};
+use report::Reporter;
 use shell::{Peer, Shell, Storage};
 
 /// Control messages from the main thread.
@@ -61,6 +63,7 @@ struct SyncThread {
     /// Whether the shell was idle (nothing to send or sign) at the last tick.
     idle_at_tick: bool,
     next_cron: Option<SystemTime>,
+    report: Reporter,
 }
 
 /// What the thread waits on.
@@ -69,6 +72,8 @@ pub struct Inputs {
     pub ctl: Receiver<SyncCtl>,
     /// The watcher's hints (daemons that watch a storage).
     pub hints: Option<Hints>,
+    /// Where the storages' status is shown.
+    pub board: crate::status::Board,
 }
 
 /// The thread body. `ready` hears once whether the thread could start (its storages and
@@ -85,10 +90,11 @@ pub fn run(
         net_events,
         ctl,
         hints,
+        board,
     } = inputs;
     let never = crossbeam_channel::never();
     let hint_wake = hints.as_ref().map_or(&never, Hints::wake);
-    let mut t = match SyncThread::new(config, mode, net) {
+    let mut t = match SyncThread::new(config, mode, net, board) {
         Ok(t) => {
             let _ = ready.send(Ok(()));
             t
@@ -143,7 +149,10 @@ pub fn run(
         if t.core.session_info().is_none() {
             t.shell.release_if_spent();
         }
+        t.report.answer_waiters(&mut t.core, &t.shell);
         if let Some(outcome) = t.oneshot_outcome() {
+            // The last state first: a progress display draws it before the summary.
+            t.report.refresh(&t.core, &t.shell, true);
             if let Some(tx) = done.take() {
                 let _ = tx.send(outcome);
             }
@@ -152,7 +161,12 @@ pub fn run(
 }
 
 impl SyncThread {
-    fn new(config: Config, mode: Mode, net: NetHandle) -> Result<SyncThread, String> {
+    fn new(
+        config: Config,
+        mode: Mode,
+        net: NetHandle,
+        board: crate::status::Board,
+    ) -> Result<SyncThread, String> {
         let mut store =
             Store::open(&config.log_path, &config.node_id).map_err(|e| e.to_string())?;
         let mut storages = Vec::new();
@@ -213,6 +227,7 @@ impl SyncThread {
                 config.storages.len(),
             )
         });
+        let report = Reporter::new(board, config.storages.len());
         Ok(SyncThread {
             config,
             core,
@@ -220,6 +235,7 @@ impl SyncThread {
             oneshot,
             idle_at_tick: true,
             next_cron,
+            report,
         })
     }
 
@@ -253,6 +269,13 @@ impl SyncThread {
                 }
             }
             NetEvent::Drained { .. } => {}
+            NetEvent::ControlSync {
+                client,
+                storage,
+                wait,
+            } => self
+                .report
+                .on_request(client, storage, wait, &mut self.core, &self.shell),
             NetEvent::Message { conn, msg, size } => {
                 if let Some(p) = self.shell.peers.get(&conn).filter(|p| !p.closing) {
                     let from = p.node.clone();
@@ -540,6 +563,7 @@ impl SyncThread {
             self.shell.receiver.next_deadline(),
             self.shell.outbox.engine.next_deadline(),
             self.oneshot.as_ref().and_then(OneShot::next_wakeup),
+            self.report.next_deadline(&self.core),
         ];
         for d in deadlines.into_iter().flatten() {
             at = at.min(d);
@@ -574,7 +598,8 @@ impl SyncThread {
             os.step(now, &mut self.core, busy);
         }
         self.core.tick(now, &mut self.shell);
-        self.after_session_changes();
+        let ended = self.after_session_changes();
+        self.report.refresh(&self.core, &self.shell, ended);
         let busy = !self.shell.is_idle();
         self.idle_at_tick = !busy;
         if let Some(os) = &mut self.oneshot {
@@ -584,7 +609,8 @@ impl SyncThread {
 
     /// When a session this thread took part in is over (whatever ended it; it may have
     /// started and ended since the last look).
-    fn after_session_changes(&mut self) {
+    /// True if one ended.
+    fn after_session_changes(&mut self) -> bool {
         let ended = self.core.take_ended();
         for &old in &ended {
             // Sends and signatures are only pumped while a session runs: anything the one
@@ -604,6 +630,7 @@ impl SyncThread {
             );
             self.shell.note_spent();
         }
+        !ended.is_empty()
     }
 
     /// The one-shot run's report, once (when its policy says it is over).
@@ -622,6 +649,13 @@ impl SyncThread {
 
     fn shutdown(&mut self) {
         let now = Instant::now();
+        if let Some(storage) = self.core.session_storage() {
+            log::info!(
+                "{}: stopping during a session: it is abandoned (its peers are told; files                  received whole are kept, partial ones kept to resume), and synchronized                  again at the next start",
+                self.core.storages()[storage]
+            );
+        }
+        self.report.shut_down(&mut self.core, &self.shell);
         // Complete, verified files are worth keeping.
         let ended = self.shell.receiver.commit_all();
         self.received(ended);

@@ -81,6 +81,12 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// Bytes of the files being received, as far as each got: the part of a session's
+    /// progress between whole files.
+    pub fn in_flight(&self) -> u64 {
+        self.incoming.values().map(|t| t.received).sum()
+    }
+
     /// A transfer of session `sid` in `storage` that the core accepted: what the local path
     /// must still hold, and the version to record.
     pub fn start(

@@ -150,6 +150,11 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// Bytes read of the files being sent, as far as each got.
+    pub fn in_flight(&self) -> u64 {
+        self.active.iter().map(|a| a.read).sum()
+    }
+
     pub fn new(max_parallel: usize) -> Sender {
         Sender {
             queue: VecDeque::new(),
@@ -604,6 +609,8 @@ struct PendingSends {
 /// The jobs one core send was split into (one whole-file stream, one job per delta).
 struct Group {
     sid: u64,
+    /// The file's size, for the session's progress.
+    size: u64,
     left: usize,
     wire: u64,
     receivers: usize,
@@ -620,6 +627,19 @@ pub struct Outbox {
     /// Jobs of one core send, counted down so the core hears of each send once.
     groups: HashMap<u64, Group>,
     next_group: u64,
+    /// The sends of the latest session, as far as they are over: its progress.
+    pub progress: Sending,
+}
+
+/// A session's sends as far as they are over (sent or not), whole files; each file once
+/// however many receive it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sending {
+    pub sid: u64,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
 }
 
 impl Outbox {
@@ -629,11 +649,20 @@ impl Outbox {
             pending: VecDeque::new(),
             groups: HashMap::new(),
             next_group: 1,
+            progress: Sending::default(),
         }
     }
 
     /// The core's sends of session `sid`, released at `Go`.
     pub fn queue(&mut self, sid: u64, sends: Sends) {
+        if self.progress.sid != sid {
+            self.progress = Sending {
+                sid,
+                ..Sending::default()
+            };
+        }
+        self.progress.files_total += sends.len() as u64;
+        self.progress.bytes_total += sends.bytes();
         let sends = sends.into_iter();
         if !sends.is_empty() {
             self.pending.push_back(PendingSends { sid, sends });
@@ -663,6 +692,7 @@ impl Outbox {
     ) {
         let group = self.next_group;
         self.next_group += 1;
+        let meta_size = meta.size;
         let mut whole = Vec::new();
         let mut jobs = Vec::new();
         for t in &to {
@@ -693,6 +723,7 @@ impl Outbox {
             group,
             Group {
                 sid,
+                size: meta_size,
                 left: jobs.len(),
                 wire: 0,
                 receivers: 0,
@@ -774,6 +805,10 @@ impl Outbox {
             let Some(g) = self.groups.remove(&group) else {
                 continue;
             };
+            if g.sid == self.progress.sid {
+                self.progress.files_done += 1;
+                self.progress.bytes_done += g.size;
+            }
             let outcome = if g.failed {
                 Sent::Failed
             } else if g.receivers == 0 {

@@ -855,6 +855,21 @@ def cmd_render(a):
             out(f"  {what}: {before:,} KiB before, peak {top:,} KiB ({top - before:+,} KiB); "
                 f"{gone}: {r.get(f'{name}_disconnected', '?')}{shut}; "
                 f"{fmt(r.get(f'{name}_secs'))} s")
+    for r in by.get("control", []):
+        out()
+        out("the control socket (release build): `status --json` while a 10,000-file session "
+            "runs, and the memory serving it adds (target: under 50 ms; at most 0.25 MiB)")
+        if r.get("status") != "ok":
+            out(f"  {status_cell(r)}")
+            continue
+        out(f"  answer over the socket, connect to close: median {r['status_p50_ms']} ms, "
+            f"p99 {r['status_p99_ms']} ms, max {r['status_max_ms']} ms "
+            f"({r['samples']} answers during the session)")
+        out(f"  the whole `iron-carrier status --json` process: median {r['cli_p50_ms']} ms, "
+            f"max {r['cli_max_ms']} ms")
+        out(f"  a lone daemon: {r['rss_before_kib']:,} KiB before, peak {r['peak_kib']:,} KiB "
+            f"while serving 1,000 requests and 32 silent or deaf clients "
+            f"({r['added_kib']:+,} KiB)")
     for r in by.get("discovery", []):
         out()
         out("discovery: three hosts in namespaces on one bridge (no multicast route), configs of "

@@ -503,7 +503,7 @@ pub fn oneshot(config: &Path) -> Output {
 pub fn oneshot_within(config: &Path, limit: Duration) -> Output {
     let spawn = || {
         bin()
-            .args(["-v", "--config"])
+            .args(["-vv", "--config"])
             .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

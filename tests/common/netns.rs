@@ -143,7 +143,7 @@ impl Segment {
         let child = Command::new(&w[0])
             .args(&w[1..])
             .arg(env!("CARGO_BIN_EXE_iron-carrier"))
-            .args(["-v", "--config"])
+            .args(["-vv", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())

@@ -44,6 +44,21 @@ pub(super) struct Expected {
     sealed: bool,
     /// Rows still `Pending` or `Started`.
     left: usize,
+    /// What the session's progress counts: rows that were to come, their bytes, and the
+    /// bytes of those still to come.
+    total: usize,
+    bytes_total: u64,
+    bytes_left: u64,
+}
+
+/// Files coming to this node in a session, as far as they are over (arrived or not):
+/// what its progress shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Incoming {
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
 }
 
 /// A plan named a path twice.
@@ -56,6 +71,9 @@ impl Expected {
         debug_assert!(!self.sealed, "rows are added before the plan is sealed");
         if matches!(row.wait, Wait::Pending | Wait::Started) {
             self.left += 1;
+            self.total += 1;
+            self.bytes_total += row.size;
+            self.bytes_left += row.size;
         }
         // Growth by half, not double: the rows are most of a first sync's memory, and a
         // doubled vector would be up to half empty.
@@ -90,7 +108,9 @@ impl Expected {
         match self.get_mut(path) {
             Some(r) if matches!(r.wait, Wait::Pending | Wait::Started) => {
                 r.wait = Wait::Over;
+                let size = r.size;
                 self.left -= 1;
+                self.bytes_left = self.bytes_left.saturating_sub(size);
                 true
             }
             _ => false,
@@ -104,6 +124,7 @@ impl Expected {
             if r.from == from && matches!(r.wait, Wait::Pending | Wait::Started) {
                 r.wait = Wait::Abandoned;
                 n += 1;
+                self.bytes_left = self.bytes_left.saturating_sub(r.size);
             }
         }
         self.left -= n;
@@ -113,6 +134,15 @@ impl Expected {
     /// Files still to come.
     pub(super) fn left(&self) -> usize {
         self.left
+    }
+
+    pub(super) fn progress(&self) -> Incoming {
+        Incoming {
+            files_total: self.total as u64,
+            files_done: (self.total - self.left) as u64,
+            bytes_total: self.bytes_total,
+            bytes_done: self.bytes_total - self.bytes_left,
+        }
     }
 
     /// Every row, in path order once sealed.
@@ -160,6 +190,9 @@ mod tests {
         assert!(!e.finish(&p("zz")));
         assert_eq!(e.get_mut(&p("a/c")).unwrap().wait, Wait::Over);
         assert_eq!(e.left(), 2);
+        let done = e.progress();
+        assert_eq!((done.files_done, done.files_total), (1, 3));
+        assert_eq!((done.bytes_done, done.bytes_total), (1, 3));
     }
 
     #[test]

@@ -51,6 +51,7 @@ mod sends;
 mod session;
 #[cfg(test)]
 mod sim;
+mod waits;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -63,8 +64,10 @@ use crate::proto::{ElectionMsg, PartStats, PeerMsg, SessionMsg};
 use crate::run::SyncError;
 
 use election::{Election, ElectionEvent};
+pub use expected::Incoming;
 pub use sends::{IntoSends, Sends};
 use session::{GiveWay, Over, Session};
+pub use waits::WaitEnd;
 
 /// Most index entries or plan items accepted from one peer in one session. Bounds memory
 /// against a peer that never stops sending.
@@ -406,6 +409,10 @@ pub struct Core {
     election: Election,
     session: Option<Session>,
     results: BTreeMap<usize, StorageResult>,
+    /// Per storage, how many results it has had (see [`Core::results_seen`]).
+    result_count: Vec<u64>,
+    /// Control clients waiting for syncs (see `waits.rs`).
+    waits: Vec<waits::Waiter>,
     records: Vec<StorageRecord>,
     /// Storages whose watcher said "changed" while a session ran, and whether their rules
     /// changed: scanned when it is over.
@@ -456,6 +463,8 @@ impl Core {
             },
             session: None,
             results: BTreeMap::new(),
+            result_count: vec![0; records.len()],
+            waits: Vec::new(),
             records,
             rescans: BTreeMap::new(),
             fresh: BTreeMap::new(),
@@ -529,6 +538,14 @@ impl Core {
     }
 
     /// True when a connected peer has storage `storage`.
+    /// Connected peers that have `storage`.
+    pub fn holders(&self, storage: usize) -> Vec<NodeId> {
+        self.peers
+            .holders(&self.storages[storage])
+            .into_iter()
+            .collect()
+    }
+
     pub fn has_holders(&self, storage: usize) -> bool {
         !self.peers.holders(&self.storages[storage]).is_empty()
     }
@@ -553,6 +570,17 @@ impl Core {
     }
 
     /// What this core did to `storage` since it was created.
+    /// The files coming to this node in the running session, with its storage.
+    pub fn incoming(&self) -> Option<(usize, Incoming)> {
+        let s = self.session.as_ref()?;
+        Some((s.storage, s.incoming()))
+    }
+
+    /// How many results `storage` has had: a new one (a session over, a failure) raises it.
+    pub fn results_seen(&self, storage: usize) -> u64 {
+        self.result_count.get(storage).copied().unwrap_or(0)
+    }
+
     pub fn record(&self, storage: usize) -> &StorageRecord {
         &self.records[storage]
     }
@@ -961,6 +989,7 @@ impl Core {
                 }
                 self.results
                     .insert(storage, StorageResult::Synced { peers, stats });
+                self.result_count[storage] += 1;
             }
             Over::Aborted { storage, why } => {
                 self.election.session_aborted(storage, now);
@@ -972,5 +1001,6 @@ impl Core {
     fn fail(&mut self, storage: usize, why: SyncError) {
         self.records[storage].last_error = Some(why.clone());
         self.results.insert(storage, StorageResult::Failed(why));
+        self.result_count[storage] += 1;
     }
 }

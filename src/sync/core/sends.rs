@@ -44,6 +44,11 @@ impl Sends {
         self.items.len()
     }
 
+    /// The files' bytes, each counted once however many receive it.
+    pub fn bytes(&self) -> u64 {
+        self.items.iter().map(|i| i.meta.size).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

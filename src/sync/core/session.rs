@@ -542,6 +542,11 @@ impl Session {
         Ok(())
     }
 
+    /// The files coming to this node, as far as they got.
+    pub(super) fn incoming(&self) -> super::expected::Incoming {
+        self.expected.progress()
+    }
+
     /// Registers a file this node will receive. A path expected twice breaks the plan.
     fn expect_file(
         &mut self,

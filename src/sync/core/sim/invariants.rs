@@ -36,6 +36,8 @@ pub(super) struct Figures {
     /// Conflict copies in the final replicas; versions the oracle judged.
     pub(super) conflict_copies: usize,
     pub(super) checked: usize,
+    /// `sync --wait` clients answered.
+    pub(super) waits: usize,
 }
 
 /// A message for the trace, without the bulk of indexes and plans.
@@ -458,6 +460,7 @@ impl Sim {
             renames: self.renames,
             conflict_copies: self.conflict_copies,
             checked: self.oracle.checked,
+            waits: self.waits_answered(),
             run_ns: self
                 .runs
                 .iter()

@@ -32,6 +32,7 @@
 //! core idle, every replica of a storage identical and holding the newest version of every
 //! file and every directory that ever existed, and nothing else.
 
+mod control;
 mod invariants;
 mod lifecycle;
 mod oracle;
@@ -376,6 +377,8 @@ struct Sim {
     /// Received files: committed, kept local, aborted (source changed), failed, lost.
     outcomes: [usize; 5],
     trace: VecDeque<String>,
+    /// Control clients' `sync --wait` requests (see `control.rs`).
+    waits: Vec<control::Wait>,
 }
 
 impl Sim {
@@ -469,6 +472,7 @@ impl Sim {
             settle_ns: 0,
             outcomes: [0; 5],
             trace: VecDeque::new(),
+            waits: Vec::new(),
         }
     }
 
@@ -808,6 +812,7 @@ impl Sim {
             self.busy_events -= 1;
         }
         self.handle(ev);
+        self.collect_answers();
         self.check_invariants();
         for i in 0..self.nodes.len() {
             if self.nodes[i]
@@ -1165,18 +1170,5 @@ impl Sim {
             self.fail(&format!("the simulated store failed: {e}"));
         }
         Received::Committed { bytes: meta.size }
-    }
-
-    /// A watcher or cron asks `node` to synchronize `storage` (a one-shot run has neither:
-    /// only its own policy claims storages).
-    fn trigger(&mut self, node: usize, storage: &str) {
-        let Some(s) = self.nodes[node].storage(storage) else {
-            return;
-        };
-        if self.nodes[node].kind == Kind::OneShot {
-            return;
-        }
-        self.log(format!("{} triggers {storage}", self.name(node)));
-        self.call(node, false, |c, _, now| c.trigger(s, now));
     }
 }

@@ -32,7 +32,12 @@ impl Sim {
                 let i = up[self.rng.index(up.len())];
                 let st = self.nodes[i].storages.clone();
                 let s = st[self.rng.index(st.len())].clone();
-                self.trigger(i, &s);
+                // Now and then a person asks with `sync --wait` instead of a change.
+                if self.rng.chance(1, 4) {
+                    self.sync_wait(i, &s);
+                } else {
+                    self.trigger(i, &s);
+                }
             }
         } else if roll < 90 {
             // A node's disk fills up for a while: every file it is sent is refused for lack
@@ -142,6 +147,7 @@ impl Sim {
         let start = self.now;
         self.run_until_quiet(limit, "did not converge");
         self.settle_ns = self.now - start;
+        self.check_waits_answered();
     }
 }
 
@@ -251,7 +257,7 @@ mod tests {
     const SCHEDULES: u64 = 1_000;
 
     /// Runs the random schedules of seeds `0..SCHEDULES` and prints one summary line.
-    fn run_schedules(schedule: fn(u64) -> Figures, what: &str) {
+    fn run_schedules(schedule: fn(u64) -> Figures, what: &str) -> Figures {
         // Wall time only for the summary line; the simulation itself never reads a clock.
         let wall = Instant::now();
         let mut total = Figures::default();
@@ -286,6 +292,7 @@ mod tests {
             total.renames += f.renames;
             total.conflict_copies += f.conflict_copies;
             total.checked += f.checked;
+            total.waits += f.waits;
             total.run_ns = total.run_ns.max(f.run_ns);
         }
         if total.runs[0] > 0 {
@@ -297,6 +304,12 @@ mod tests {
                 total.runs[3],
                 total.late_runs,
                 total.run_ns as f64 / SEC as f64
+            );
+        }
+        if total.waits > 0 {
+            println!(
+                "sim ({what}): {} `sync --wait` clients answered",
+                total.waits
             );
         }
         println!(
@@ -317,11 +330,18 @@ mod tests {
             total.virtual_ns as f64 / SEC as f64,
             wall.elapsed().as_secs_f64()
         );
+        total
     }
 
     #[test]
     fn simulated_sessions_elect_at_most_one_leader_and_converge() {
-        run_schedules(random_schedule, "daemons");
+        let total = run_schedules(random_schedule, "daemons");
+        // The schedules ask `sync --wait` now and then: they must have been answered (each
+        // one, or the schedule fails, `Sim::check_waits_answered`).
+        assert!(
+            total.waits > 0 || std::env::var_os("SIM_SEEDS").is_some(),
+            "no `sync --wait` client was answered in any schedule"
+        );
     }
 
     #[test]
