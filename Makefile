@@ -17,7 +17,7 @@ CROSS_TARGETS := arm-unknown-linux-gnueabihf armv7-unknown-linux-gnueabihf \
 CROSS_TEST_TARGETS ?= armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
 
 .PHONY: all build release test test-only lint shellcheck fmt fmt-check clippy msrv deps demo size bench \
-	fuzz fuzz-smoke fuzz-seeds \
+	fuzz fuzz-smoke fuzz-seeds install uninstall \
 	bench-small bench-full clean cross-test cross-rss dist $(CROSS_TARGETS:%=cross-%)
 
 all: build
@@ -27,6 +27,33 @@ build:
 
 release:
 	$(CARGO) build --release --locked
+
+## install: the release binary, the man page and the systemd unit (its Exec lines pointed at
+## $(PREFIX)/bin) under $(DESTDIR)$(PREFIX). Builds the binary first only when it is missing or
+## older than the sources, so `make release && sudo make install` needs no cargo for root.
+PREFIX ?= /usr/local
+DESTDIR ?=
+INSTALL ?= install
+UNIT := buildroot/package/iron-carrier/iron-carrier.service
+BINDIR = $(DESTDIR)$(PREFIX)/bin
+MAN1DIR = $(DESTDIR)$(PREFIX)/share/man/man1
+UNITDIR = $(DESTDIR)$(PREFIX)/lib/systemd/system
+
+$(BIN): Cargo.toml Cargo.lock $(shell find src -name '*.rs')
+	$(CARGO) build --release --locked
+
+install: $(BIN)
+	$(INSTALL) -d "$(BINDIR)" "$(MAN1DIR)" "$(UNITDIR)"
+	$(INSTALL) -m 0755 $(BIN) "$(BINDIR)/iron-carrier"
+	$(INSTALL) -m 0644 doc/iron-carrier.1 "$(MAN1DIR)/iron-carrier.1"
+	sed 's|^\(Exec[A-Za-z]*=\)/usr/bin/iron-carrier|\1$(PREFIX)/bin/iron-carrier|' $(UNIT) \
+		> "$(UNITDIR)/iron-carrier.service.tmp"
+	chmod 0644 "$(UNITDIR)/iron-carrier.service.tmp"
+	mv -f "$(UNITDIR)/iron-carrier.service.tmp" "$(UNITDIR)/iron-carrier.service"
+
+uninstall:
+	rm -f "$(BINDIR)/iron-carrier" "$(MAN1DIR)/iron-carrier.1" \
+		"$(UNITDIR)/iron-carrier.service"
 
 ## test: formatting, clippy, shellcheck, the Rust 1.85 build check, every test, then a
 ## short run of each fuzz target.
