@@ -250,8 +250,17 @@ pub struct Answer {
 /// Connects to the first candidate a daemon answers on.
 pub fn connect(candidates: &[PathBuf]) -> Result<UnixStream, AskError> {
     for p in candidates {
-        if let Ok(s) = UnixStream::connect(p) {
-            return Ok(s);
+        match UnixStream::connect(p) {
+            Ok(s) => return Ok(s),
+            // A daemon of another user (root's, say): saying "none runs" would mislead.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(AskError::Failed(format!(
+                    "the control socket {} is not yours ({e}): the daemon runs as another \
+                     user; ask as that user (e.g. with sudo)",
+                    p.display()
+                )))
+            }
+            Err(_) => {}
         }
     }
     Err(AskError::NoDaemon(candidates.to_vec()))

@@ -471,3 +471,35 @@ fn a_reload_during_a_session_abandons_it_says_so_and_the_file_still_arrives() {
     }));
     drop(b);
 }
+
+#[test]
+fn status_of_another_users_daemon_says_whose_it_is() {
+    let dir = TestDir::new("ctl-other-user");
+    let root = dir.mkdir("a");
+    let sock = dir.join("ctl.sock");
+    let cfg = NodeConfig::new("roots")
+        .storage("docs", &root)
+        .extra(&format!("control_socket = \"{}\"", sock.display()))
+        .write(dir.path());
+    // Readable by the other user, so that it gets as far as the socket.
+    for p in [dir.path(), cfg.as_path()] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let d = Daemon::start(&cfg);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_iron-carrier"))
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .env("HOME", dir.path())
+        .output()
+        .expect("run setpriv");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the daemon runs as another user"),
+        "{}",
+        show(&out)
+    );
+    drop(d);
+}

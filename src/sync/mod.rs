@@ -651,7 +651,9 @@ impl SyncThread {
         let now = Instant::now();
         if let Some(storage) = self.core.session_storage() {
             log::info!(
-                "{}: stopping during a session: it is abandoned (its peers are told; files                  received whole are kept, partial ones kept to resume), and synchronized                  again at the next start",
+                "{}: stopping during a session: it is abandoned (its peers are told; files \
+                 received whole are kept, partial ones kept to resume), and synchronized \
+                 again at the next start",
                 self.core.storages()[storage]
             );
         }

@@ -76,13 +76,22 @@ impl Reporter {
         // must not wait for a query.
         let mut totals = vec![None; shell.storages.len()];
         for (i, storage) in shell.storages.iter().enumerate() {
-            if let Ok(state) = shell.store.local_state(storage.id) {
-                if self.counted[i] != Some(state) && (recount || self.counted[i].is_none()) {
-                    if let Ok(t) = shell.store.totals(storage.id) {
-                        totals[i] = Some(t);
-                        self.counted[i] = Some(state);
-                    }
+            let Ok(state) = shell.store.local_state(storage.id) else {
+                continue;
+            };
+            if self.counted[i] == Some(state) {
+                continue;
+            }
+            if recount || self.counted[i].is_none() {
+                if let Ok(t) = shell.store.totals(storage.id) {
+                    totals[i] = Some(t);
+                    self.counted[i] = Some(state);
                 }
+            } else {
+                // Changed since the last count (a scan outside a session, say): counted
+                // when its pause is over, even if nothing else happens by then.
+                self.stale = true;
+                self.next_refresh = self.next_refresh.max(self.recounted + RECOUNT);
             }
         }
         let mut board = self.board.lock();
