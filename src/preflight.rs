@@ -210,13 +210,7 @@ fn database_holder(db: &Path) -> Option<libc::pid_t> {
 fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::scanner::access(&c, mode)
 }
 
 #[cfg(test)]

@@ -327,13 +327,19 @@ impl Walker<'_, '_> {
         self.cpath.push(0);
         let c = CStr::from_bytes_with_nul(&self.cpath)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-        let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        access(c, mode)
+    }
+}
+
+/// Whether this process may access `path` with `mode` (`libc::R_OK` …), by its effective
+/// ids: `faccessat` with `AT_EACCESS`.
+pub fn access(path: &CStr, mode: libc::c_int) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mode, libc::AT_EACCESS) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

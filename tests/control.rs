@@ -11,7 +11,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -128,50 +128,22 @@ fn status_json_matches_what_the_nodes_did() {
     drop(a_daemon);
 }
 
-/// A daemon's config on host `i` of a segment, its one peer on host `peer`.
-fn ns_config(dir: &TestDir, id: &str, peer: usize, root: &Path) -> PathBuf {
-    let text = format!(
-        "node_id = \"{id}\"\nport = 25230\nlog_path = \"{id}.db\"\n\
-         enable_service_discovery = false\npeers = [\"198.18.0.{peer}:25230\"]\n\
-         [storages]\ndocs = \"{}\"\n",
-        root.display()
-    );
-    dir.write(&format!("{id}.toml"), text.as_bytes())
-}
-
 #[test]
 fn status_shows_progress_that_moves_during_a_large_transfer() {
     let Some(seg) = Segment::new("ctl-progress", 2) else {
         return;
     };
     // The sender's packets leave at 32 Mbit/s: 24 MiB take about 6 s.
-    let shaped = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            seg.ns(2),
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "eth0",
-        ])
-        .args([
-            "root", "tbf", "rate", "32mbit", "burst", "32kbit", "latency", "400ms",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !shaped {
-        eprintln!("\n*** SKIPPED: tc cannot shape the link here (no tbf) ***\n");
+    if !seg.shape(2, "32mbit") {
         return;
     }
     let dir = TestDir::new("ctl-progress");
     let (a_root, b_root) = (dir.mkdir("a"), dir.mkdir("b"));
     let size = 24 * 1024 * 1024u64;
     write_random(&b_root.join("big.bin"), size, 7);
-    let a_cfg = ns_config(&dir, "a", 2, &a_root);
+    let a_cfg = common::netns::host_config(&dir, "a", 2, &a_root);
     let a = seg.daemon(1, &a_cfg);
-    let b = seg.daemon(2, &ns_config(&dir, "b", 1, &b_root));
+    let b = seg.daemon(2, &common::netns::host_config(&dir, "b", 1, &b_root));
 
     // Samples of A's progress while the file comes: it must be seen moving, mid-way.
     let mut seen: Vec<(u64, u64, u64)> = Vec::new();
@@ -410,33 +382,16 @@ fn a_reload_during_a_session_abandons_it_says_so_and_the_file_still_arrives() {
         return;
     };
     // 32 Mbit/s from the sender: 24 MiB take about 6 s, time to reload in the middle.
-    let shaped = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            seg.ns(2),
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "eth0",
-        ])
-        .args([
-            "root", "tbf", "rate", "32mbit", "burst", "32kbit", "latency", "400ms",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !shaped {
-        eprintln!("\n*** SKIPPED: tc cannot shape the link here (no tbf) ***\n");
+    if !seg.shape(2, "32mbit") {
         return;
     }
     let dir = TestDir::new("ctl-reload");
     let (a_root, b_root) = (dir.mkdir("a"), dir.mkdir("b"));
     write_random(&b_root.join("big.bin"), 24 * 1024 * 1024, 9);
     let want = common::file_digest(&b_root.join("big.bin"));
-    let a_cfg = ns_config(&dir, "a", 2, &a_root);
+    let a_cfg = common::netns::host_config(&dir, "a", 2, &a_root);
     let mut a = seg.daemon(1, &a_cfg);
-    let b = seg.daemon(2, &ns_config(&dir, "b", 1, &b_root));
+    let b = seg.daemon(2, &common::netns::host_config(&dir, "b", 1, &b_root));
     assert!(
         wait_until(PATIENCE, || {
             status(&a_cfg)["storages"][0]["progress"]["bytes_done"]

@@ -11,22 +11,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::netns::{ip, Segment};
 use common::{file_digest, manifest, wait_until, write_random, TestDir, PATIENCE};
-
-/// A daemon's config on host `i` of the segment: the other host as its one peer, no
-/// discovery, one storage "docs" at `root`.
-fn config(dir: &TestDir, id: &str, peer: usize, root: &Path) -> PathBuf {
-    let text = format!(
-        "node_id = \"{id}\"\nport = 25230\nlog_path = \"{id}.db\"\n\
-         enable_service_discovery = false\npeers = [\"198.18.0.{peer}:25230\"]\n\
-         [storages]\ndocs = \"{}\"\n",
-        root.display()
-    );
-    dir.write(&format!("{id}.toml"), text.as_bytes())
-}
 
 /// Bytes of the internal files named `.iron-carrier.{kind}.*` in `root`'s top directory:
 /// temporary files (`tmp`), or what interrupted transfers kept (`part`).
@@ -62,33 +50,15 @@ fn a_link_cut_mid_transfer_abandons_the_session_cleanly_and_converges_when_back(
         return;
     };
     // The sender's packets leave at 16 Mbit/s: 24 MiB take about 12 s.
-    let shaped = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            seg.ns(1),
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            "eth0",
-            "root",
-        ])
-        .args([
-            "tbf", "rate", "16mbit", "burst", "32kbit", "latency", "400ms",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !shaped {
-        eprintln!("\n*** SKIPPED: tc cannot shape the link here (no tbf) ***\n");
+    if !seg.shape(1, "16mbit") {
         return;
     }
     let dir = TestDir::new("linkcut");
     let (a_root, b_root) = (dir.mkdir("a"), dir.mkdir("b"));
     write_random(&a_root.join("big.bin"), 24 * 1024 * 1024, 16);
     let want = file_digest(&a_root.join("big.bin"));
-    let b = seg.daemon(2, &config(&dir, "b", 1, &b_root));
-    let a = seg.daemon(1, &config(&dir, "a", 2, &a_root));
+    let b = seg.daemon(2, &common::netns::host_config(&dir, "b", 1, &b_root));
+    let a = seg.daemon(1, &common::netns::host_config(&dir, "a", 2, &a_root));
 
     // Cut the sender off the bridge once a quarter of the file is across.
     assert!(

@@ -100,6 +100,35 @@ impl Segment {
     }
 
     /// Host `i`'s namespace.
+    /// Slows what host `i` sends to `rate` (tc's notation, e.g. "16mbit"), so that a file
+    /// takes seconds to cross. False, with a SKIPPED line on the terminal, where tc cannot
+    /// (no tbf): the test then does nothing.
+    pub fn shape(&self, i: usize, rate: &str) -> bool {
+        let shaped = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns(i),
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+            ])
+            .args([
+                "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !shaped {
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: tc cannot shape the link here (no tbf) ***\n"
+            );
+        }
+        shaped
+    }
+
     pub fn ns(&self, i: usize) -> &str {
         &self.names[i]
     }
@@ -164,4 +193,16 @@ impl Drop for Segment {
             }
         }
     }
+}
+
+/// A daemon's config for host `i` of a segment: the other host `peer` as its one peer, no
+/// discovery, one storage "docs" at `root`, written into `dir` as `<id>.toml`.
+pub fn host_config(dir: &super::TestDir, id: &str, peer: usize, root: &Path) -> std::path::PathBuf {
+    let text = format!(
+        "node_id = \"{id}\"\nport = 25230\nlog_path = \"{id}.db\"\n\
+         enable_service_discovery = false\npeers = [\"198.18.0.{peer}:25230\"]\n\
+         [storages]\ndocs = \"{}\"\n",
+        root.display()
+    );
+    dir.write(&format!("{id}.toml"), text.as_bytes())
 }
