@@ -345,6 +345,15 @@ fn bad_control_clients_are_closed_and_the_others_still_served() {
         let answer = read_answer(&mut s);
         assert!(answer.starts_with("error "), "{junk:?}: {answer:?}");
     }
+    // A request ended by the end of input instead of a newline, or by "\r\n": answered.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"iron-carrier-control/1 status-json").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = read_answer(&mut s);
+    assert!(answer.starts_with("ok\n{"), "{answer:?}");
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"iron-carrier-control/1 status\r\n").unwrap();
+    assert!(read_answer(&mut s).starts_with("ok\nnode target"));
     // Too much: closed once the request passes its bound, however much more comes.
     let mut s = UnixStream::connect(&sock).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();

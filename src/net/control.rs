@@ -58,6 +58,8 @@ struct Client {
     deadline: Instant,
     out: Vec<u8>,
     wpos: usize,
+    /// It closed its side after its request: its end is no hang-up.
+    half_closed: bool,
 }
 
 pub(super) struct Server {
@@ -169,6 +171,7 @@ impl Net {
                 deadline: now + CLIENT_DEADLINE,
                 out: Vec::new(),
                 wpos: 0,
+                half_closed: false,
             });
             accepted = true;
         }
@@ -194,6 +197,8 @@ impl Net {
             // hanging up matters (a `sync --wait` given up with ^C).
             let mut scrap = [0u8; 256];
             match c.stream.read(&mut scrap) {
+                // It said all it had to say already: it still reads.
+                Ok(0) if c.half_closed => {}
                 Ok(0) => self.control_close(slot, None),
                 Ok(_) => self.control_close(slot, Some("sent more than one request")),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -209,7 +214,13 @@ impl Net {
                 return self.control_refuse(slot, "request too long");
             }
             match c.stream.read(&mut chunk[..want]) {
-                Ok(0) => return self.control_close(slot, None),
+                // Nothing said: gone. A request without its newline, then the end of what
+                // it sends (`printf … | socat`): answered all the same.
+                Ok(0) if c.buf.is_empty() => return self.control_close(slot, None),
+                Ok(0) => {
+                    c.half_closed = true;
+                    break std::mem::take(&mut c.buf);
+                }
                 Ok(n) => {
                     c.buf.extend_from_slice(&chunk[..n]);
                     if let Some(end) = c.buf.iter().position(|&b| b == b'\n') {
@@ -225,7 +236,9 @@ impl Net {
                 Err(_) => return self.control_close(slot, None),
             }
         };
-        match Request::parse(&line) {
+        // A terminal's line ends in "\r\n".
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        match Request::parse(line) {
             Err(why) => self.control_refuse(slot, &why),
             Ok(Request::Status { json }) => {
                 let Some(status) = self.status() else { return };
