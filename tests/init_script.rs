@@ -978,6 +978,22 @@ fn buildroot_tree_follows_check_package_rules() {
                 "{hash_file}:{}: expected \"sha256  <64 hex>  <file>\"",
                 i + 1
             ));
+            continue;
+        }
+        // A file of this repository (LICENSE): the hash is its own, not a placeholder.
+        if let Ok(out) = std::process::Command::new("sha256sum")
+            .arg(repo(fields[2]))
+            .output()
+        {
+            let real = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && !real.starts_with(fields[1]) {
+                problems.push(format!(
+                    "{hash_file}:{}: {} is not the sha256 of {}",
+                    i + 1,
+                    fields[1],
+                    fields[2]
+                ));
+            }
         }
     }
 
