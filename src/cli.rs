@@ -65,7 +65,9 @@ OPTIONS:
 
 CONFIG (TOML; only [storages] is required. Paths may start with ~ or $HOME; relative paths
 are relative to the config file's folder. Defaults shown):
-    node_id = \"<hostname>\"            unique id of this node in its group (≤ 64 bytes, no spaces)
+    node_id = \"<hostname>-XXXXXX\"     unique id of this node in its group (≤ 64 bytes, no spaces);
+                                      unset: the hostname and 6 hex digits made at the first
+                                      start, kept in <log_path>.node-id
     group = \"NAME\"                    nodes talk only within their group (unset: the default group)
     port = 25230                      TCP port to listen on (1-65535)
     listen_address = \"0.0.0.0\"        IP address to listen on (\"::\", \"127.0.0.1\", ...)

@@ -114,7 +114,10 @@ pub struct Schedule {
 pub struct Config {
     /// The file this was loaded from.
     pub source: PathBuf,
+    /// Set in the config, or (`node_id_set` false) the hostname, which
+    /// `identity::resolve` completes at start with this device's suffix.
     pub node_id: NodeId,
+    pub node_id_set: bool,
     pub group: Option<String>,
     pub port: u16,
     /// Address the listener binds (`listen_address`, an extension of the spec's keys).
@@ -351,6 +354,7 @@ impl<'a> Parser<'a> {
     fn config(&self, doc: &DeTable<'_>) -> Result<Config, ConfigError> {
         self.check_known(doc, TOP_KEYS, "")?;
 
+        let node_id_set = Self::get(doc, "node_id").is_some();
         let node_id = match Self::get(doc, "node_id") {
             Some(item) => {
                 let s = self.string(item, "node_id")?;
@@ -570,6 +574,7 @@ impl<'a> Parser<'a> {
         Ok(Config {
             source: self.file.to_owned(),
             node_id,
+            node_id_set,
             group,
             port,
             listen_address,
@@ -858,7 +863,29 @@ impl Config {
             "# effective configuration from {}",
             self.source.display()
         );
-        let _ = writeln!(s, "node_id = {}", q(self.node_id.as_str()));
+        if self.node_id_set {
+            let _ = writeln!(s, "node_id = {}", q(self.node_id.as_str()));
+        } else {
+            match crate::identity::kept(&self.log_path) {
+                Some(id) => {
+                    let _ = writeln!(
+                        s,
+                        "node_id = {}  # not set: this device's, kept in {}",
+                        q(id.as_str()),
+                        crate::identity::id_file(&self.log_path).display()
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "# node_id: not set: {}-XXXXXX (6 hex digits) made at the first start and \
+                         kept in {}",
+                        self.node_id,
+                        crate::identity::id_file(&self.log_path).display()
+                    );
+                }
+            }
+        }
         match &self.group {
             Some(g) => {
                 let _ = writeln!(s, "group = {}", q(g));

@@ -13,6 +13,7 @@ pub mod debounce;
 pub mod delta;
 pub mod fsops;
 pub mod history;
+pub mod identity;
 pub mod ignore;
 pub mod logger;
 pub mod mdns;
