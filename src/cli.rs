@@ -352,7 +352,9 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         _ => {}
     }
     if args.command == Command::CheckConfig {
-        print!("{}", config.render());
+        let kept = crate::identity::kept(&config.log_path)
+            .map(|id| (id, crate::identity::id_file(&config.log_path)));
+        print!("{}", config.render(kept));
         // What a sync would refuse that parsing cannot see (.ignore files, log_path, port).
         let problems = crate::preflight::check(&config);
         for problem in &problems {

@@ -854,7 +854,9 @@ fn describe_io(e: &std::io::Error) -> String {
 impl Config {
     /// The effective settings as TOML, every default filled in (`check-config` prints this).
     /// A passphrase is never printed.
-    pub fn render(&self) -> String {
+    /// `kept_id`: the id made for this device and where it is kept, when `node_id` is not
+    /// set and one was made (see `identity`).
+    pub fn render(&self, kept_id: Option<(NodeId, PathBuf)>) -> String {
         use std::fmt::Write;
         let mut s = String::new();
         let q = |v: &str| toml_quote(v);
@@ -863,27 +865,26 @@ impl Config {
             "# effective configuration from {}",
             self.source.display()
         );
-        if self.node_id_set {
-            let _ = writeln!(s, "node_id = {}", q(self.node_id.as_str()));
-        } else {
-            match crate::identity::kept(&self.log_path) {
-                Some(id) => {
-                    let _ = writeln!(
-                        s,
-                        "node_id = {}  # not set: this device's, kept in {}",
-                        q(id.as_str()),
-                        crate::identity::id_file(&self.log_path).display()
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        s,
-                        "# node_id: not set: {}-XXXXXX (6 hex digits) made at the first start and \
-                         kept in {}",
-                        self.node_id,
-                        crate::identity::id_file(&self.log_path).display()
-                    );
-                }
+        match (self.node_id_set, kept_id) {
+            (true, _) => {
+                let _ = writeln!(s, "node_id = {}", q(self.node_id.as_str()));
+            }
+            (false, Some((id, file))) => {
+                let _ = writeln!(
+                    s,
+                    "node_id = {}  # not set: this device's, kept in {}",
+                    q(id.as_str()),
+                    file.display()
+                );
+            }
+            (false, None) => {
+                let _ = writeln!(
+                    s,
+                    "# node_id: not set: {}-XXXXXX (6 hex digits) made at the first start and \
+                     kept beside the database ({}.node-id)",
+                    self.node_id,
+                    self.log_path.display()
+                );
             }
         }
         match &self.group {

@@ -191,7 +191,10 @@ fn spawn<T: Send + 'static>(
 
 /// Runs the node until it is done (one-shot) or signalled (daemon).
 pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
-    crate::identity::resolve(&mut config).map_err(StartError)?;
+    if !config.node_id_set {
+        config.node_id =
+            crate::identity::resolve(&config.node_id, &config.log_path).map_err(StartError)?;
+    }
     // Signals first: a SIGTERM that arrives while we start must still stop us cleanly.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;

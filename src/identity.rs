@@ -12,7 +12,6 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
 use crate::model::{NodeId, MAX_NAME_LEN};
 
 /// Hex digits of the suffix: 16.7 million per hostname.
@@ -30,23 +29,19 @@ pub fn kept(log_path: &Path) -> Option<NodeId> {
     read(&id_file(log_path)).ok().flatten()
 }
 
-/// Completes `config.node_id` when the config does not set it: the id kept beside the
-/// database, or one made now (and kept). Called once at start, before anything uses the id.
-pub fn resolve(config: &mut Config) -> Result<(), String> {
-    if config.node_id_set {
-        return Ok(());
-    }
-    let file = id_file(&config.log_path);
+/// The node's id when the config does not set it (`host` is the hostname): the id kept
+/// beside the database at `log_path`, or one made now (and kept). Called once at start,
+/// before anything uses the id.
+pub fn resolve(host: &NodeId, log_path: &Path) -> Result<NodeId, String> {
+    let file = id_file(log_path);
     let kept = read(&file).map_err(|e| format!("node id: cannot read {}: {e}", file.display()))?;
     if let Some(id) = kept {
-        config.node_id = id;
-        return Ok(());
+        return Ok(id);
     }
-    // `config.node_id` is the hostname here.
-    let id = if config.log_path.exists() {
-        config.node_id.clone()
+    let id = if log_path.exists() {
+        host.clone()
     } else {
-        suffixed(config.node_id.as_str(), &random_hex())
+        suffixed(host.as_str(), &random_hex())
             .map_err(|e| format!("node id: {e}; set node_id in the config"))?
     };
     write(&file, &id).map_err(|e| {
@@ -59,8 +54,7 @@ pub fn resolve(config: &mut Config) -> Result<(), String> {
         "node id {id}: made for this device (no node_id in the config), kept in {}",
         file.display()
     );
-    config.node_id = id;
-    Ok(())
+    Ok(id)
 }
 
 /// `host-SUFFIX`, the hostname cut (at a character boundary) so that it fits.

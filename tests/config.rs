@@ -147,7 +147,7 @@ fn full_config_has_every_value_and_minimal_config_every_default() {
         std::fs::canonicalize(dir.join("dirs/a")).unwrap()
     );
     assert!(
-        !full.render().contains("correct horse"),
+        !full.render(None).contains("correct horse"),
         "the passphrase must never be printed"
     );
 
