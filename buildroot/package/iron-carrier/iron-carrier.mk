@@ -15,7 +15,7 @@ IRON_CARRIER_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 # Releases: fetch a tag instead, and put the hash of the archive Buildroot
 # makes of it (sources plus vendored crates) in iron-carrier.hash, e.g.
 #   IRON_CARRIER_VERSION = v0.1.0
-#   IRON_CARRIER_SITE = https://git.example.org/iron-carrier.git
+#   IRON_CARRIER_SITE = <the repository's address; none is public yet>
 #   IRON_CARRIER_SITE_METHOD = git
 IRON_CARRIER_LICENSE = MIT
 IRON_CARRIER_LICENSE_FILES = LICENSE
@@ -57,7 +57,7 @@ IRON_CARRIER_BIN_DIR = \
 
 # Installs the binary itself rather than through "cargo install" (which would
 # leave cargo's .crates.toml bookkeeping in /usr), the default config and its
-# storage directory (check-config refuses a storage that does not exist).
+# storage directory (a storage that does not exist is not synchronized).
 define IRON_CARRIER_INSTALL_TARGET_CMDS
 	$(INSTALL) -D -m 0755 $(@D)/$(IRON_CARRIER_BIN_DIR)/iron-carrier \
 		$(TARGET_DIR)/usr/bin/iron-carrier

@@ -2,7 +2,7 @@
 //! simulated node's core acts through, and how a schedule writes files into the trees.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use super::oracle::{Oracle, View};
 use super::{Event, Sim, DIRS, EDIT_MTIME_BASE, NAMES};
@@ -80,11 +80,12 @@ pub(super) struct SimFile {
     pub(super) ctime: i64,
 }
 
-static STAMPS: AtomicU64 = AtomicU64::new(1);
+/// A counter, not 64-bit atomics: 32-bit MIPS has none, and the tests build there too.
+static STAMPS: AtomicUsize = AtomicUsize::new(1);
 
 /// A fresh inode number or ctime.
 pub(super) fn stamp() -> u64 {
-    STAMPS.fetch_add(1, AtomicOrdering::Relaxed)
+    STAMPS.fetch_add(1, AtomicOrdering::Relaxed) as u64
 }
 
 impl SimFile {
