@@ -2,7 +2,8 @@
 # make demo: three nodes on 127.0.0.1 synchronizing temporary folders, with nothing to
 # configure. "beta" runs as a daemon; "alpha" and then "gamma" (empty) are one-shot runs
 # against it. Prints the folders before and after, and checks they converged. Then gamma
-# runs as a daemon too, and a file saved on beta reaches it through the watcher.
+# runs as a daemon too, a file saved on beta reaches it through the watcher, and beta is
+# asked what it is doing (iron-carrier status).
 set -euo pipefail
 
 bin=${1:-target/release/iron-carrier}
@@ -76,10 +77,12 @@ echo "== starting beta as a daemon on 127.0.0.1:$((base + 2))"
 start_daemon beta $((base + 2))
 daemon_pid=$started_pid
 
+# One-shot runs as a person would start them: a progress line per storage on stderr (plain
+# lines here, as stderr is not a terminal when piped), then the summary.
 echo "== alpha: one-shot sync with beta"
-"$bin" -q --config "$work/alpha.toml"
+"$bin" --config "$work/alpha.toml"
 echo "== gamma (empty): one-shot sync with beta"
-"$bin" -q --config "$work/gamma.toml"
+"$bin" --config "$work/gamma.toml"
 echo
 
 echo "== after"
@@ -129,3 +132,7 @@ else
   echo "demo: FAILED"
   exit 1
 fi
+echo
+
+echo "== iron-carrier status, asked of the beta daemon"
+"$bin" status --config "$work/beta.toml"
