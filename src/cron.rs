@@ -496,8 +496,15 @@ pub fn weekday(year: i32, month: u8, day: u8) -> u8 {
     (days + 4).rem_euclid(7) as u8
 }
 
+/// The `time_t` of the `libc` crate's `localtime_r`/`mktime`. On 32-bit musl targets the crate
+/// marks it deprecated because it binds musl's 32-bit compatibility symbols: this module's
+/// schedule then stops at 2038 (a time beyond is refused, never wrapped; see `floor_secs`).
+/// File times are not affected: they go through `fsops::time64`.
+#[allow(deprecated)]
+type TimeT = libc::time_t;
+
 /// Seconds since the epoch of `t`, rounded down (also before 1970), as a `time_t`.
-fn floor_secs(t: SystemTime) -> Option<libc::time_t> {
+fn floor_secs(t: SystemTime) -> Option<TimeT> {
     let secs = match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).ok()?,
         Err(e) => {
@@ -508,13 +515,13 @@ fn floor_secs(t: SystemTime) -> Option<libc::time_t> {
         }
     };
     // time_t is 32 bits on some small targets; refuse rather than wrap.
-    libc::time_t::try_from(secs).ok()
+    TimeT::try_from(secs).ok()
 }
 
 /// The `SystemTime` `secs` seconds after the epoch.
 // time_t is i64 here but i32 on some 32-bit targets, where the conversion is not useless.
 #[allow(clippy::useless_conversion)]
-fn system_time(secs: libc::time_t) -> Option<SystemTime> {
+fn system_time(secs: TimeT) -> Option<SystemTime> {
     let secs = i64::from(secs);
     let magnitude = Duration::from_secs(secs.unsigned_abs());
     if secs >= 0 {
@@ -541,7 +548,7 @@ fn init_time_zone() {
 }
 
 /// Local civil time (minute resolution) of the instant `secs`.
-fn local_civil(secs: libc::time_t) -> Option<CivilTime> {
+fn local_civil(secs: TimeT) -> Option<CivilTime> {
     init_time_zone();
     // SAFETY: tm is a C struct of integers plus (on glibc) a `*const c_char` zone name, for
     // which all-zero (null) is a valid value; localtime_r overwrites it anyway.
@@ -594,7 +601,7 @@ fn instant_after(t: CivilTime, now: SystemTime) -> Option<SystemTime> {
 
 /// The instant of local civil time `t` per `mktime`, with `isdst` as the `tm_isdst` hint
 /// (-1: let libc decide; 0 or 1: interpret as standard or daylight time).
-fn local_instant(t: CivilTime, isdst: i32) -> Option<libc::time_t> {
+fn local_instant(t: CivilTime, isdst: i32) -> Option<TimeT> {
     init_time_zone();
     // SAFETY: as in local_civil, all-zero is a valid `tm`.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

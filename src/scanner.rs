@@ -294,7 +294,9 @@ impl Walker<'_, '_> {
             };
             match ok {
                 Ok(()) => {
-                    let mtime_ns = mtime_ns_from_parts(meta.mtime(), meta.mtime_nsec());
+                    // On 32-bit targets std's metadata cuts times to 32 bits (musl).
+                    let mtime_ns = crate::fsops::wide_mtime_ns(entry)
+                        .unwrap_or_else(|| mtime_ns_from_parts(meta.mtime(), meta.mtime_nsec()));
                     self.out
                         .entries
                         .push(FileMeta::file(rel, meta.len(), mtime_ns, meta.mode()));

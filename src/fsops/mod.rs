@@ -22,14 +22,18 @@
 //! file over 2 GiB would fail with `EOVERFLOW`. On glibc we therefore call the LFS64
 //! variants (`fstatat64`, `stat64`, `fstatvfs64`), as std does; musl has only 64-bit offsets
 //! and its plain names are right. Files are opened with `O_LARGEFILE` for the same reason
-//! (it is 0 or implied on 64-bit). `time_t` stays 32-bit on 32-bit glibc by default: mtimes
-//! outside 1901..2038 cannot be read or applied there (applying one is `InvalidInput`).
+//! (it is 0 or implied on 64-bit). `time_t` is 32-bit in the `libc` crate on every 32-bit
+//! target, so there mtimes are read with `statx` and applied with `utimensat_time64`
+//! (`time64.rs`); only a kernel older than 5.1 limits them to 1901..2038 (applying one outside
+//! is then `InvalidInput`).
 
 mod edit;
 mod partial;
+mod time64;
 
 pub use edit::MARKER;
 pub use partial::{is_partial, PARTIAL_KEEP};
+pub use time64::wide_mtime_ns;
 
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -198,7 +202,7 @@ impl StorageDir {
             0,
         )?;
         let file = File::from(fd);
-        let st = stat_from_metadata(&file.metadata()?);
+        let st = stat_file(&file)?;
         if st.kind != StatKind::File {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -417,6 +421,13 @@ impl TempFile {
         let mode = mode & MODE_MASK;
         // SAFETY: `fd` is the open temp file.
         chmod_best_effort(retry(|| unsafe { libc::fchmod(fd, mode) }))?;
+        #[cfg(target_pointer_width = "32")]
+        {
+            let (secs, nsec) = mtime_ns_to_parts(mtime_ns);
+            if time64::set_mtime(fd, secs, nsec)? {
+                return Ok(());
+            }
+        }
         let times = [
             timespec(0, widen_i64(libc::UTIME_OMIT))?,
             mtime_timespec(mtime_ns)?,
@@ -799,6 +810,10 @@ fn chmod_best_effort(r: io::Result<libc::c_int>) -> io::Result<()> {
 }
 
 fn stat_at(dir: &OwnedFd, name: &CString) -> io::Result<Stat> {
+    #[cfg(target_pointer_width = "32")]
+    if let Some(st) = time64::statx(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW)? {
+        return Ok(st);
+    }
     // SAFETY: all-zero bytes are a valid value of this plain C struct.
     let mut st: sys::stat_t = unsafe { std::mem::zeroed() };
     // SAFETY: `dir` is open, `name` is a valid NUL-terminated string and `st` a writable stat
@@ -830,6 +845,10 @@ fn stat_at(dir: &OwnedFd, name: &CString) -> io::Result<Stat> {
 
 /// The kind, size, mtime and mode of an open file.
 pub fn stat_file(file: &File) -> io::Result<Stat> {
+    #[cfg(target_pointer_width = "32")]
+    if let Some(st) = time64::statx(file.as_raw_fd(), c"", libc::AT_EMPTY_PATH)? {
+        return Ok(st);
+    }
     Ok(stat_from_metadata(&file.metadata()?))
 }
 

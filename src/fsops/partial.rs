@@ -113,7 +113,7 @@ impl StorageDir {
             Err(e) => return Err(e),
         };
         let file = File::from(fd);
-        let st = super::stat_from_metadata(&file.metadata()?);
+        let st = super::stat_file(&file)?;
         if st.kind != StatKind::File {
             return Ok(None);
         }

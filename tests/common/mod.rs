@@ -672,19 +672,16 @@ pub fn digest_of(mut f: std::fs::File) -> String {
     format!("{n} {}", h.finalize().to_hex())
 }
 
-/// Sets a file's mtime to `secs` seconds after the epoch (negative: before).
+/// Sets a file's mtime to `secs` seconds after the epoch (negative: before). Through the
+/// host's `touch`, not `std`: a test binary built for a 32-bit musl target (run under qemu)
+/// has a 32-bit `time_t` in `std` and could not set a time past 2038.
 pub fn set_mtime(p: &Path, secs: i64) {
-    let t = if secs >= 0 {
-        std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    };
-    std::fs::File::options()
-        .write(true)
-        .open(p)
-        .expect("open for set_mtime")
-        .set_times(std::fs::FileTimes::new().set_modified(t))
-        .expect("set mtime");
+    let st = Command::new("touch")
+        .args(["-m", "-d", &format!("@{secs}")])
+        .arg(p)
+        .status()
+        .expect("run touch");
+    assert!(st.success(), "touch -m -d @{secs} {}", p.display());
 }
 
 /// Writes `len` bytes of deterministic pseudo-random data (xorshift, seeded) to `p`.
