@@ -6,8 +6,9 @@
 //! daemon's syslog lines (in a private mount namespace whose `/dev/log` is the test's socket).
 //! Also: OpenWrt's procd script sourced with procd's functions stubbed (what it asks procd
 //! for, and that it refuses a bad config), `shellcheck` on both init scripts, the packages'
-//! default configs through `check-config`, and the mechanical rules of Buildroot's
-//! `check-package` on the external tree.
+//! default configs through `check-config`, the mechanical rules of Buildroot's
+//! `check-package` on the external tree, one version in every package, and
+//! `cross/package-dry-run.sh` (both packages' install steps) on the binary under test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -1017,5 +1018,68 @@ fn buildroot_tree_follows_check_package_rules() {
         problems.is_empty(),
         "check-package rules:\n{}",
         problems.join("\n")
+    );
+}
+
+/// One version everywhere a package names it, and the release archive's hash line (if any)
+/// for that version's archive, so a version bump cannot leave a package behind. Whether the
+/// recorded hash is that of the current commit's archive is a release step
+/// (`cross/dist-src.sh --check`), not a test: every commit to the code changes the archive.
+#[test]
+fn package_versions_agree_with_cargo_toml() {
+    let value_after = |file: &str, prefix: &str| -> String {
+        let text = std::fs::read_to_string(repo(file)).unwrap();
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{file}: no line starting with {prefix:?}"));
+        value.trim().trim_matches('"').to_owned()
+    };
+    // The first `version =` of Cargo.toml is the package's (its first table is [package]).
+    let version = value_after("Cargo.toml", "version = ");
+    let buildroot = value_after(
+        "buildroot/package/iron-carrier/iron-carrier.mk",
+        "IRON_CARRIER_VERSION = ",
+    );
+    let openwrt = value_after("openwrt/iron-carrier/Makefile", "PKG_VERSION:=");
+    assert_eq!(buildroot, version, "IRON_CARRIER_VERSION vs Cargo.toml");
+    assert_eq!(openwrt, version, "OpenWrt PKG_VERSION vs Cargo.toml");
+    let hash =
+        std::fs::read_to_string(repo("buildroot/package/iron-carrier/iron-carrier.hash")).unwrap();
+    let archive = format!("iron-carrier-{version}.tar.gz");
+    for line in hash.lines().filter(|l| l.ends_with(".tar.gz")) {
+        assert!(
+            line.ends_with(&format!("  {archive}")),
+            "iron-carrier.hash: {line:?} is not for {archive}: refresh it with \
+             cross/dist-src.sh --update-hash"
+        );
+    }
+}
+
+/// `cross/package-dry-run.sh` on the binary under test: the install steps of both packages
+/// (run from iron-carrier.mk and the OpenWrt Makefile themselves) give the expected files and
+/// modes, and the shipped configs pass check-config in the staged trees.
+#[test]
+fn package_dry_run_passes_with_the_binary_under_test() {
+    if std::env::var_os("IC_TEST_RUNNER").is_some() {
+        eprintln!("skipped: the binary is for another architecture (cross/package-dry-run.sh runs it under qemu itself)");
+        return;
+    }
+    for tool in ["make", "install", "od"] {
+        if find_program(tool).is_none() {
+            eprintln!("skipped: {tool} is not installed");
+            return;
+        }
+    }
+    let out = Command::new("bash")
+        .arg(repo("cross/package-dry-run.sh"))
+        .arg(bin())
+        .output()
+        .expect("run cross/package-dry-run.sh");
+    assert!(out.status.success(), "package-dry-run:\n{}", show(&out));
+    assert!(
+        stdout(&out).contains("all checks passed"),
+        "package-dry-run:\n{}",
+        show(&out)
     );
 }

@@ -5,6 +5,8 @@
 ################################################################################
 
 IRON_CARRIER_VERSION = 0.1.0
+IRON_CARRIER_RELEASE_DIR = $(call qstrip,$(BR2_PACKAGE_IRON_CARRIER_RELEASE_DIR))
+ifeq ($(IRON_CARRIER_RELEASE_DIR),)
 # Development (the default): build the source tree this BR2_EXTERNAL lives
 # in. Buildroot copies it with rsync (again at each iron-carrier-rebuild);
 # the host's cargo output and the packaging folders are left out.
@@ -12,11 +14,15 @@ IRON_CARRIER_SITE = $(BR2_EXTERNAL_IRON_CARRIER_PATH)/..
 IRON_CARRIER_SITE_METHOD = local
 IRON_CARRIER_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = \
 	--exclude /target --exclude /buildroot --exclude /openwrt
-# Releases: fetch a tag instead, and put the hash of the archive Buildroot
-# makes of it (sources plus vendored crates) in iron-carrier.hash, e.g.
-#   IRON_CARRIER_VERSION = v0.1.0
-#   IRON_CARRIER_SITE = <the repository's address; none is public yet>
-#   IRON_CARRIER_SITE_METHOD = git
+else
+# A release: the archive "make dist-src" writes (the default _SOURCE name,
+# iron-carrier-$(IRON_CARRIER_VERSION).tar.gz), copied from that folder and
+# checked against iron-carrier.hash. It holds the crates in VENDOR/, so
+# Buildroot's download step does not vendor again and the build needs no
+# network.
+IRON_CARRIER_SITE = $(IRON_CARRIER_RELEASE_DIR)
+IRON_CARRIER_SITE_METHOD = file
+endif
 IRON_CARRIER_LICENSE = MIT
 IRON_CARRIER_LICENSE_FILES = LICENSE
 
