@@ -13,12 +13,15 @@ CROSS_CONFIG ?= $(CURDIR)/cross/Cross.toml
 CROSS_TARGETS := arm-unknown-linux-gnueabihf armv7-unknown-linux-gnueabihf \
 	aarch64-unknown-linux-gnu arm-unknown-linux-musleabihf armv7-unknown-linux-musleabihf \
 	aarch64-unknown-linux-musl
-# What `make cross-test` builds and runs under qemu (Debian has a Rust std for these two).
-CROSS_TEST_TARGETS ?= armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
+# What `make cross-test` builds and runs under qemu (cross/cross-test.sh, cross/env.sh), and
+# which of them run the whole suite rather than the core one (cross/qemu-core.txt).
+CROSS_TEST_TARGETS ?= armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu \
+	arm-unknown-linux-musleabihf mipsel-unknown-linux-musl mips-unknown-linux-musl
+CROSS_TEST_FULL ?=
 
 .PHONY: all build release test test-only lint shellcheck fmt fmt-check clippy msrv deps demo size bench \
 	fuzz fuzz-smoke fuzz-seeds install uninstall \
-	bench-small bench-full clean cross-test cross-rss dist $(CROSS_TARGETS:%=cross-%)
+	bench-small bench-full clean cross-test cross-test-full cross-rss dist $(CROSS_TARGETS:%=cross-%)
 
 all: build
 
@@ -126,16 +129,24 @@ bench-full: release
 bench-small: release
 	BENCH_BASELINE="$(BASELINE)" ./tests/bench.sh $(BIN) --small
 
-## cross-test: builds the project and its tests for armv7 and aarch64 with Debian's Rust 1.85
-## (multiarch std, Debian's cross gcc) and runs them under qemu-user: no Docker needed.
-## Installs that toolchain first (cross/toolchain.sh cross, needs root). The tests it leaves
-## out under qemu, each with its reason, are listed in cross/qemu-skip.txt. Prints the test
-## counts per architecture.
+## cross-test: builds the tests for ARMv6 (musl, static), armv7 and aarch64 (glibc), mipsel and
+## mips (musl, static) with Rust 1.85 and no Docker (cross/env.sh), and runs the core suite
+## (cross/qemu-core.txt) of each under qemu-user on the CPU it stands for (ARM1176, 24KEc,
+## 24Kc). Installs the toolchains first (cross/toolchain.sh cross, needs root). Tests that
+## need the host are left out (cross/qemu-skip.txt). Prints the test counts per target.
 cross-test:
-	./cross/cross-test.sh $(CROSS_TEST_TARGETS)
+	CROSS_TEST_TARGETS="$(CROSS_TEST_TARGETS)" CROSS_TEST_FULL="$(CROSS_TEST_FULL)" \
+		./cross/cross-test.sh
 
-## cross-rss: peak RSS of a two-node sync with the armv7 and aarch64 binaries of `make dist`
-## under qemu-user, next to the native binary (cross/qemu-rss.sh).
+## cross-test-full: the whole suite instead of the core one, for armv7 unless
+## CROSS_TEST_FULL names other targets (about 15 minutes a target under qemu).
+cross-test-full:
+	CROSS_TEST_TARGETS="$(or $(CROSS_TEST_FULL),armv7-unknown-linux-gnueabihf)" \
+		CROSS_TEST_FULL="$(or $(CROSS_TEST_FULL),armv7-unknown-linux-gnueabihf)" \
+		./cross/cross-test.sh
+
+## cross-rss: peak RSS of a two-node sync with the ARMv6 (as an ARM1176), armv7 and aarch64
+## binaries of `make dist` under qemu-user, next to the native binary (cross/qemu-rss.sh).
 cross-rss: dist
 	./cross/qemu-rss.sh
 
@@ -144,11 +155,29 @@ cross-rss: dist
 $(CROSS_TARGETS:%=cross-%): cross-%:
 	CROSS=$(CROSS) CROSS_CONFIG=$(CROSS_CONFIG) ./cross/cross-build.sh $*
 
-## dist: stripped release binaries for every target this machine can build (x86_64 natively,
-## armv7/aarch64 with Debian's toolchain, the rest with cross-rs when a container engine
-## works) into target/dist/, with a size table (target/dist/SIZES.txt).
+## dist: stripped release binaries for x86_64 (glibc, musl), ARMv6, armv7 and aarch64 (musl,
+## static; armv7/aarch64 also glibc), mipsel and mips (musl, static), built here without
+## Docker (cross/dist.sh), into target/dist/, with a size table (target/dist/SIZES.txt).
 dist:
-	CARGO=$(CARGO) CROSS=$(CROSS) CROSS_CONFIG=$(CROSS_CONFIG) ./cross/dist.sh
+	CARGO=$(CARGO) ./cross/dist.sh
 
 clean:
 	$(CARGO) clean
+
+## dist-src: target/dist/iron-carrier-<version>.tar.gz, the committed tree (HEAD) with every
+## crate vendored into VENDOR/, built offline with `cargo build --release --locked --offline`;
+## reproducible, prints its sha256. `cross/dist-src.sh --check` compares it with the line in
+## buildroot/package/iron-carrier/iron-carrier.hash, `--update-hash` rewrites that line (a
+## release step, see buildroot/README.md: not part of `make test`).
+.PHONY: dist-src
+dist-src:
+	./cross/dist-src.sh
+
+## package-dry-run: runs the install steps of the Buildroot and OpenWrt packages on
+## PACKAGE_BINARY (default: the release binary, built first if needed; or one of
+## target/dist/iron-carrier-<triple>) into scratch trees and checks them (cross/package-dry-run.sh).
+PACKAGE_BINARY ?= $(BIN)
+PACKAGE_TARGET ?=
+.PHONY: package-dry-run
+package-dry-run: $(filter $(BIN),$(PACKAGE_BINARY))
+	./cross/package-dry-run.sh $(PACKAGE_BINARY) $(PACKAGE_TARGET)

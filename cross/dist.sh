@@ -1,87 +1,112 @@
 #!/usr/bin/env bash
-# `make dist`: stripped release binaries for every target this machine can build, and a table
-# of their sizes. All use the release profile of Cargo.toml (opt-level "z", LTO, one codegen
-# unit, panic = "abort", strip).
+# `make dist`: stripped release binaries for every target of cross/env.sh, built here without
+# Docker, and a table of their sizes. All use the release profile of Cargo.toml (opt-level
+# "z", LTO, one codegen unit, panic = "abort", strip).
 #   x86_64-unknown-linux-gnu          natively, with $CARGO (default: cargo)
-#   armv7-unknown-linux-gnueabihf     Debian's Rust 1.85 and cross gcc, no container
-#   aarch64-unknown-linux-gnu           (cross/toolchain.sh cross installs them)
-#   arm-unknown-linux-gnueabihf       cross-rs (cross/Cross.toml) when `cross` and Docker or
-#   *-musl*                             Podman work; otherwise skipped, saying why
+#   armv7-unknown-linux-gnueabihf     Debian's Rust 1.85 and cross gcc (glibc 2.34 or later)
+#   aarch64-unknown-linux-gnu
+#   arm-unknown-linux-musleabihf      ARMv6 hard-float (Pi Zero/1), static
+#   armv7-unknown-linux-musleabihf    static: for systems whose glibc is older than 2.34
+#   aarch64-unknown-linux-musl          (Raspberry Pi OS Bullseye, Ubuntu 20.04)
+#   x86_64-unknown-linux-musl
+#   mipsel-unknown-linux-musl         OpenWrt (soft-float 32-bit MIPS), static
+#   mips-unknown-linux-musl
+# The musl ones with Debian's Rust 1.85, its standard library built from source, and zig as
+# linker (cross/toolchain.sh cross installs it all). cross-rs (cross/Cross.toml) remains the
+# way where a container engine exists: `make cross-<target>`.
+# Goals it checks: ARMv6 at most 1.5 MiB, mipsel at most 2.2 MiB, armv7 glibc at most 2 MiB;
+# a missed goal is reported in the table and fails the run.
+#
+# Usage: cross/dist.sh [TARGET...]   (default: all of the above)
 # Output: target/dist/iron-carrier-<TARGET> and target/dist/SIZES.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=cross/debian-env.sh
-. cross/debian-env.sh
+# shellcheck source=cross/env.sh
+. cross/env.sh
 
 cargo=${CARGO:-cargo}
 out=target/dist
 build=target/dist-build
 native=x86_64-unknown-linux-gnu
-cross_rs_targets=(arm-unknown-linux-gnueabihf arm-unknown-linux-musleabihf
-  armv7-unknown-linux-musleabihf aarch64-unknown-linux-musl)
-# The armv7 goal: the binary must fit small flash and RAM.
-goal_target=armv7-unknown-linux-gnueabihf
-goal_bytes=$((2 * 1024 * 1024))
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=("$native" "${DEBIAN_TARGETS[@]}" "${ZIG_TARGETS[@]}")
+fi
 
-# The binutils strip that understands TARGET's object files.
-strip_for() {
+# The size goal of TARGET in bytes, or nothing.
+goal_for() {
   case "$1" in
-    x86_64-*) echo strip ;;
-    arm-* | armv7-*) echo arm-linux-gnueabihf-strip ;;
-    aarch64-*) echo aarch64-linux-gnu-strip ;;
+    arm-unknown-linux-musleabihf) echo $((1536 * 1024)) ;;
+    mipsel-unknown-linux-musl) echo $((2253 * 1024)) ;; # 2.2 MiB
+    armv7-unknown-linux-gnueabihf) echo $((2 * 1024 * 1024)) ;;
   esac
 }
 
-rm -rf "$out"
 mkdir -p "$out"
 rows=()
-skipped=()
+missed=0
 
-# add TARGET BINARY HOW: strips a copy into target/dist and records its size.
+# add TARGET BINARY HOW: copies (and strips, where the linker did not) into target/dist and
+# records its size.
 add() {
-  local target=$1 bin=$2 how=$3 dest bytes note=""
+  local target=$1 bin=$2 how=$3 dest bytes goal note="" kind
   dest="$out/iron-carrier-$target"
-  cp "$bin" "$dest"
-  "$(strip_for "$target")" --strip-all "$dest"
+  cp "$bin" "$dest.tmp"
+  if [ -n "$STRIP" ]; then "$STRIP" --strip-all "$dest.tmp"; fi
+  mv -f "$dest.tmp" "$dest"
+  kind=$(file -b "$dest")
+  case "$kind" in
+    *", stripped"*) ;;
+    *) echo "dist: $dest is not stripped: $kind" >&2; exit 1 ;;
+  esac
+  case "$kind" in
+    *"statically linked"* | *"static-pie linked"*) how="$how, static" ;;
+  esac
   bytes=$(stat -c %s "$dest")
-  if [ "$target" = "$goal_target" ]; then
-    if [ "$bytes" -le "$goal_bytes" ]; then note="(goal <= 2 MiB: met)"; else note="(goal <= 2 MiB: MISSED)"; fi
+  goal=$(goal_for "$target")
+  if [ -n "$goal" ]; then
+    local mib
+    mib=$(awk -v b="$goal" 'BEGIN { printf "%.1f", b / 1048576 }')
+    if [ "$bytes" -le "$goal" ]; then
+      note="goal <= $mib MiB: met"
+    else
+      note="goal <= $mib MiB: MISSED"
+      missed=1
+    fi
   fi
-  rows+=("$(printf '%-31s %9d %7.2f  %-28s %s' "$target" "$bytes" \
+  rows+=("$(printf '%-31s %9d %6.2f  %-34s %s' "$target" "$bytes" \
     "$(awk -v b="$bytes" 'BEGIN { print b / 1048576 }')" "$how" "$note")")
 }
 
-echo "== dist: $native (native, $("$cargo" --version))"
-"$cargo" build --release --locked --target "$native" --target-dir "$build"
-add "$native" "$build/$native/release/iron-carrier" "$("$cargo" --version | cut -d' ' -f1-2)"
-
-./cross/toolchain.sh cross
-for target in "${DEBIAN_TARGETS[@]}"; do
-  debian_target_env "$target"
-  echo "== dist: $target (Debian rustc 1.85, $GNU_PREFIX-gcc as linker)"
-  /usr/bin/cargo build --release --locked --target "$target" --target-dir "$build"
-  add "$target" "$build/$target/release/iron-carrier" "Debian rustc 1.85"
-done
-
-for target in "${cross_rs_targets[@]}"; do
-  echo "== dist: $target (cross-rs)"
-  rc=0
-  ./cross/cross-build.sh "$target" || rc=$?
-  if [ "$rc" = 3 ]; then
-    skipped+=("$target")
+toolchain_ready=0
+for target in "${targets[@]}"; do
+  if [ "$target" = "$native" ]; then
+    echo "== dist: $native (native, $("$cargo" --version))"
+    "$cargo" build --release --locked --target "$native" --target-dir "$build"
+    STRIP="strip"
+    add "$native" "$build/$native/release/iron-carrier" "$("$cargo" --version | cut -d' ' -f1-2)"
     continue
   fi
-  [ "$rc" = 0 ] || exit "$rc"
-  add "$target" "target/$target/release/iron-carrier" "cross-rs"
+  if [ "$toolchain_ready" = 0 ]; then
+    ./cross/toolchain.sh cross
+    toolchain_ready=1
+  fi
+  target_env "$target"
+  echo "== dist: $target (${BUILD[*]}, Debian rustc 1.85)"
+  "${BUILD[@]}" build --release --locked "${STD_RELEASE[@]}" --target "$target" \
+    --target-dir "$build"
+  case "${BUILD[0]}" in
+    cargo-zigbuild) how="rustc 1.85 + zig $("$ZIG_VENV/bin/python3" -m ziglang version)" ;;
+    *) how="Debian rustc 1.85 + gcc" ;;
+  esac
+  add "$target" "$build/$target/release/iron-carrier" "$how"
 done
 
 {
-  printf '%-31s %9s %7s  %s\n' target bytes MiB "built with"
+  printf '%-31s %9s %6s  %-34s %s\n' target bytes MiB "built with" goal
   printf '%s\n' "${rows[@]}"
-  for target in "${skipped[@]}"; do
-    printf '%-31s %9s %7s  %s\n' "$target" - - "skipped: needs cross-rs and Docker/Podman"
-  done
 } >"$out/SIZES.txt"
 echo
 echo "== dist: stripped release binaries in $out/"
 cat "$out/SIZES.txt"
+exit "$missed"

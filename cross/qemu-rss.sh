@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# `make cross-rss`: peak memory of a two-node sync on armv7 and aarch64, under qemu-user, next
-# to the same sync natively. The stripped release binaries of `make dist` (target/dist/) sync
-# 2,000 files of 1-16 KiB and one 64 MiB file from a one-shot node A into an empty daemon B on
-# 127.0.0.1; /usr/bin/time -v reports each process's peak RSS (VmHWM). Convergence is checked
-# (path, size, SHA-256 of every file) before a figure is printed.
+# `make cross-rss`: peak memory of a two-node sync on ARMv6 (emulated as a Pi Zero's ARM1176),
+# armv7 and aarch64, under qemu-user, next to the same sync natively. The stripped release
+# binaries of `make dist` (target/dist/) sync 2,000 files of 1-16 KiB and one 64 MiB file from
+# a one-shot node A into an empty daemon B on 127.0.0.1; /usr/bin/time -v reports each
+# process's peak RSS (VmHWM). Convergence is checked (path, size, SHA-256 of every file)
+# before a figure is printed.
 #
 # Under qemu-user the figure is the emulator's process: the guest's memory plus qemu's own
 # (its translated-code cache and its heap, several MiB), so it is an upper bound of what the
@@ -12,8 +13,8 @@
 # Usage: cross/qemu-rss.sh   (run `make dist` first; needs /usr/bin/time and python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=cross/debian-env.sh
-. cross/debian-env.sh
+# shellcheck source=cross/env.sh
+. cross/env.sh
 
 dist=target/dist
 work=$(mktemp -d /tmp/iron-carrier-qemu-rss.XXXXXX)
@@ -99,13 +100,16 @@ run() {
 }
 
 native=$dist/iron-carrier-x86_64-unknown-linux-gnu
-for t in "${DEBIAN_TARGETS[@]}"; do
+# ARMv6 as a Pi Zero's ARM1176 (the upper bound the issue asks for), then armv7 and aarch64.
+rss_targets=(arm-unknown-linux-musleabihf "${DEBIAN_TARGETS[@]}")
+for t in "${rss_targets[@]}"; do
   [ -x "$dist/iron-carrier-$t" ] || { echo "qemu-rss: no $dist/iron-carrier-$t: run make dist" >&2; exit 1; }
 done
 printf '%-52s %7s %7s\n' "two-node sync (2,000 small + 64 MiB)" "A MiB" "B MiB"
 if [ -x "$native" ]; then run native "$native"; fi
-for t in "${DEBIAN_TARGETS[@]}"; do
-  debian_target_env "$t"
-  run "$t-under-$QEMU" "$QEMU" "$dist/iron-carrier-$t"
+for t in "${rss_targets[@]}"; do
+  target_env "$t"
+  read -r -a emulator <<<"$QEMU"
+  run "$t under $QEMU" "${emulator[@]}" "$dist/iron-carrier-$t"
 done
 echo "(peak RSS, VmHWM via /usr/bin/time -v; under qemu it includes the emulator's own memory)"

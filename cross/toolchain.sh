@@ -7,10 +7,15 @@
 #           tests/names.rs: a case-folding storage, a daemon out of descriptors)
 #   host  — Debian's rustc-web/cargo-web 1.85, the MSRV toolchain, as /usr/bin/{rustc,cargo}
 #   cross — host, plus what `make cross-test` and `make dist` need to build for and run on
-#           armv7 (Debian armhf) and aarch64 (Debian arm64) without Docker: the 1.85 standard
-#           library of both architectures (multiarch libstd-rust-web-dev), their C cross
-#           compilers (linkers, and bundled SQLite's C compiler), their C libraries (so
-#           qemu finds the dynamic loader at /lib/ld-linux-*.so without -L) and qemu-user-static
+#           every target of cross/env.sh without Docker:
+#           - glibc armv7 (Debian armhf) and aarch64 (Debian arm64): the 1.85 standard
+#             library of both architectures (multiarch libstd-rust-web-dev), their C cross
+#             compilers (linkers, and bundled SQLite's C compiler), their C libraries (so
+#             qemu finds the dynamic loader at /lib/ld-linux-*.so without -L);
+#           - static musl for ARMv6/ARMv7/AArch64/x86_64/MIPS: the standard library's source
+#             (rust-web-src 1.85, for -Zbuild-std) and zig with cargo-zigbuild, both from
+#             PyPI at pinned versions, in a virtual environment ($ZIG_VENV of cross/env.sh);
+#           - qemu-user-static for all of them.
 # Versions are pinned so every machine checks against the same compiler; the Rust standard
 # library must be the same version for every architecture as rustc itself. The apt index is
 # refreshed once more if the first attempt fails (a mirror in the middle of a sync).
@@ -22,6 +27,12 @@ RUST_DEB_VERSION="1.85.0+dfsg3-1~deb12u3"
 # another suite (bookworm-security) has an index for amd64 but not, or not yet, for armhf.
 CROSS_SUITE="bookworm"
 CROSS_ARCHES=(armhf arm64)
+# zig links the musl targets; cargo-zigbuild drives it. Pinned: a newer zig may change its
+# musl or its linker flags under us.
+ZIGLANG_VERSION="0.13.0.post1"
+CARGO_ZIGBUILD_VERSION="0.19.8"
+# shellcheck source=cross/env.sh
+. "$(dirname "$0")/env.sh"
 
 die() {
   echo "toolchain.sh: $*" >&2
@@ -109,8 +120,45 @@ have_cross() {
   done
 }
 
+have_zig() {
+  [ -f /usr/lib/rustlib/src/rust/library/Cargo.lock ] || return 1
+  installed rust-web-src "$RUST_DEB_VERSION" || return 1
+  command -v qemu-mipsel-static >/dev/null || return 1
+  command -v qemu-mips-static >/dev/null || return 1
+  [ -x "$ZIG_VENV/bin/cargo-zigbuild" ] || return 1
+  "$ZIG_VENV/bin/python3" -m ziglang version 2>/dev/null | grep -q '^0\.13\.0$' || return 1
+  "$ZIG_VENV/bin/cargo-zigbuild" --version 2>/dev/null | grep -q " ${CARGO_ZIGBUILD_VERSION}\$"
+}
+
+install_zig() {
+  have_zig && return 0
+  installed rust-web-src "$RUST_DEB_VERSION" || apt_install "rust-web-src=$RUST_DEB_VERSION"
+  local py
+  py=$(command -v python3) || die "python3 is needed for zig (apt-get install python3)"
+  if [ ! -x "$ZIG_VENV/bin/pip" ]; then
+    rm -rf "$ZIG_VENV"
+    mkdir -p "$(dirname "$ZIG_VENV")"
+    if ! "$py" -m venv "$ZIG_VENV"; then
+      # Debian's python3 keeps venv in a package of its own.
+      apt_install python3-venv
+      rm -rf "$ZIG_VENV"
+      /usr/bin/python3 -m venv "$ZIG_VENV" || die "cannot create a Python venv at $ZIG_VENV"
+    fi
+  fi
+  "$ZIG_VENV/bin/pip" install -q --disable-pip-version-check \
+    "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION" ||
+    die "pip could not install ziglang $ZIGLANG_VERSION and cargo-zigbuild $CARGO_ZIGBUILD_VERSION"
+  have_zig || die "zig toolchain incomplete: want rust-web-src $RUST_DEB_VERSION, \
+qemu-mips(el)-static, zig 0.13.0 and cargo-zigbuild $CARGO_ZIGBUILD_VERSION in $ZIG_VENV"
+}
+
 install_cross() {
   install_host
+  install_debian_cross
+  install_zig
+}
+
+install_debian_cross() {
   have_cross && return 0
   need_root "the armhf/arm64 cross toolchain"
   local a added=0 host_libc pkgs=()

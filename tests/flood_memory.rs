@@ -26,7 +26,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,7 +228,8 @@ fn claim_flood() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let received = Arc::new(AtomicU64::new(0));
+    // Not AtomicU64: 32-bit MIPS has none, and the answers read stay far below 4 GiB.
+    let received = Arc::new(AtomicUsize::new(0));
     let eof = Arc::new(AtomicBool::new(false));
     let drain = {
         let (stop, received, eof) = (stop.clone(), received.clone(), eof.clone());
@@ -241,7 +242,7 @@ fn claim_flood() {
                         return;
                     }
                     Ok(n) => {
-                        received.fetch_add(n as u64, Ordering::Relaxed);
+                        received.fetch_add(n, Ordering::Relaxed);
                     }
                     Err(e)
                         if matches!(
