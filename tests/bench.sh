@@ -501,8 +501,8 @@ ic_link_speed() { # native|TARGET
       fail "cargo test --test link_speed failed: $(grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
   else
     [ -x /usr/bin/cargo ] || fail "no Debian toolchain for $1 (cross/toolchain.sh cross installs it)"
-    out=$(cd "$repo" && . cross/debian-env.sh && debian_target_env "$1" &&
-      /usr/bin/cargo test -q --release --locked --test link_speed --target "$1" \
+    out=$(cd "$repo" && . cross/env.sh && target_env "$1" &&
+      "${BUILD[@]}" test -q --release --locked "${STD_TEST[@]}" --test link_speed --target "$1" \
         --target-dir target/cross-bench -- --ignored --nocapture --test-threads 1 \
         2> "$run/cargo.err") ||
       fail "link_speed for $1 failed: $(grep -m1 -E '^error' "$run/cargo.err" || tail -1 "$run/cargo.err")"
