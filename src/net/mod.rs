@@ -52,6 +52,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_AFTER: Duration = Duration::from_secs(20);
 /// Drop a connection that has been silent this long (a live peer answers pings).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Commands taken from `sync` in one turn of the poll loop before sockets and timers get
+/// theirs (see `handle_commands`). A command is one message or one shared file-data frame.
+const COMMAND_BUDGET: usize = 256;
 /// How long a refused connection may take to flush its `Refuse` before it is closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const REDIAL_MIN: Duration = Duration::from_millis(500);
@@ -201,6 +204,8 @@ struct Net {
     read_paused: bool,
     /// A connection stopped at its read budget with data left (`read_pending` says which).
     more_to_read: bool,
+    /// The last turn stopped at `COMMAND_BUDGET` with commands left in the channel.
+    more_commands: bool,
     /// Shutting down: flushing what is queued, accepting nothing new.
     draining: bool,
     drain_expired: bool,
@@ -263,6 +268,7 @@ impl Net {
             peers,
             read_paused: false,
             more_to_read: false,
+            more_commands: false,
             draining: false,
             drain_expired: false,
             admission: Admission::default(),
@@ -295,8 +301,9 @@ impl Net {
         }
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = if self.more_to_read && !self.read_paused {
-                // Data is waiting in a socket: look at the others and come straight back.
+            let timeout = if (self.more_to_read && !self.read_paused) || self.more_commands {
+                // Data is waiting in a socket, or commands in the channel: look at the others
+                // and come straight back.
                 Some(Duration::ZERO)
             } else {
                 self.timers
@@ -363,9 +370,17 @@ impl Net {
         }
     }
 
-    /// Drains the command channel. Returns false on shutdown.
+    /// Takes commands from the channel, at most `COMMAND_BUDGET` a turn. Returns false on
+    /// shutdown.
+    ///
+    /// The budget is what keeps reading and timers alive during a transfer: each frame
+    /// queued is flushed at once, `sync` refills as the gauge drains, and on loopback the
+    /// channel could stay non-empty for the whole of a 400 MiB fan-out. Draining it to the
+    /// end then meant no socket read and no timer for 90 s under qemu: every receiver's
+    /// pings sat unread, and when the sending ended all four were dropped as "silent".
     fn handle_commands(&mut self) -> bool {
-        loop {
+        self.more_commands = false;
+        for _ in 0..COMMAND_BUDGET {
             match self.cmd_rx.try_recv() {
                 Ok(NetCmd::Send { conn, msg }) => self.queue_from_sync(conn, Out::Msg(&msg)),
                 Ok(NetCmd::SendFrame { conn, frame }) => {
@@ -388,6 +403,8 @@ impl Net {
                 Err(TryRecvError::Empty) => return true,
             }
         }
+        self.more_commands = true;
+        true
     }
 
     fn queue_from_sync(&mut self, id: ConnId, out: Out) {
