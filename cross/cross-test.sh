@@ -29,7 +29,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   read -r -a targets <<<"${CROSS_TEST_TARGETS:-${default_targets[*]}}"
 fi
-dir=target/cross-test
+dir=${CROSS_TEST_DIR:-target/cross-test}
 # Every target compiles from scratch once: no debug info (a third less to compile and link)
 # and no incremental caches, which only a rebuild would use. Backtraces keep function names.
 export CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0
@@ -140,11 +140,12 @@ for target in "${targets[@]}"; do
   passed=0 failed=0 ignored=0 excluded=0
   if [ -f "$log" ] && [ "${build_ok_of[$target]}" = 1 ]; then
     read -r passed failed ignored excluded < <(counts "$log")
-    echo
-    echo "== cross-test $target: failures and stalls"
-    grep -E "^test .* FAILED$|^failures:$|panicked at" "$log" | head -40 || true
+    fails=$(grep -E "^test .* FAILED$|panicked at" "$log" | head -40 || true)
+    if [ -n "$fails" ]; then
+      printf '\n== cross-test %s: failures (the whole output: %s)\n%s\n' "$target" "$log" "$fails"
+    fi
     if [ -s "$dir/$target.stalls" ]; then
-      echo "emulator stalls, each retried once:"
+      printf '\n== cross-test %s: emulator stalls, each retried once:\n' "$target"
       cat "$dir/$target.stalls"
     fi
   fi
