@@ -58,7 +58,37 @@ fn converged_with(replicas: &[PathBuf], partials: bool, logs: &dyn Fn() -> Strin
         }
         m
     };
-    let ok = wait_until(PATIENCE * 2, || {
+    // Generous: the fan-out test moves 400 MiB, which took 150 s under qemu-arm on CI's two
+    // cores while the next target built beside it. A converged run returns at once.
+    let ok = wait_until(PATIENCE * 8, || {
+        // Names and sizes first: hashing every replica's 100 MiB 50 times a second would
+        // take the CPU the daemons need (under qemu the test itself is emulated too).
+        let sizes = |r: &PathBuf| -> Vec<(String, u64)> {
+            let mut v: Vec<(String, u64)> = std::fs::read_dir(r)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| {
+                            // A directory's own size depends on its history, not its content.
+                            let len = e.metadata().map_or(u64::MAX, |m| {
+                                if m.is_file() {
+                                    m.len()
+                                } else {
+                                    0
+                                }
+                            });
+                            (e.file_name().to_string_lossy().into_owned(), len)
+                        })
+                        .filter(|(n, _)| n != ".iron-carrier.storage")
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        let top = sizes(&replicas[0]);
+        if !replicas[1..].iter().all(|r| sizes(r) == top) {
+            return false;
+        }
         let first = view(&replicas[0]);
         !first.keys().any(|k| k.contains(".iron-carrier."))
             && replicas[1..].iter().all(|r| view(r) == first)
