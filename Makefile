@@ -147,7 +147,8 @@ cross-test-full:
 
 ## cross-rss: peak RSS of a two-node sync with the ARMv6 (as an ARM1176), armv7 and aarch64
 ## binaries of `make dist` under qemu-user, next to the native binary (cross/qemu-rss.sh).
-cross-rss: dist
+cross-rss:
+	./cross/dist.sh || [ $$? = 2 ]  # a missed size goal does not stop the measure
 	./cross/qemu-rss.sh
 
 ## cross-<target>: release build with cross-rs (cross/Cross.toml) for one of CROSS_TARGETS,
