@@ -43,7 +43,8 @@ with open(os.path.join(root, "big.bin"), "wb") as f:
 PY
 
 manifest() {
-  (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+  # Each node's storage marker holds its own id: never synchronized, so left out.
+  (cd "$1" && find . -type f ! -name .iron-carrier.storage -print0 | sort -z | xargs -0 sha256sum)
 }
 
 config() { # name port peer-port dir
@@ -54,7 +55,7 @@ listen_address = "127.0.0.1"
 peers = ["127.0.0.1:$3"]
 enable_service_discovery = false
 encryption = false
-log_path = "$work/$1.db"
+log_path = "$4.db"
 
 [storages]
 data = "$4"
