@@ -198,6 +198,27 @@ fn oversized_frame_header_disconnects_without_waiting_for_the_body(enc: Enc) {
     t.assert_survived(&said(limit + 1));
 }
 
+/// A refused connection lingers a moment to flush its `Refuse`. The same peer dialling again
+/// meanwhile is a new connection, not a duplicate of the dying one. (CI once lost this race
+/// when the client's close and its new Hello arrived in the same turn; holding the old socket
+/// open makes the race certain.)
+fn a_refused_peer_that_reconnects_at_once_is_accepted(enc: Enc) {
+    let t = Target::start("proto-reconnect", enc);
+    let mut first = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    first.send_raw(&u32::MAX.to_be_bytes());
+    let msgs = first.until_closed();
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Message::Link(LinkMsg::Refuse { .. }))),
+        "no Refuse: {msgs:?}"
+    );
+    // `first` stays open: the daemon's side of it is still lingering.
+    let second = t.handshake(&hello("a-evil", None, &[STORAGE]));
+    drop(first);
+    drop(second);
+    t.assert_survived("disconnecting peer a-evil");
+}
+
 fn truncated_frame_then_eof_closes_cleanly(enc: Enc) {
     let t = Target::start("proto-truncated", enc);
     let mut p = t.handshake(&hello("a-evil", None, &[STORAGE]));
@@ -619,6 +640,7 @@ over_each_link! {
             empty_path_in_file_start_disconnects,
             file_no_plan_announced_disconnects_and_is_not_written,
             oversized_frame_header_disconnects_without_waiting_for_the_body,
+            a_refused_peer_that_reconnects_at_once_is_accepted,
             truncated_frame_then_eof_closes_cleanly,
             garbage_before_the_handshake_disconnects,
             hello_with_bad_magic_is_refused,

@@ -883,22 +883,30 @@ impl Net {
         // One connection per peer. A connection that has been up for a while is kept: it may
         // carry a session. Two that came up together (both nodes dialled at once) are settled
         // by a rule both ends apply alike: keep the one dialled by the smaller node id.
+        // One that is closing (refused, or closed by sync) carries nothing more and only
+        // lingers to flush its last frames: a peer that reconnects at once must not be
+        // turned away as its duplicate, or it would be locked out for the whole grace.
         if let Some(&old) = self.by_node.get(&node) {
             let old_conn = self.conns.get(&old);
+            let old_closing = old_conn.is_some_and(|c| c.state == ConnState::Closing);
             let old_dialed_by_us = old_conn.is_some_and(|c| c.dialed.is_some());
             let old_settled = old_conn.is_some_and(|c| c.since.elapsed() >= SETTLE_TIME);
             let we_are_smaller = self.opts.local.node_id < node;
             let preferred_is_ours = we_are_smaller;
             let new_preferred = dialed_by_us == preferred_is_ours;
             let old_preferred = old_dialed_by_us == preferred_is_ours;
-            if old_settled || !new_preferred || old_preferred {
+            if !old_closing && (old_settled || !new_preferred || old_preferred) {
                 log::debug!("dropping duplicate connection {id} to {node}");
                 self.note_dial_ok(id, &node);
                 self.close(id, "duplicate connection");
                 return false;
             }
-            log::debug!("replacing connection {old} to {node} with {id}");
-            self.close(old, "replaced by the preferred duplicate");
+            if old_closing {
+                self.detach_closing(old, &node);
+            } else {
+                log::debug!("replacing connection {old} to {node} with {id}");
+                self.close(old, "replaced by the preferred duplicate");
+            }
         }
         if !replacing && self.peer_limit_reached(self.is_configured_conn(id)) {
             let reason = format!("too many peers ({MAX_PEERS})");
@@ -968,6 +976,24 @@ impl Net {
         c.state = ConnState::Closing;
         self.set_timer(Instant::now() + CLOSE_GRACE, Timer::Conn(id));
         self.flush(id);
+    }
+
+    /// Makes a closing connection nobody's: sync learns that it is gone now, while its
+    /// socket still lingers to flush what was queued (a `Refuse` the peer should read).
+    fn detach_closing(&mut self, id: ConnId, node: &NodeId) {
+        if self.by_node.get(node) == Some(&id) {
+            self.by_node.remove(node);
+            log::info!("disconnected from {node}: closed (it has connected again)");
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if std::mem::take(&mut c.announced) {
+            self.emit(NetEvent::Disconnected {
+                conn: id,
+                reason: "closed".to_owned(),
+            });
+        }
     }
 
     fn close(&mut self, id: ConnId, reason: &str) {
