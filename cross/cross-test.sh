@@ -30,6 +30,10 @@ if [ ${#targets[@]} -eq 0 ]; then
   read -r -a targets <<<"${CROSS_TEST_TARGETS:-${default_targets[*]}}"
 fi
 dir=${CROSS_TEST_DIR:-target/cross-test}
+# A CROSS_TEST_DIR kept between runs (CI's cache) holds std and the crates, most of a target's
+# build; the project's own units are rebuilt in every fresh clone, and with CROSS_TEST_PRUNE=1
+# their copies from earlier runs are deleted first rather than left to pile up.
+prune=${CROSS_TEST_PRUNE:-0}
 # Every target compiles from scratch once: no debug info (a third less to compile and link)
 # and no incremental caches, which only a rebuild would use. Backtraces keep function names.
 export CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0
@@ -55,6 +59,20 @@ while IFS= read -r line || [ -n "$line" ]; do
   line=${line//[[:space:]]/}
   if [ -n "$line" ]; then skips+=(--skip "$line"); fi
 done <cross/qemu-skip.txt
+
+# The project's own units of target $1 from an earlier run: its library, binary and test
+# executables (named after tests/*.rs; none is the name of a crate it depends on).
+prune_own() {
+  local d=$dir/$1/debug n names=(iron_carrier libiron_carrier iron-carrier) t
+  [ -d "$d" ] || return 0
+  for t in tests/*.rs; do
+    t=${t#tests/}
+    names+=("${t%.rs}")
+  done
+  for n in "${names[@]}"; do
+    rm -rf "$d/deps/$n-"* "$d/.fingerprint/$n-"*
+  done
+}
 
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b - a }'; }
@@ -103,10 +121,13 @@ for target in "${targets[@]}"; do
   done
   suite_of[$target]=$suite
   echo "== cross-test $target: build, $suite suite (${BUILD[*]}, $(/usr/bin/rustc --version | cut -d' ' -f1-2))"
+  if [ "$prune" = 1 ]; then prune_own "$target"; fi
   t0=$(now)
   build_ok=1
-  # JSON on stdout names every test executable; diagnostics still go to stderr as text.
-  "${BUILD[@]}" test --locked "${STD_TEST[@]}" "${which[@]}" --no-run --target "$target" \
+  # JSON on stdout names every test executable; diagnostics still go to stderr as text. The
+  # build yields the processor to the tests running meanwhile (the previous target's, and in
+  # CI the native suite's): they wait on timers, and a starved one is a false failure.
+  nice -n 10 "${BUILD[@]}" test --locked "${STD_TEST[@]}" "${which[@]}" --no-run --target "$target" \
     --target-dir "$dir" --message-format=json-render-diagnostics >"$dir/$target.json" ||
     build_ok=0
   compile_of[$target]=$(secs "$t0" "$(now)")

@@ -70,16 +70,21 @@ done
 # Vendoring keeps every platform's crates (windows-*): `--locked` resolves the whole lock
 # file, so a crate left out would fail the offline build.
 mkdir -p "$tmp/$name/.cargo"
-# (Its stdout is that config; --quiet would empty it too.)
-if ! (cd "$tmp/$name" && cargo vendor --locked VENDOR >.cargo/config.toml 2>"$tmp/vendor.log"); then
+# (Its stdout is that config; --quiet would empty it too.) It is appended to the tree's own
+# .cargo/config.toml, whose [env] (the SQLite build flags) the archive's builds need too.
+if ! (cd "$tmp/$name" && cargo vendor --locked VENDOR >"$tmp/vendor.toml" 2>"$tmp/vendor.log"); then
   cat "$tmp/vendor.log" >&2
   exit 1
 fi
-grep -q '^directory = "VENDOR"$' "$tmp/$name/.cargo/config.toml" || {
+grep -q '^directory = "VENDOR"$' "$tmp/vendor.toml" || {
   echo "dist-src: cargo vendor wrote no source replacement:" >&2
-  cat "$tmp/$name/.cargo/config.toml" >&2
+  cat "$tmp/vendor.toml" >&2
   exit 1
 }
+{
+  echo
+  cat "$tmp/vendor.toml"
+} >>"$tmp/$name/.cargo/config.toml"
 
 mkdir -p target/dist
 # --mode: the executable bit as the files had it, everything else fixed, so the umask of

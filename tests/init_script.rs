@@ -1083,3 +1083,56 @@ fn package_dry_run_passes_with_the_binary_under_test() {
         show(&out)
     );
 }
+
+/// The SQLite build flags of `.cargo/config.toml`, as the word list `LIBSQLITE3_FLAGS` holds.
+fn sqlite_flags_of(rel: &str, prefix: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo(rel)).unwrap();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("{rel}: no line starting with {prefix:?}"));
+    let quoted = line.trim().trim_matches('"');
+    quoted.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Buildroot and OpenWrt do not read `.cargo/config.toml`, so they repeat its SQLite flags: a
+/// package built with fewer would carry 350 KB of SQLite nobody uses, and one built with
+/// other omissions would run code the tests never ran.
+#[test]
+fn every_build_gives_sqlite_the_same_flags() {
+    let ours = sqlite_flags_of(".cargo/config.toml", "LIBSQLITE3_FLAGS = ");
+    assert!(ours.len() > 10, "{ours:?}");
+    let buildroot = sqlite_flags_of(
+        "buildroot/package/iron-carrier/iron-carrier.mk",
+        "IRON_CARRIER_CARGO_ENV += LIBSQLITE3_FLAGS=",
+    );
+    assert_eq!(buildroot, ours, "iron-carrier.mk vs .cargo/config.toml");
+    let openwrt = sqlite_flags_of("openwrt/iron-carrier/Makefile", "LIBSQLITE3_FLAGS=");
+    assert_eq!(openwrt, ours, "the OpenWrt Makefile vs .cargo/config.toml");
+}
+
+/// The flags reached the SQLite this build links (the tests' and the binary's are one build
+/// of libsqlite3-sys): each `-D` option is compiled in and each `-U` one is not.
+#[test]
+fn the_linked_sqlite_is_built_with_those_flags() {
+    let db = rusqlite::Connection::open_in_memory().unwrap();
+    let used = |name: &str| -> bool {
+        db.query_row("SELECT sqlite_compileoption_used(?1)", [name], |r| r.get(0))
+            .unwrap()
+    };
+    for flag in sqlite_flags_of(".cargo/config.toml", "LIBSQLITE3_FLAGS = ") {
+        let (wanted, name) = match flag.split_at(2) {
+            ("-D", name) => (true, name),
+            ("-U", name) => (false, name),
+            _ => panic!("unexpected flag {flag}"),
+        };
+        let name = name.split('=').next().unwrap();
+        assert_eq!(used(name), wanted, "{flag}: SQLite was built without it");
+    }
+    // And what the store relies on is still there.
+    let mode: String = db
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "ok");
+}
