@@ -54,7 +54,7 @@ add() {
   local target=$1 bin=$2 how=$3 dest bytes goal note="" kind
   dest="$out/iron-carrier-$target"
   cp "$bin" "$dest.tmp"
-  if [ -n "$STRIP" ]; then "$STRIP" --strip-all "$dest.tmp"; fi
+  if [ -n "$STRIP" ]; then "$STRIP" "${STRIP_ARGS[@]}" "$dest.tmp"; fi
   mv -f "$dest.tmp" "$dest"
   kind=$(file -b "$dest")
   case "$kind" in
@@ -85,7 +85,7 @@ for target in "${targets[@]}"; do
   if [ "$target" = "$native" ]; then
     echo "== dist: $native (native, $("$cargo" --version))"
     "$cargo" build --release --locked --target "$native" --target-dir "$build"
-    STRIP="strip"
+    STRIP="strip" STRIP_ARGS=(--strip-all)
     add "$native" "$build/$native/release/iron-carrier" "$("$cargo" --version | cut -d' ' -f1-2)"
     continue
   fi

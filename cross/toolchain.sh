@@ -125,6 +125,8 @@ have_zig() {
   installed rust-web-src "$RUST_DEB_VERSION" || return 1
   command -v qemu-mipsel-static >/dev/null || return 1
   command -v qemu-mips-static >/dev/null || return 1
+  command -v mipsel-linux-gnu-strip >/dev/null || return 1
+  command -v mips-linux-gnu-strip >/dev/null || return 1
   [ -x "$ZIG_VENV/bin/cargo-zigbuild" ] || return 1
   "$ZIG_VENV/bin/python3" -m ziglang version 2>/dev/null | grep -q '^0\.13\.0$' || return 1
   "$ZIG_VENV/bin/cargo-zigbuild" --version 2>/dev/null | grep -q " ${CARGO_ZIGBUILD_VERSION}\$"
@@ -133,6 +135,10 @@ have_zig() {
 install_zig() {
   have_zig && return 0
   installed rust-web-src "$RUST_DEB_VERSION" || apt_install "rust-web-src=$RUST_DEB_VERSION"
+  # zig links and strips, but leaves MIPS's .pdr sections (286 KB of a mipsel binary) that
+  # only a MIPS-aware strip removes (cross/dist.sh).
+  command -v mipsel-linux-gnu-strip >/dev/null || apt_install binutils-mipsel-linux-gnu
+  command -v mips-linux-gnu-strip >/dev/null || apt_install binutils-mips-linux-gnu
   local py
   py=$(command -v python3) || die "python3 is needed for zig (apt-get install python3)"
   if [ ! -x "$ZIG_VENV/bin/pip" ]; then

@@ -15,7 +15,7 @@ use crate::daemon;
 use crate::logger;
 use crate::model::NodeId;
 use crate::run::{Mode, Outcome, RunProblem, StorageState};
-use crate::status::human_bytes;
+use crate::status::{human_bytes, moved_phrase};
 
 /// Exit codes, documented in `--help`.
 pub mod exit {
@@ -482,12 +482,11 @@ pub fn summary(outcome: &Outcome) -> Vec<String> {
     }
     for s in &report.storages {
         let m = &s.moved;
-        let moved = format!(
-            "received {} file(s), {}; sent {} file(s), {}",
-            m.files_received,
-            human_bytes(m.bytes_received),
-            m.files_sent,
-            human_bytes(m.bytes_sent)
+        let moved = moved_phrase(
+            m.files_received.into(),
+            m.bytes_received,
+            m.files_sent.into(),
+            m.bytes_sent,
         );
         let names = |nodes: &[NodeId]| {
             nodes

@@ -237,6 +237,21 @@ pub fn duration(secs: u64) -> String {
 }
 
 /// "12.3 KiB" style sizes.
+/// "received N file(s), X; sent N file(s), X": how every summary (a run's, `sync`'s, the
+/// status report's) says what a session moved, so that they read alike.
+pub fn moved_phrase(
+    files_received: u64,
+    bytes_received: u64,
+    files_sent: u64,
+    bytes_sent: u64,
+) -> String {
+    format!(
+        "received {files_received} file(s), {}; sent {files_sent} file(s), {}",
+        human_bytes(bytes_received),
+        human_bytes(bytes_sent)
+    )
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -525,14 +540,15 @@ impl Status {
                     let m = &l.moved;
                     let _ = writeln!(
                         o,
-                        "  last sync: {} with {}: received {} file(s), {}; sent {} file(s), \
-                         {}; deleted {}{}",
+                        "  last sync: {} with {}: {}; deleted {}{}",
                         ago(self.now, l.at),
                         names.join(", "),
-                        m.files_received,
-                        human_bytes(m.bytes_received),
-                        m.files_sent,
-                        human_bytes(m.bytes_sent),
+                        moved_phrase(
+                            m.files_received,
+                            m.bytes_received,
+                            m.files_sent,
+                            m.bytes_sent
+                        ),
                         m.deleted,
                         if m.failed > 0 {
                             format!("; {} failed", m.failed)

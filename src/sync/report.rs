@@ -278,12 +278,11 @@ fn outcome(core: &Core, ends: &[(usize, WaitEnd)]) -> (i32, String) {
             }
             WaitEnd::Result(StorageResult::Synced { peers, stats }) => {
                 let with: Vec<&str> = peers.iter().map(|p| p.as_str()).collect();
-                let moved = format!(
-                    "received {} file(s), {}; sent {} file(s), {}",
-                    stats.files_received,
-                    crate::status::human_bytes(stats.bytes_received),
-                    stats.files_sent,
-                    crate::status::human_bytes(stats.bytes_sent)
+                let moved = crate::status::moved_phrase(
+                    stats.files_received.into(),
+                    stats.bytes_received,
+                    stats.files_sent.into(),
+                    stats.bytes_sent,
                 );
                 if stats.failed > 0 {
                     code = 1;
