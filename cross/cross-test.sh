@@ -30,6 +30,10 @@ if [ ${#targets[@]} -eq 0 ]; then
   read -r -a targets <<<"${CROSS_TEST_TARGETS:-${default_targets[*]}}"
 fi
 dir=${CROSS_TEST_DIR:-target/cross-test}
+case "$dir" in
+  /*) ;;
+  *) dir=$PWD/$dir ;;
+esac
 # A CROSS_TEST_DIR kept between runs (CI's cache) holds std and the crates, most of a target's
 # build; the project's own units are rebuilt in every fresh clone, and with CROSS_TEST_PRUNE=1
 # their copies from earlier runs are deleted first rather than left to pile up.
@@ -144,7 +148,7 @@ for line in sys.stdin:
     # Daemon starts the tests took for an emulator stall and retried (tests/common/mod.rs).
     : >"$dir/$target.stalls"
     echo "== cross-test $target: $(wc -l <"$dir/$target.exes") test binaries run in the background under ${QEMU:-no emulator} ($((${#skips[@]} / 2)) tests excluded: cross/qemu-skip.txt), log: $dir/$target.log"
-    IC_TEST_RUNNER="$QEMU" IC_EMULATOR_STALLS="$PWD/$dir/$target.stalls" \
+    IC_TEST_RUNNER="$QEMU" IC_EMULATOR_STALLS="$dir/$target.stalls" \
       run_tests "$dir/$target.exes" "$dir/$target.log" "$dir/$target.result" &
     runs+=($!)
   fi
