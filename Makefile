@@ -145,8 +145,9 @@ cross-test-full:
 		CROSS_TEST_FULL="$(or $(CROSS_TEST_FULL),armv7-unknown-linux-gnueabihf)" \
 		./cross/cross-test.sh
 
-## cross-rss: peak RSS of a two-node sync with the ARMv6 (as an ARM1176), armv7 and aarch64
-## binaries of `make dist` under qemu-user, next to the native binary (cross/qemu-rss.sh).
+## cross-rss: peak RSS of a two-node sync with the ARMv6 (as an ARM1176), armv7, aarch64,
+## mipsel and mips binaries of `make dist` under qemu-user, next to the native binary
+## (cross/qemu-rss.sh).
 cross-rss:
 	./cross/dist.sh || [ $$? = 2 ]  # a missed size goal does not stop the measure
 	./cross/qemu-rss.sh

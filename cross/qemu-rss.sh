@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `make cross-rss`: peak memory of a two-node sync on ARMv6 (emulated as a Pi Zero's ARM1176),
-# armv7 and aarch64, under qemu-user, next to the same sync natively. The stripped release
-# binaries of `make dist` (target/dist/) sync 2,000 files of 1-16 KiB and one 64 MiB file from
-# a one-shot node A into an empty daemon B on 127.0.0.1; /usr/bin/time -v reports each
-# process's peak RSS (VmHWM). Convergence is checked (path, size, SHA-256 of every file)
-# before a figure is printed.
+# armv7, aarch64, mipsel and mips, under qemu-user, next to the same sync natively. The
+# stripped release binaries of `make dist` (target/dist/) sync 2,000 files of 1-16 KiB and one
+# 64 MiB file from a one-shot node A into an empty daemon B on 127.0.0.1; /usr/bin/time -v
+# reports each process's peak RSS (VmHWM). Convergence is checked (path, size, SHA-256 of
+# every file) before a figure is printed.
 #
 # Under qemu-user the figure is the emulator's process: the guest's memory plus qemu's own
 # (its translated-code cache and its heap, several MiB), so it is an upper bound of what the
@@ -101,8 +101,11 @@ run() {
 }
 
 native=$dist/iron-carrier-x86_64-unknown-linux-gnu
-# ARMv6 as a Pi Zero's ARM1176 (the upper bound the issue asks for), then armv7 and aarch64.
-rss_targets=(arm-unknown-linux-musleabihf "${DEBIAN_TARGETS[@]}")
+# ARMv6 as a Pi Zero's ARM1176 (the upper bound the issue asks for), armv7 and aarch64, and
+# the two MIPS builds for OpenWrt: the sync, checked, is also the one run of the shipped
+# static binaries (whose standard library is built for size, unlike the tests').
+rss_targets=(arm-unknown-linux-musleabihf "${DEBIAN_TARGETS[@]}" mipsel-unknown-linux-musl
+  mips-unknown-linux-musl)
 for t in "${rss_targets[@]}"; do
   [ -x "$dist/iron-carrier-$t" ] || { echo "qemu-rss: no $dist/iron-carrier-$t: run make dist" >&2; exit 1; }
 done
