@@ -129,8 +129,8 @@ for target in "${targets[@]}"; do
   t0=$(now)
   build_ok=1
   # JSON on stdout names every test executable; diagnostics still go to stderr as text. The
-  # build yields the processor to the tests running meanwhile (the previous target's, and in
-  # CI the native suite's): they wait on timers, and a starved one is a false failure.
+  # build yields the processor to the previous target's tests, running meanwhile: they wait
+  # on timers, and a starved one is a false failure.
   nice -n 10 "${BUILD[@]}" test --locked "${STD_TEST[@]}" "${which[@]}" --no-run --target "$target" \
     --target-dir "$dir" --message-format=json-render-diagnostics >"$dir/$target.json" ||
     build_ok=0

@@ -19,7 +19,7 @@ use crate::control;
 use crate::mdns::{self, handle::MdnsOptions};
 use crate::net::{
     self, handle::ControlOptions, handle::LinkConfig, handle::LinkMode, handle::LocalInfo,
-    handle::NetOptions,
+    handle::NetCmd, handle::NetOptions,
 };
 use crate::run::{Mode, Outcome, StartError};
 use crate::status::{Board, NodeInfo, StorageStatus};
@@ -308,6 +308,9 @@ pub fn run(mut config: Config, mode: Mode) -> Result<Outcome, StartError> {
         let _ = signal_thread.join();
         return Err(StartError(e));
     }
+    // Only now: a crowd connecting while the database opened could take every descriptor
+    // and make the start fail (it did, under CI's load, in tests/limits.rs).
+    net_handle.send(NetCmd::Accept);
 
     log::info!(
         "node {} started ({}), {} storage(s)",

@@ -71,6 +71,10 @@ pub enum NetCmd {
         client: u64,
         text: String,
     },
+    /// Start taking incoming connections: `sync` has opened the database and the storages.
+    /// Until then they wait in the listener's backlog, where they hold no descriptor of
+    /// ours: a crowd connecting at start-up must not take the ones the database needs.
+    Accept,
     /// Internal: the `resolve` helper's answer for configured peer `peer`.
     Resolved {
         peer: usize,

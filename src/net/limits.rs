@@ -59,6 +59,9 @@ pub(super) fn host(ip: IpAddr) -> IpAddr {
 
 impl Net {
     pub(super) fn accept(&mut self) {
+        if !self.accepting {
+            return;
+        }
         loop {
             let Some(listener) = self.listener.as_ref() else {
                 return;

@@ -208,6 +208,8 @@ struct Net {
     more_commands: bool,
     /// Shutting down: flushing what is queued, accepting nothing new.
     draining: bool,
+    /// Incoming connections are taken (see [`NetCmd::Accept`]).
+    accepting: bool,
     drain_expired: bool,
     /// Limits on incoming connections that have not finished their handshake.
     admission: Admission,
@@ -270,6 +272,7 @@ impl Net {
             more_to_read: false,
             more_commands: false,
             draining: false,
+            accepting: false,
             drain_expired: false,
             admission: Admission::default(),
             reserve: std::fs::File::open("/dev/null").ok(),
@@ -393,6 +396,11 @@ impl Net {
                         self.set_timer(Instant::now() + CLOSE_GRACE, Timer::Conn(conn));
                         self.flush(conn);
                     }
+                }
+                Ok(NetCmd::Accept) => {
+                    self.accepting = true;
+                    // The listener is edge-triggered: what queued before says nothing more.
+                    self.accept();
                 }
                 Ok(NetCmd::Resolved { peer, result }) => self.on_resolved(peer, result),
                 Ok(NetCmd::ControlReply { client, text }) => self.control_reply(client, text),
