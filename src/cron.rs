@@ -496,12 +496,37 @@ pub fn weekday(year: i32, month: u8, day: u8) -> u8 {
     (days + 4).rem_euclid(7) as u8
 }
 
-/// The `time_t` of the `libc` crate's `localtime_r`/`mktime`. On 32-bit musl targets the crate
-/// marks it deprecated because it binds musl's 32-bit compatibility symbols: this module's
-/// schedule then stops at 2038 (a time beyond is refused, never wrapped; see `floor_secs`).
-/// File times are not affected: they go through `fsops::time64`.
-#[allow(deprecated)]
-type TimeT = libc::time_t;
+/// A 64-bit `time_t` on every target, so a schedule keeps firing after 2038 on 32-bit ARM and
+/// MIPS too.
+type TimeT = i64;
+
+/// `localtime_r` and `mktime` with a 64-bit `time_t`. On 32-bit Linux the `libc` crate binds
+/// the old symbols, whose `time_t` is 32 bits (it marks that type deprecated on musl): a
+/// schedule would stop in 2038. musl 1.2 and glibc 2.34 export 64-bit variants under other
+/// names, which their own headers select; these are they. `struct tm` is the same in both.
+#[cfg(all(
+    target_os = "linux",
+    target_pointer_width = "32",
+    any(target_env = "musl", target_env = "gnu")
+))]
+mod time64 {
+    unsafe extern "C" {
+        #[link_name = "__localtime64_r"]
+        pub fn localtime_r(t: *const i64, tm: *mut libc::tm) -> *mut libc::tm;
+        #[link_name = "__mktime64"]
+        pub fn mktime(tm: *mut libc::tm) -> i64;
+    }
+}
+
+/// Where `time_t` is 64 bits already, the usual symbols are the 64-bit ones.
+#[cfg(not(all(
+    target_os = "linux",
+    target_pointer_width = "32",
+    any(target_env = "musl", target_env = "gnu")
+)))]
+mod time64 {
+    pub use libc::{localtime_r, mktime};
+}
 
 /// Seconds since the epoch of `t`, rounded down (also before 1970), as a `time_t`.
 fn floor_secs(t: SystemTime) -> Option<TimeT> {
@@ -514,15 +539,11 @@ fn floor_secs(t: SystemTime) -> Option<TimeT> {
             whole.checked_add(partial)?.checked_neg()?
         }
     };
-    // time_t is 32 bits on some small targets; refuse rather than wrap.
-    TimeT::try_from(secs).ok()
+    Some(secs)
 }
 
 /// The `SystemTime` `secs` seconds after the epoch.
-// time_t is i64 here but i32 on some 32-bit targets, where the conversion is not useless.
-#[allow(clippy::useless_conversion)]
 fn system_time(secs: TimeT) -> Option<SystemTime> {
-    let secs = i64::from(secs);
     let magnitude = Duration::from_secs(secs.unsigned_abs());
     if secs >= 0 {
         UNIX_EPOCH.checked_add(magnitude)
@@ -555,7 +576,7 @@ fn local_civil(secs: TimeT) -> Option<CivilTime> {
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers refer to live, properly aligned locals for the whole call, and
     // localtime_r is the reentrant variant that writes only into `tm`.
-    let result = unsafe { libc::localtime_r(&secs, &mut tm) };
+    let result = unsafe { time64::localtime_r(&secs, &mut tm) };
     if result.is_null() {
         return None;
     }
@@ -614,7 +635,7 @@ fn local_instant(t: CivilTime, isdst: i32) -> Option<TimeT> {
     tm.tm_isdst = isdst;
     // SAFETY: `tm` is a live, initialized local; mktime reads and normalizes it in place and
     // keeps no pointer to it.
-    let secs = unsafe { libc::mktime(&mut tm) };
+    let secs = unsafe { time64::mktime(&mut tm) };
     // -1 is mktime's error value. It is also 1969-12-31 23:59:59 UTC, but we always pass
     // second 0 and real zones have whole-minute offsets, so a genuine result is never -1.
     if secs == -1 {
@@ -891,7 +912,7 @@ mod tests {
         // SAFETY: all-zero is a valid `tm`.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         // SAFETY: both pointers refer to live locals for the duration of the call.
-        let r = unsafe { libc::localtime_r(&secs, &mut tm) };
+        let r = unsafe { time64::localtime_r(&secs, &mut tm) };
         assert!(!r.is_null());
         tm.tm_min
     }
@@ -978,6 +999,28 @@ mod tests {
                 Some(at(*expected)),
                 "{expr:?} {now}"
             );
+        }
+    }
+
+    /// On 32-bit ARM and MIPS the usual `localtime_r`/`mktime` take a 32-bit `time_t`, and a
+    /// schedule went quiet after January 2038. This runs under qemu on those targets.
+    #[test]
+    fn next_fire_after_2038() {
+        // 2040-06-01 12:00:30 UTC and 2100-01-01 00:00:30 UTC.
+        for secs in [2_222_164_830u64, 4_102_444_830] {
+            let now = UNIX_EPOCH + Duration::from_secs(secs);
+            let next = sched("* * * * *").next_fire(now);
+            assert_eq!(
+                next,
+                Some(now + Duration::from_secs(30)),
+                "minutely after {secs}"
+            );
+            let hourly = match sched("0 * * * *").next_fire(now) {
+                Some(n) => n,
+                None => panic!("an hourly schedule must fire after {secs}"),
+            };
+            assert!(hourly > now && hourly <= now + Duration::from_secs(3600));
+            assert_eq!(local_minute(hourly), 0);
         }
     }
 
