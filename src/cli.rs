@@ -481,13 +481,7 @@ pub fn summary(outcome: &Outcome) -> Vec<String> {
         None => {}
     }
     for s in &report.storages {
-        let m = &s.moved;
-        let moved = moved_phrase(
-            m.files_received.into(),
-            m.bytes_received,
-            m.files_sent.into(),
-            m.bytes_sent,
-        );
+        let moved = moved_phrase(&s.moved);
         let names = |nodes: &[NodeId]| {
             nodes
                 .iter()

@@ -580,7 +580,7 @@ mod tests {
         s.last_sync = Some(crate::status::LastSync {
             at: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
             with: Vec::new(),
-            moved: crate::status::Moved {
+            moved: crate::run::Moved {
                 files_received: files,
                 bytes_received: files << 20,
                 ..Default::default()

@@ -110,15 +110,31 @@ pub enum StorageState {
     },
 }
 
-/// Files and bytes moved, both ways, over a run's sessions.
+/// Files and bytes moved both ways, and files deleted, by a session or over a run's sessions:
+/// what a run's summary, `sync --wait` and `status` report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Moved {
-    pub files_sent: u32,
-    pub bytes_sent: u64,
-    pub files_received: u32,
+    pub files_received: u64,
     pub bytes_received: u64,
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    /// Files and directories deleted as planned.
+    pub deleted: u64,
     /// Files that did not move (and were retried).
-    pub failed: u32,
+    pub failed: u64,
+}
+
+impl From<crate::proto::PartStats> for Moved {
+    fn from(s: crate::proto::PartStats) -> Moved {
+        Moved {
+            files_received: s.files_received.into(),
+            bytes_received: s.bytes_received,
+            files_sent: s.files_sent.into(),
+            bytes_sent: s.bytes_sent,
+            deleted: s.deleted.into(),
+            failed: s.failed.into(),
+        }
+    }
 }
 
 /// Why a storage was not synchronized, or not entirely. Typed so that a summary or a status

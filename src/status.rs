@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::model::NodeId;
-use crate::run::SyncError;
+use crate::run::{Moved, SyncError};
 
 /// The version of the JSON format (`"format"`): raised only if a field changes meaning or
 /// goes away, never for an added one.
@@ -53,17 +53,6 @@ impl SyncState {
             SyncState::Unavailable => "unavailable",
         }
     }
-}
-
-/// Files and bytes moved by one session, both ways.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moved {
-    pub files_received: u64,
-    pub bytes_received: u64,
-    pub files_sent: u64,
-    pub bytes_sent: u64,
-    pub deleted: u64,
-    pub failed: u64,
 }
 
 /// The last session that completed on a storage.
@@ -236,22 +225,19 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
-/// "12.3 KiB" style sizes.
 /// "received N file(s), X; sent N file(s), X": how every summary (a run's, `sync`'s, the
 /// status report's) says what a session moved, so that they read alike.
-pub fn moved_phrase(
-    files_received: u64,
-    bytes_received: u64,
-    files_sent: u64,
-    bytes_sent: u64,
-) -> String {
+pub fn moved_phrase(m: &Moved) -> String {
     format!(
-        "received {files_received} file(s), {}; sent {files_sent} file(s), {}",
-        human_bytes(bytes_received),
-        human_bytes(bytes_sent)
+        "received {} file(s), {}; sent {} file(s), {}",
+        m.files_received,
+        human_bytes(m.bytes_received),
+        m.files_sent,
+        human_bytes(m.bytes_sent)
     )
 }
 
+/// "12.3 KiB" style sizes.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -543,12 +529,7 @@ impl Status {
                         "  last sync: {} with {}: {}; deleted {}{}",
                         ago(self.now, l.at),
                         names.join(", "),
-                        moved_phrase(
-                            m.files_received,
-                            m.bytes_received,
-                            m.files_sent,
-                            m.bytes_sent
-                        ),
+                        moved_phrase(m),
                         m.deleted,
                         if m.failed > 0 {
                             format!("; {} failed", m.failed)

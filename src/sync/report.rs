@@ -9,7 +9,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::net::handle::NetCmd;
-use crate::status::{Board, LastSync, Moved, Progress, SyncState};
+use crate::run::Moved;
+use crate::status::{Board, LastSync, Progress, SyncState};
 
 use super::core::{Core, StorageResult, WaitEnd};
 use super::shell::Shell;
@@ -111,14 +112,7 @@ impl Reporter {
                         st.last_sync = Some(LastSync {
                             at: wall,
                             with: peers.clone(),
-                            moved: Moved {
-                                files_received: stats.files_received.into(),
-                                bytes_received: stats.bytes_received,
-                                files_sent: stats.files_sent.into(),
-                                bytes_sent: stats.bytes_sent,
-                                deleted: stats.deleted.into(),
-                                failed: stats.failed.into(),
-                            },
+                            moved: Moved::from(*stats),
                             clean: stats.failed == 0,
                         });
                         if stats.failed > 0 {
@@ -278,12 +272,7 @@ fn outcome(core: &Core, ends: &[(usize, WaitEnd)]) -> (i32, String) {
             }
             WaitEnd::Result(StorageResult::Synced { peers, stats }) => {
                 let with: Vec<&str> = peers.iter().map(|p| p.as_str()).collect();
-                let moved = crate::status::moved_phrase(
-                    stats.files_received.into(),
-                    stats.bytes_received,
-                    stats.files_sent.into(),
-                    stats.bytes_sent,
-                );
+                let moved = crate::status::moved_phrase(&Moved::from(*stats));
                 if stats.failed > 0 {
                     code = 1;
                     format!(

@@ -981,6 +981,7 @@ impl Core {
                 rec.moved.bytes_sent += stats.bytes_sent;
                 rec.moved.files_received += stats.files_received;
                 rec.moved.bytes_received += stats.bytes_received;
+                rec.moved.deleted += stats.deleted;
                 rec.moved.failed += failed;
                 if clean {
                     rec.synced_with.extend(peers.iter().cloned());

@@ -291,13 +291,7 @@ impl OneShot {
                     name: name.clone(),
                     state,
                     with: rec.synced_with.iter().cloned().collect(),
-                    moved: Moved {
-                        files_sent: rec.moved.files_sent,
-                        bytes_sent: rec.moved.bytes_sent,
-                        files_received: rec.moved.files_received,
-                        bytes_received: rec.moved.bytes_received,
-                        failed: rec.moved.failed,
-                    },
+                    moved: Moved::from(rec.moved),
                 }
             })
             .collect();
