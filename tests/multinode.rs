@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::*;
 
@@ -428,6 +429,20 @@ fn a_file_four_nodes_lack_is_read_once_and_fanned_out() {
     let receivers: Vec<Daemon> = configs[1..].iter().map(|c| Daemon::start(c)).collect();
     let replicas: Vec<PathBuf> = ids.iter().map(|id| store(&dir, id, "docs")).collect();
     // The receivers connect to each other; they hold nothing, so they have nothing to do.
+    // Whichever of them leads the fan-out names only the peers it has met, so the holder
+    // starts once they all have: under qemu (mipsel) their mesh took seconds to form, and a
+    // receiver left out of the session got the file from another receiver afterwards.
+    for (i, r) in receivers.iter().enumerate() {
+        for (j, id) in ids[1..].iter().enumerate() {
+            let met = format!("sync: peer {id} connected");
+            assert!(
+                i == j || r.wait_for_log(&met, Duration::from_secs(120)),
+                "{} never met {id}:\n{}",
+                ids[i + 1],
+                r.log()
+            );
+        }
+    }
     let holder = Daemon::start(&configs[0]);
     let logs = || {
         std::iter::once(&holder)
@@ -463,7 +478,11 @@ fn a_file_four_nodes_lack_is_read_once_and_fanned_out() {
         rchar < 2 * SIZE + SIZE / 2,
         "rchar {rchar} for a {SIZE}-byte file"
     );
-    assert!(log.contains("sent 4 file(s)"), "{log}");
+    assert!(
+        log.contains("sent 4 file(s)"),
+        "one session must send it to all four:\n{}",
+        logs()
+    );
     holder.stop();
     for d in receivers {
         d.stop();
