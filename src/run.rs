@@ -124,6 +124,18 @@ pub struct Moved {
     pub failed: u64,
 }
 
+/// Over a run's sessions.
+impl std::ops::AddAssign for Moved {
+    fn add_assign(&mut self, s: Moved) {
+        self.files_received += s.files_received;
+        self.bytes_received += s.bytes_received;
+        self.files_sent += s.files_sent;
+        self.bytes_sent += s.bytes_sent;
+        self.deleted += s.deleted;
+        self.failed += s.failed;
+    }
+}
+
 impl From<crate::proto::PartStats> for Moved {
     fn from(s: crate::proto::PartStats) -> Moved {
         Moved {

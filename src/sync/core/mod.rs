@@ -61,7 +61,7 @@ use crate::history::{Digest, Entry, IndexView, Record, Vv};
 use crate::ignore::IgnoreMatcher;
 use crate::model::{FileMeta, NodeId, RelPath, Version};
 use crate::proto::{ElectionMsg, PartStats, PeerMsg, SessionMsg};
-use crate::run::SyncError;
+use crate::run::{Moved, SyncError};
 
 use election::{Election, ElectionEvent};
 pub use expected::Incoming;
@@ -359,7 +359,7 @@ pub struct StorageRecord {
     /// participant.
     pub synced_with: BTreeSet<NodeId>,
     /// Files and bytes moved, over every session.
-    pub moved: PartStats,
+    pub moved: Moved,
     /// Why the last session that did not complete cleanly did not.
     pub last_error: Option<SyncError>,
 }
@@ -977,12 +977,7 @@ impl Core {
                 let mut stats = stats;
                 stats.failed = failed;
                 let rec = &mut self.records[storage];
-                rec.moved.files_sent += stats.files_sent;
-                rec.moved.bytes_sent += stats.bytes_sent;
-                rec.moved.files_received += stats.files_received;
-                rec.moved.bytes_received += stats.bytes_received;
-                rec.moved.deleted += stats.deleted;
-                rec.moved.failed += failed;
+                rec.moved += Moved::from(stats);
                 if clean {
                     rec.synced_with.extend(peers.iter().cloned());
                 } else if failed > 0 {

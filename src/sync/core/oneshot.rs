@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::{Core, StorageResult};
 use crate::model::NodeId;
-use crate::run::{DialError, Found, Moved, RunProblem, RunReport, StorageReport, StorageState};
+use crate::run::{DialError, Found, RunProblem, RunReport, StorageReport, StorageState};
 
 /// How long a one-shot run waits for more of its peers after the last one that connected.
 pub const CONNECT_WINDOW: Duration = Duration::from_secs(5);
@@ -291,7 +291,7 @@ impl OneShot {
                     name: name.clone(),
                     state,
                     with: rec.synced_with.iter().cloned().collect(),
-                    moved: Moved::from(rec.moved),
+                    moved: rec.moved,
                 }
             })
             .collect();
